@@ -1,0 +1,279 @@
+"""Typed configuration of the science library: model, prior, data and training.
+
+Every dataclass validates itself in ``__post_init__`` and raises :class:`ConfigError`, whose
+message names the field, the bad value and the rule, on one line. ``jobs.config`` composes these
+into a trial config and adds YAML loading and command-line overrides; nothing here knows about
+YAML, MLflow or schedulers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value breaks a rule. ``str(err)`` is a single line naming the key."""
+
+    def __init__(self, key: str, value: Any, rule: str):
+        self.key, self.value, self.rule = key, value, rule
+        super().__init__(f"{key}={value!r}: {rule}")
+
+
+def _check_choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(key, value, f"must be one of {', '.join(map(repr, allowed))}")
+
+
+def _check_positive(key: str, value: Any, *, allow_zero: bool = False, integer: bool = True) -> None:
+    kind = int if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        what = "a non-negative" if allow_zero else "a positive"
+        raise ConfigError(key, value, f"must be {what} {'integer' if integer else 'number'}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Structure of an RG-Flow (spec §1–§4) plus execution options.
+
+    ``nlayers`` holds the number of coupling layers per RG level, one entry per level
+    (data→latent order, finest first) or a single entry used for every level. Each level's entry
+    is used for both of its sub-layers (disentangler and decimator).
+    """
+
+    preset: str = "custom"
+    channels: int = 3
+    size: int = 32
+    kernel: int = 4
+    nlayers: tuple[int, ...] = (8, 6, 4, 2)
+    nhidden: int = 512
+    nmlp: int = 2
+    nresblocks: int = 4
+    checkpointing: bool = True
+    precision: str = "fp32"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nlayers", tuple(self.nlayers))
+        for key in ("channels", "kernel", "nhidden", "nmlp", "nresblocks"):
+            _check_positive(f"model.{key}", getattr(self, key))
+        if self.kernel % 2:
+            raise ConfigError("model.kernel", self.kernel, "must be even (the decimator offset is kernel·2^h/2)")
+        _check_positive("model.size", self.size)
+        ratio = self.size / self.kernel
+        if ratio < 1 or ratio != int(ratio) or int(ratio) & (int(ratio) - 1):
+            raise ConfigError("model.size", self.size, f"must be kernel·2^k for an integer k ≥ 0 (kernel={self.kernel})")
+        if not self.nlayers or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in self.nlayers):
+            raise ConfigError("model.nlayers", list(self.nlayers), "must be positive integers")
+        if len(self.nlayers) not in (1, self.levels):
+            raise ConfigError(
+                "model.nlayers", list(self.nlayers),
+                f"must have one entry per level ({self.levels} for size {self.size}, kernel {self.kernel}) or one entry for all",
+            )
+        _check_choice("model.precision", self.precision, PRECISIONS)
+        for key in ("checkpointing", "compile"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"model.{key}", getattr(self, key), "must be true or false")
+
+    @property
+    def levels(self) -> int:
+        """Number of RG levels H = log2(L/m) + 1."""
+        return int(math.log2(self.size // self.kernel)) + 1
+
+    @property
+    def couplings_per_sublayer(self) -> tuple[int, ...]:
+        """Coupling layers of each of the 2·H sub-layers, data→latent order."""
+        per_level = self.nlayers * self.levels if len(self.nlayers) == 1 else self.nlayers
+        return tuple(n for n in per_level for _ in range(2))
+
+    @property
+    def patch_dim(self) -> int:
+        """C·m², the length of a flattened patch."""
+        return self.channels * self.kernel**2
+
+    @property
+    def dims(self) -> int:
+        """D = C·L·L, the dimension of an image and of its latent."""
+        return self.channels * self.size**2
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    # The authors' CelebA 32×32 model: 100,647,680 parameters.
+    "celeba32": dict(nlayers=(8, 6, 4, 2)),
+    # The authors' MSDS model: 80,518,144 parameters.
+    "msds": dict(nlayers=(4,)),
+    # A small model with the full 32×32 pyramid, for CPU tests and demos.
+    "tiny": dict(nlayers=(1,), nhidden=32, nresblocks=1),
+}
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset with ``overrides`` applied on top."""
+    if name not in MODEL_PRESETS:
+        raise ConfigError("model.preset", name, f"must be one of {', '.join(map(repr, MODEL_PRESETS))}")
+    return ModelConfig(preset=name, **{**MODEL_PRESETS[name], **overrides})
+
+
+# ----------------------------------------------------------------------------------------------
+# Prior
+# ----------------------------------------------------------------------------------------------
+
+PRIOR_KINDS = ("laplace", "gaussian")
+LAPLACE_SCALES = ("reference", "seed")
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Factorised prior over all latent dims (spec §5).
+
+    ``temperature`` multiplies the standard deviation during training. ``laplace_scale`` is
+    ``reference`` (scale T/√2, variance T²) or ``seed`` (scale T, variance 2T², the 2025
+    reproduction's convention).
+    """
+
+    kind: str = "laplace"
+    temperature: float = 1.0
+    laplace_scale: str = "reference"
+
+    def __post_init__(self) -> None:
+        _check_choice("prior.kind", self.kind, PRIOR_KINDS)
+        _check_positive("prior.temperature", self.temperature, integer=False)
+        _check_choice("prior.laplace_scale", self.laplace_scale, LAPLACE_SCALES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+DATASETS = ("msds1", "msds2", "celeba")
+INTERPOLATIONS = ("bicubic", "bilinear")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images to train and evaluate on (spec §9).
+
+    ``seed`` is the generation seed of MSDS (not the run seed). ``train_size``/``valid_size``/
+    ``test_size`` take the first N images of each split (``None``: all). MSDS has no validation
+    split of its own: the last ``msds_valid_holdout`` of its 90,000 training images are held out
+    as validation. ``hflip`` (``None``: on for CelebA, off for MSDS) flips training batches with
+    p = 0.5. ``celeba_dir`` (or env ``RGFLOW_CELEBA_DIR``) is the folder holding
+    ``img_align_celeba/`` and ``list_eval_partition.txt``.
+    """
+
+    name: str = "msds1"
+    root: str = "data"
+    seed: int = 0
+    train_size: int | None = None
+    valid_size: int | None = None
+    test_size: int | None = None
+    msds_valid_holdout: int = 5000
+    hflip: bool | None = None
+    celeba_dir: str | None = None
+    interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        _check_choice("data.name", self.name, DATASETS)
+        _check_choice("data.interpolation", self.interpolation, INTERPOLATIONS)
+        _check_positive("data.seed", self.seed, allow_zero=True)
+        _check_positive("data.msds_valid_holdout", self.msds_valid_holdout)
+        for key in ("train_size", "valid_size", "test_size"):
+            if getattr(self, key) is not None:
+                _check_positive(f"data.{key}", getattr(self, key))
+
+    @property
+    def flip_train(self) -> bool:
+        return self.name == "celeba" if self.hflip is None else self.hflip
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+
+LR_SCALINGS = ("none", "linear", "sqrt")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and the training loop's cadence. Defaults are the reference recipe (spec §7).
+
+    The effective learning rate is ``lr`` scaled by ``batch_size / reference_batch`` according to
+    ``lr_scaling`` (``none``, ``linear`` or ``sqrt``), reached after ``warmup_steps`` linear
+    warm-up. Training stops after ``epochs`` epochs or ``steps`` optimizer steps, whichever comes
+    first (``steps: null`` means no step cap).
+    """
+
+    batch_size: int = 64
+    epochs: int = 500
+    steps: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 5e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    clip_grad_norm: float = 1.0
+    lr_scaling: str = "none"
+    reference_batch: int = 64
+    warmup_steps: int = 0
+    log_every: int = 50
+    val_every_epochs: int = 1
+    val_draws: int = 4
+    sample_every_epochs: int = 5
+    sample_temperatures: tuple[float, ...] = (0.5, 0.75, 1.0)
+    sample_count: int = 64
+    checkpoint_minutes: float = 10.0
+    keep_last: int = 2
+    noise_scale_ema: float = 0.95
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        object.__setattr__(self, "sample_temperatures", tuple(self.sample_temperatures))
+        for key in ("batch_size", "epochs", "reference_batch", "log_every", "val_every_epochs",
+                    "val_draws", "sample_every_epochs", "sample_count", "keep_last"):
+            _check_positive(f"train.{key}", getattr(self, key))
+        if self.steps is not None:
+            _check_positive("train.steps", self.steps)
+        _check_positive("train.warmup_steps", self.warmup_steps, allow_zero=True)
+        for key in ("lr", "eps", "clip_grad_norm", "checkpoint_minutes"):
+            _check_positive(f"train.{key}", getattr(self, key), integer=False)
+        _check_positive("train.weight_decay", self.weight_decay, allow_zero=True, integer=False)
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+            raise ConfigError("train.betas", list(self.betas), "must be two numbers in [0, 1)")
+        if not 0 <= self.noise_scale_ema < 1:
+            raise ConfigError("train.noise_scale_ema", self.noise_scale_ema, "must be in [0, 1)")
+        _check_choice("train.lr_scaling", self.lr_scaling, LR_SCALINGS)
+        for t in self.sample_temperatures:
+            _check_positive("train.sample_temperatures", t, integer=False)
+
+    @property
+    def effective_lr(self) -> float:
+        """``lr`` after the batch-size scaling rule (before warm-up)."""
+        ratio = self.batch_size / self.reference_batch
+        return self.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML/JSON-serialisable dict of a config dataclass (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(cfg)
+
+
+__all__ = [
+    "ConfigError", "ModelConfig", "MODEL_PRESETS", "model_preset", "PriorConfig", "DataConfig",
+    "TrainConfig", "to_dict",
+]

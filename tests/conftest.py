@@ -1,0 +1,30 @@
+"""Shared test configuration.
+
+Fixtures for real services live in ``tests/fixtures/*.py`` and are registered here. A test that
+needs a service which is not installed on this machine is skipped, unless
+``RGFLOW_REQUIRE_SERVICES=1`` (set by ``.ci/run``), where the absence is a failure.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = sorted(
+    f"tests.fixtures.{p.stem}" for p in (Path(__file__).parent / "fixtures").glob("*.py") if p.stem != "__init__"
+)
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def services_required() -> bool:
+    return os.environ.get("RGFLOW_REQUIRE_SERVICES") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the test for a missing service, or fail when services are required (CI)."""
+    if services_required():
+        pytest.fail(f"required service unavailable: {reason}")
+    pytest.skip(reason)
