@@ -1,0 +1,98 @@
+"""YAML reading and Hydra-style ``key=value`` overrides, with one-line errors.
+
+Shared by the trial config (``jobs.config``) and sweep files (``jobs.sweep_spec``); knows nothing
+about which keys exist.
+
+* Files are read with a :class:`yaml.SafeLoader` subclass that also reads exponent floats without a
+  dot (``1e-3``, ``5e-5``) as floats — plain ``yaml.safe_load`` reads them as strings (YAML 1.1).
+  Nothing else differs from ``yaml.safe_load``: no Python objects are ever constructed.
+* An override is ``dotted.key=value``; the value is parsed as a YAML scalar or flow sequence /
+  mapping: ``64`` → int, ``1e-3`` → float, ``laplace`` → str, ``null`` → None, ``true`` → bool,
+  ``[0.9,0.99]`` → list, ``'[a, b]'`` (quoted) → str.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from rgflow.config import ConfigError as _LibraryConfigError
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class ConfigError(_LibraryConfigError):
+    """A bad configuration file, override or value. ``str(err)`` is one line naming the key or file.
+
+    A subclass of :class:`rgflow.config.ConfigError` (itself a ``ValueError``), so one ``except``
+    catches errors from either layer. ``key`` is the dotted key (or ``None`` for file errors).
+    """
+
+    def __init__(self, message: str, key: str | None = None, value: Any = None):
+        ValueError.__init__(self, " ".join(str(message).split()))
+        self.key, self.value, self.rule = key, value, str(self)
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also resolves ``1e-3``-style floats (YAML 1.2 behaviour)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text; a syntax error becomes ``source:LINE:COL: invalid YAML: problem``."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+
+
+def load_yaml_file(path: str | Path) -> Any:
+    """Read and parse one YAML file; missing/unreadable files and syntax errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, expected a YAML file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'train.betas=[0.9,0.99]'`` → ``('train.betas', [0.9, 0.99])``; bad syntax → ConfigError."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.epochs=5")
+    if key.startswith("+") or key.startswith("~"):
+        raise ConfigError(f"override {text!r}: '+'/'~' prefixes are not supported; write {key.lstrip('+~')}=VALUE")
+    if not _KEY.match(key):
+        raise ConfigError(f"override {text!r}: {key!r} is not a dotted key such as train.batch_size")
+    return key, parse_yaml(raw, f"override {text!r}") if raw.strip() else None
+
+
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """``('a.b.c', v)`` → ``{'a': {'b': {'c': v}}}``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
