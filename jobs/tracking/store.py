@@ -1,0 +1,317 @@
+"""Talking to the MLflow tracking store: URIs, experiments, the sweep's parent run, trial lookup.
+
+Everything here uses :class:`mlflow.MlflowClient` directly — never the fluent ``mlflow.start_run``
+global state, whose atexit hook closes a crashed run as FINISHED and whose ``MLFLOW_RUN_ID``
+environment variable silently overrides the parent run.
+
+The layout written and read here is the contract of ``docs/ARCHITECTURE.md`` ("MLflow layout").
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from mlflow import MlflowClient
+from mlflow.entities import Param, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+
+log = logging.getLogger(__name__)
+
+ROLE_TAG = "rgflow.role"
+STATE_TAG = "rgflow.state"
+REASON_TAG = "rgflow.failure_reason"
+ATTEMPT_TAG = "rgflow.attempt"
+TRIAL_ID_TAG = "rgflow.trial_id"
+SWEEP_TAG = "rgflow.sweep"
+SWEEP_ID_TAG = "rgflow.sweep_id"
+RUN_DIR_TAG = "rgflow.run_dir"
+PARENT_TAG = "mlflow.parentRunId"
+
+#: ``rgflow.state`` value → MLflow run status (docs/ARCHITECTURE.md, "MLflow run status").
+END_STATES = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "killed": "KILLED"}
+TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
+
+MAX_PARAMS_TAGS_PER_BATCH = 100  # MLflow's log_batch limits
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_VALUE_CHARS = 6000
+MAX_TAG_VALUE_CHARS = 8000
+
+# Bounded HTTP retries for this process unless the user chose otherwise: MLflow's defaults retry a
+# dead server for minutes inside one call, while our own loops retry with backoff and keep a spool.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",  # > the ≈16 s first-request warm-up of a fresh server
+}
+
+
+class TrackingError(RuntimeError):
+    """The tracking store refused an operation for a reason that retrying will not fix."""
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """Explicit ``uri`` > env ``MLFLOW_TRACKING_URI`` > ``sqlite:///<absolute path of ./mlflow.db>``.
+
+    A relative ``sqlite:///rel/path.db`` is made absolute (against the current directory) so that
+    the same string works from any working directory a backend starts the trial in.
+    """
+    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not chosen:
+        return f"sqlite:///{Path('mlflow.db').resolve()}"
+    prefix = "sqlite:///"
+    if chosen.startswith(prefix) and not chosen.startswith(prefix + "/") and chosen != prefix + ":memory:":
+        return f"{prefix}{Path(chosen[len(prefix):]).resolve()}"
+    return chosen
+
+
+@functools.lru_cache(maxsize=16)
+def get_client(uri: str) -> MlflowClient:
+    """A cached client for ``uri`` (opening a sqlite store costs ≈1 s: do it once per process)."""
+    for name, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    return MlflowClient(tracking_uri=uri)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that a later retry may fix: unreachable server, timeouts, 5xx, 429, locks.
+
+    MLflow wraps connection errors and exhausted HTTP retries into ``MlflowException`` with
+    ``INTERNAL_ERROR`` (HTTP 500); a locked sqlite database is ``TEMPORARILY_UNAVAILABLE`` (503).
+    Client errors (4xx: bad value, missing run, permission) are permanent.
+    """
+    if isinstance(exc, MlflowException):
+        code = exc.get_http_status_code()
+        return code >= 500 or code == 429
+    return isinstance(exc, (requests.exceptions.RequestException, OSError, TimeoutError))
+
+
+def retry_transient(fn, *, timeout_s: float, what: str, first_delay_s: float = 1.0):
+    """Call ``fn()`` until it succeeds, retrying transient errors with exponential backoff.
+
+    Raises the last transient error once ``timeout_s`` has passed, or a permanent error at once.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = first_delay_s
+    while True:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified just below
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: tracking store unreachable (%s); retrying in %.0f s", what, _short(exc), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a nested config mapping into MLflow params with dotted keys.
+
+    ``{"train": {"batch_size": 64}, "model": {"nlayers": (8, 6)}}`` →
+    ``{"train.batch_size": "64", "model.nlayers": "[8, 6]"}``. Lists and tuples become JSON,
+    other leaves ``str(value)``. A value longer than MLflow's 6000-character limit is an error.
+    """
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, prefix=f"{name}."))
+            continue
+        text = json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value)
+        if len(text) > MAX_PARAM_VALUE_CHARS:
+            raise ValueError(f"param {name!r} is {len(text)} characters long; MLflow allows {MAX_PARAM_VALUE_CHARS}")
+        flat[name] = text
+    return flat
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set ``tags`` on a run in batches of 100 (values cut to MLflow's 8000 characters)."""
+    entries = [RunTag(k, str(v)[:MAX_TAG_VALUE_CHARS]) for k, v in tags.items()]
+    for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, tags=chunk, synchronous=True)
+
+
+def log_missing_params(client: MlflowClient, run_id: str, params: Mapping[str, str], existing: Mapping[str, str]) -> None:
+    """Log the params the run does not have yet; MLflow forbids changing a logged param's value,
+    so a differing value (e.g. ``run.device`` after a resume elsewhere) is kept and reported."""
+    for key in sorted(k for k in params if k in existing and existing[k] != params[k]):
+        log.warning("run %s: param %s stays %r (this attempt has %r)", run_id, key, existing[key], params[key])
+    entries = [Param(k, v) for k, v in params.items() if k not in existing]
+    for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, params=chunk, synchronous=True)
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of experiment ``name``, created if missing (restored if deleted).
+
+    Race-safe: when two processes create it at once, the loser sees ``RESOURCE_ALREADY_EXISTS``
+    and reads the winner's id.
+    """
+    client = get_client(uri)
+
+    def attempt() -> str:
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        try:
+            return client.create_experiment(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return client.get_experiment_by_name(name).experiment_id
+
+    return retry_transient(attempt, timeout_s=60.0, what=f"experiment {name!r}")
+
+
+def ensure_sweep_run(uri: str, experiment_id: str, sweep_name: str, sweep_id: str, params: Mapping[str, Any]) -> str:
+    """The run id of the sweep's parent run (tags ``rgflow.role=sweep``, ``rgflow.sweep_id``),
+    created if missing, and set to RUNNING (the sweep launcher ends it with :func:`end_run`).
+
+    ``params`` (nested or flat) are logged where missing. If two launchers create it at once,
+    both keep the oldest run and the other one is deleted.
+    """
+    client = get_client(uri)
+    flat = flatten_params(params)
+    query = f"tags.`{ROLE_TAG}` = 'sweep' and tags.`{SWEEP_ID_TAG}` = '{filter_literal(sweep_id)}'"
+
+    def search() -> list:
+        runs = client.search_runs([experiment_id], query, ViewType.ACTIVE_ONLY, max_results=100)
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    def attempt() -> str:
+        runs = search()
+        if not runs:
+            tags = {ROLE_TAG: "sweep", SWEEP_TAG: sweep_name, SWEEP_ID_TAG: sweep_id, STATE_TAG: "running"}
+            mine = client.create_run(experiment_id, tags=tags, run_name=sweep_name).info.run_id
+            runs = search()
+            if runs and runs[0].info.run_id != mine:
+                client.delete_run(mine)
+        run = runs[0]
+        if run.info.status != "RUNNING":
+            client.update_run(run.info.run_id, status="RUNNING")
+            log_tags(client, run.info.run_id, {STATE_TAG: "running"})
+        log_missing_params(client, run.info.run_id, flat, run.data.params)
+        return run.info.run_id
+
+    return retry_transient(attempt, timeout_s=60.0, what=f"sweep run {sweep_name!r}")
+
+
+def filter_literal(value: str) -> str:
+    """``value`` checked to be safe inside a quoted MLflow search-filter literal."""
+    if "'" in value or "\\" in value:
+        raise ValueError(f"id {value!r} must not contain quotes or backslashes")
+    return value
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One trial run as read back from MLflow.
+
+    ``metrics`` holds the latest value of each metric (the value at its highest step);
+    ``params`` and ``tags`` are MLflow's strings. ``start_time``/``end_time`` are ms since epoch.
+    """
+
+    run_id: str
+    trial_id: str
+    status: str
+    state: str
+    attempt: int
+    start_time: int
+    end_time: int | None
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+def find_trial_runs(
+    uri: str, experiment_id: str, parent_run_id: str | None = None, trial_ids: Iterable[str] | None = None
+) -> dict[str, RunSummary]:
+    """Trial runs of an experiment (optionally of one parent run), keyed by ``rgflow.trial_id``.
+
+    One search query, paged by 1000. If a trial has several runs, the most recently started wins.
+    ``trial_ids`` restricts the result (filtered client-side).
+    """
+    client = get_client(uri)
+    query = f"tags.`{ROLE_TAG}` = 'trial'"
+    if parent_run_id:
+        query += f" and tags.`{PARENT_TAG}` = '{filter_literal(parent_run_id)}'"
+    wanted = set(trial_ids) if trial_ids is not None else None
+    found: dict[str, RunSummary] = {}
+    token = None
+    while True:
+        page = retry_transient(
+            lambda: client.search_runs(
+                [experiment_id], query, ViewType.ACTIVE_ONLY, max_results=1000,
+                order_by=["attributes.start_time DESC"], page_token=token,
+            ),
+            timeout_s=60.0, what="search trial runs",
+        )
+        for run in page:
+            trial_id = run.data.tags.get(TRIAL_ID_TAG, "")
+            if trial_id in found or (wanted is not None and trial_id not in wanted):
+                continue
+            found[trial_id] = RunSummary(
+                run_id=run.info.run_id,
+                trial_id=trial_id,
+                status=run.info.status,
+                state=run.data.tags.get(STATE_TAG, ""),
+                attempt=int(run.data.tags.get(ATTEMPT_TAG, "0") or 0),
+                start_time=run.info.start_time,
+                end_time=run.info.end_time,
+                tags=dict(run.data.tags),
+                params=dict(run.data.params),
+                metrics=dict(run.data.metrics),
+            )
+        token = page.token
+        if not token:
+            return found
+
+
+def end_run(uri: str, run_id: str, state: str, reason: str | None = None) -> None:
+    """Terminate a run in its true state: ``state`` ∈ finished|failed|preempted|killed sets the
+    MLflow status (FINISHED/FAILED/KILLED/KILLED), ``rgflow.state`` and, with a reason,
+    ``rgflow.failure_reason``. Used by the sweep launcher for the parent run."""
+    if state not in END_STATES:
+        raise ValueError(f"state={state!r}: must be one of {', '.join(END_STATES)}")
+    client = get_client(uri)
+    tags = {STATE_TAG: state} | ({REASON_TAG: reason} if reason else {})
+
+    def attempt() -> None:
+        log_tags(client, run_id, tags)
+        client.set_terminated(run_id, END_STATES[state])
+
+    retry_transient(attempt, timeout_s=60.0, what=f"end run {run_id}")
+
+
+def mark_killed(uri: str, run_ids: Iterable[str], reason: str) -> list[str]:
+    """For ``jobs.sweep cancel``: mark every run that is not already terminal as KILLED with
+    ``rgflow.state=killed`` and ``rgflow.failure_reason=reason``. Returns the ids changed."""
+    client = get_client(uri)
+    changed = []
+    for run_id in run_ids:
+        status = retry_transient(lambda: client.get_run(run_id).info.status, timeout_s=60.0, what=f"run {run_id}")
+        if status in TERMINAL_STATUSES:
+            continue
+        end_run(uri, run_id, "killed", reason)
+        changed.append(run_id)
+    return changed
+
