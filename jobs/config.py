@@ -47,7 +47,7 @@ from typing import Any
 import yaml
 
 from rgflow import config as lib
-from rgflow.config import DataConfig, ModelConfig, PriorConfig, TrainConfig, model_preset, to_dict
+from rgflow.config import DataConfig, ModelConfig, PriorConfig, TrainConfig, model_preset
 from jobs.overrides import ConfigError, did_you_mean, load_yaml_file, nest, parse_override
 
 DEFAULT_PRESET = "msds"
@@ -356,8 +356,14 @@ def load_trial_config(path: str | os.PathLike | None, overrides: list[str] = ())
 # ----------------------------------------------------------------------------------------------
 
 def resolved_dict(cfg: TrialConfig) -> dict[str, Any]:
-    """The full resolved tree as plain dicts/lists/scalars; ``build_trial_config`` of it gives ``cfg`` back."""
-    return to_dict(cfg)
+    """The full resolved tree as plain dicts/lists/scalars; ``build_trial_config`` of it gives ``cfg`` back.
+
+    The same as ``rgflow.config.to_dict(cfg)``, written out for the two-level tree (sweeps call it
+    once per trial)."""
+    def plain(value: Any) -> Any:
+        return [plain(v) for v in value] if isinstance(value, tuple) else value
+
+    return {s: {k: plain(getattr(getattr(cfg, s), k)) for k in field_types(s)} for s in SECTIONS}
 
 
 def to_yaml(cfg: TrialConfig) -> str:
@@ -389,9 +395,10 @@ def flatten(cfg: TrialConfig) -> dict[str, str]:
     return {k: format_value(v) for k, v in _flat(resolved_dict(cfg)).items()}
 
 
-def identity_dict(cfg: TrialConfig) -> dict[str, Any]:
-    """The resolved tree without :data:`ID_EXCLUDED` keys: what the trial id hashes."""
-    tree = resolved_dict(cfg)
+def identity_dict(cfg: TrialConfig, tree: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The resolved tree without :data:`ID_EXCLUDED` keys: what the trial id hashes.
+    ``tree``: ``resolved_dict(cfg)`` when the caller has it already (it is modified)."""
+    tree = resolved_dict(cfg) if tree is None else tree
     for key in ID_EXCLUDED:
         section, _, field = key.partition(".")
         if field:
@@ -401,9 +408,10 @@ def identity_dict(cfg: TrialConfig) -> dict[str, Any]:
     return tree
 
 
-def trial_id(cfg: TrialConfig) -> str:
-    """12 hex digits: SHA-256 of the canonical JSON of :func:`identity_dict` (see module docstring)."""
-    canonical = json.dumps(identity_dict(cfg), sort_keys=True, separators=(",", ":"), allow_nan=False)
+def trial_id(cfg: TrialConfig, tree: dict[str, Any] | None = None) -> str:
+    """12 hex digits: SHA-256 of the canonical JSON of :func:`identity_dict` (see module docstring).
+    ``tree``: ``resolved_dict(cfg)`` when the caller has it already (it is modified)."""
+    canonical = json.dumps(identity_dict(cfg, tree), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
 
 

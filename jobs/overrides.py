@@ -94,5 +94,5 @@ def nest(key: str, value: Any) -> dict[str, Any]:
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
-    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.7)
     return f" (did you mean {match[0]!r}?)" if match else ""

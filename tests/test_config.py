@@ -169,6 +169,7 @@ def test_resolved_dict_and_yaml_round_trip(tmp_path):
     assert load_trial_config(path, []) == cfg
     assert yaml.safe_load(to_yaml(cfg))["train"]["betas"] == [0.5, 0.6]
     assert list(resolved_dict(cfg)) == ["model", "prior", "data", "train", "run", "tracking", "eval"]
+    assert resolved_dict(cfg) == rgflow.config.to_dict(cfg)
 
 
 def test_flatten_gives_override_syntax():

@@ -1,0 +1,594 @@
+"""Sweep files: one YAML describes many trials; :func:`load_sweep` expands it into ordered trials.
+
+The shape (every key but ``name`` is optional; see ``sweeps/README.md`` for a commented example)::
+
+    name: batchsize                    # MLflow experiment and run-folder name: [A-Za-z0-9_.-]+
+    description: free text
+    base_config: ../configs/x.yaml     # a trial config file, relative to this sweep file
+    base: {train: {weight_decay: 5.0e-5}}   # trial config keys on top of base_config
+    axes:
+      zip:                             # groups of keys whose lists vary together (equal lengths)
+        - {data.name: [msds1, celeba], model.preset: [msds, celeba32], train.epochs: [60, 100]}
+      grid:                            # cartesian product, one axis per key
+        train.batch_size: [64, 512]
+        prior.kind: [laplace, gaussian]
+      random:                          # `samples` points drawn with random.Random(seed)
+        samples: 4
+        seed: 0
+        params:
+          train.lr: {loguniform: [1.0e-4, 3.0e-3]}   # or {uniform: [lo, hi]} or {choice: [a, b]}
+      seeds: [0, 1, 2]                 # run.seed values: the innermost repeat
+    resources: {cpus: 1, gpus: 1, memory_gb: 32, time_limit_min: 1440}   # per trial
+    backend: ray                       # ray | slurm | local
+    ray: {address: local, max_concurrent_trials: null, max_failures: 2, storage_path: null}
+    slurm: {partition: gpu, account: null, qos: null, constraint: null, gpus_per_trial: null,
+            cpus_per_trial: null, mem_gb: null, time_min: null, array_parallelism: null,
+            max_array_size: 1000, extra_sbatch: [], python: null}   # null: from resources
+    local: {parallel: 1}
+    evaluation: {enabled: true, test_bpd: true, samples: true, fid: true, receptive_fields: true}
+
+**Trial order** (the index used by ``--trial N`` and Slurm array task ids) is the cartesian
+product of, outermost first: each ``zip`` group (in file order), each ``grid`` key (in file order,
+values in list order), the ``random`` samples (in draw order), the ``seeds`` (innermost). A trial's
+config is: defaults ← ``base_config`` ← ``base`` ← command-line base overrides ← its axis values.
+
+**Overrides** (``load_sweep(path, ["train.epochs=5", "seeds=[0,1]", "backend=slurm"])``):
+
+* ``seeds=[…]``, ``seed=[…]`` or ``run.seed=[…]`` replace the seeds axis (a scalar: one seed);
+* a grid key (``'train.batch_size=[64,512]'``) replaces that axis' values (a scalar: one value);
+* a zip key with a scalar keeps the group positions having that value (``data.name=msds1``), with
+  a list as long as the group replaces that key's list;
+* a random key leaves ``random`` and is treated as below; ``random.samples=N``, ``random.seed=S``;
+* any other trial key sets the base for every trial (``train.epochs=5``) — or, when a list is given
+  for a key whose value is not itself a list, adds a grid axis (``'prior.temperature=[0.5,1.0]'``);
+* ``backend=…``, ``name=…``, ``description=…``, ``resources.*``, ``ray.*``, ``slurm.*``,
+  ``local.*``, ``evaluation.*`` set those settings.
+
+Every key is checked (one-line :class:`~jobs.config.ConfigError` with did-you-mean), every trial's
+config is built (so a bad axis value is reported with its key, value and origin), and two trials
+with the same trial id are an error naming both indexes.
+
+``Sweep.sweep_id`` is 12 hex digits of SHA-256 over the name and the ordered trial ids: it
+identifies what the sweep trains, not where (backend, resources and tracking do not change it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import math
+import random
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rgflow import config as lib
+from jobs.config import (
+    SECTIONS, ConfigError, TrialConfig, coerce, compose, config_keys, field_types, resolved_dict, show,
+    trial_id, unknown_key_error, value_error,
+)
+from jobs.overrides import did_you_mean, load_yaml_file, nest, parse_override
+
+BACKENDS = ("ray", "slurm", "local")
+SWEEP_KEYS = ("name", "description", "base_config", "base", "axes", "resources", "backend", "ray", "slurm",
+              "local", "evaluation")
+AXIS_KINDS = ("zip", "grid", "random", "seeds")
+RANDOM_KEYS = ("samples", "seed", "params")
+DISTRIBUTIONS = ("uniform", "loguniform", "choice")
+SEED_KEYS = ("seeds", "seed", "run.seed")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+RAY_ADDRESS = re.compile(r"^(local|auto|ray://\S+|[A-Za-z0-9_.-]+:[0-9]+)$")
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings sections
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Resources:
+    """Per trial: ``cpus``, ``gpus`` (fractions below 1 share a GPU on Ray; above 1 must be whole),
+    ``memory_gb`` (GiB, ``None``: backend default), ``time_limit_min`` (minutes, ``None``: none)."""
+
+    cpus: int = 1
+    gpus: float = 0.0
+    memory_gb: float | None = None
+    time_limit_min: int | None = None
+
+    def __post_init__(self) -> None:
+        lib._check_positive("resources.cpus", self.cpus)
+        lib._check_positive("resources.gpus", self.gpus, allow_zero=True, integer=False)
+        if self.gpus > 1 and self.gpus != int(self.gpus):
+            raise lib.ConfigError("resources.gpus", self.gpus, "must be a whole number when above 1")
+        if self.memory_gb is not None:
+            lib._check_positive("resources.memory_gb", self.memory_gb, integer=False)
+        if self.time_limit_min is not None:
+            lib._check_positive("resources.time_limit_min", self.time_limit_min)
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """``address``: ``local`` (an embedded Ray started for the sweep), ``auto`` (the running
+    cluster), ``ray://host:port`` or ``host:port``. ``max_concurrent_trials`` (``None``: as many
+    as resources allow), ``max_failures`` retries per trial from its checkpoint, ``storage_path``
+    for Ray Tune's experiment state (``None``: chosen by the Ray backend under the run folder)."""
+
+    address: str = "local"
+    max_concurrent_trials: int | None = None
+    max_failures: int = 2
+    storage_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not RAY_ADDRESS.match(self.address):
+            raise lib.ConfigError("ray.address", self.address, "must be 'local', 'auto', 'ray://HOST:PORT' or 'HOST:PORT'")
+        if self.max_concurrent_trials is not None:
+            lib._check_positive("ray.max_concurrent_trials", self.max_concurrent_trials)
+        lib._check_positive("ray.max_failures", self.max_failures, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """sbatch options of the sweep's job arrays. ``gpus_per_trial``, ``cpus_per_trial``, ``mem_gb``
+    and ``time_min`` left ``null`` in the file are filled from ``resources`` by :func:`load_sweep`
+    (GPUs rounded up). ``array_parallelism``: at most this many array tasks at once (``None``: no
+    cap); arrays larger than ``max_array_size`` are split. ``extra_sbatch``: more ``--flag[=value]``
+    options, passed as separate arguments. ``python``: interpreter on the compute nodes
+    (``None``: the launcher's ``sys.executable``)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus_per_trial: int | None = None
+    cpus_per_trial: int | None = None
+    mem_gb: float | None = None
+    time_min: int | None = None
+    array_parallelism: int | None = None
+    max_array_size: int = 1000
+    extra_sbatch: tuple[str, ...] = ()
+    python: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extra_sbatch", tuple(self.extra_sbatch))
+        if self.gpus_per_trial is not None:
+            lib._check_positive("slurm.gpus_per_trial", self.gpus_per_trial, allow_zero=True)
+        for key in ("cpus_per_trial", "time_min", "array_parallelism"):
+            if getattr(self, key) is not None:
+                lib._check_positive(f"slurm.{key}", getattr(self, key))
+        if self.mem_gb is not None:
+            lib._check_positive("slurm.mem_gb", self.mem_gb, integer=False)
+        lib._check_positive("slurm.max_array_size", self.max_array_size)
+        for flag in self.extra_sbatch:
+            if not flag.startswith("--") or len(flag) < 3 or any(c.isspace() for c in flag):
+                raise lib.ConfigError("slurm.extra_sbatch", flag, "each entry must be one long sbatch option such as '--exclusive' or '--nodelist=n1'")
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """``parallel``: trials run at once as subprocesses on this machine."""
+
+    parallel: int = 1
+
+    def __post_init__(self) -> None:
+        lib._check_positive("local.parallel", self.parallel)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """Which evaluations run after a trial trains (their parameters are the trial's ``eval`` section).
+    ``enabled: false`` skips them all."""
+
+    enabled: bool = True
+    test_bpd: bool = True
+    samples: bool = True
+    fid: bool = True
+    receptive_fields: bool = True
+
+    @property
+    def selected(self) -> tuple[str, ...]:
+        """Names of the evaluations to run, in order (empty when disabled)."""
+        names = ("test_bpd", "samples", "fid", "receptive_fields")
+        return tuple(n for n in names if self.enabled and getattr(self, n))
+
+
+SETTINGS: dict[str, type] = {
+    "resources": Resources, "ray": RaySettings, "slurm": SlurmSettings, "local": LocalSettings,
+    "evaluation": EvaluationSettings,
+}
+
+
+def _build_settings(section: str, layers: list[tuple[Any, str]]) -> Any:
+    cls = SETTINGS[section]
+    types = _settings_types(cls)
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for raw, origin in layers:
+        if raw is None:
+            continue
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{section}: expected a mapping of {section} keys, got {show(raw)} [{origin}]", section, raw)
+        for key, value in raw.items():
+            dotted = f"{section}.{key}"
+            if key not in types:
+                raise unknown_key_error(dotted, [f"{section}.{k}" for k in types], origin)
+            values[key] = coerce(dotted, value, types[key], origin)
+            origins[dotted] = origin
+    try:
+        return cls(**values)
+    except lib.ConfigError as err:
+        raise value_error(err.key, err.value, err.rule, origins.get(err.key)) from None
+
+
+@functools.cache
+def _settings_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Axes
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RandomAxis:
+    """``samples`` points; each draws every param in ``params`` (key → (distribution, args)) in order."""
+
+    samples: int
+    seed: int
+    params: dict[str, tuple[str, tuple]]
+
+    def draw(self) -> list[dict[str, Any]]:
+        """The sample points, reproducible from ``seed`` (Python's Mersenne Twister)."""
+        rng = random.Random(self.seed)
+        points = []
+        for _ in range(self.samples):
+            point = {}
+            for key, (dist, args) in self.params.items():
+                if dist == "uniform":
+                    point[key] = rng.uniform(*args)
+                elif dist == "loguniform":
+                    point[key] = math.exp(rng.uniform(math.log(args[0]), math.log(args[1])))
+                else:
+                    point[key] = rng.choice(args)
+            points.append(point)
+        return points
+
+
+@dataclass(frozen=True)
+class Axes:
+    """The effective axes after overrides. ``origins`` labels where each axis key was set."""
+
+    zip: tuple[dict[str, tuple], ...] = ()
+    grid: dict[str, tuple] = field(default_factory=dict)
+    random: RandomAxis | None = None
+    seeds: tuple | None = None
+    origins: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> list[str]:
+        """Varying keys in trial-order nesting (outermost first)."""
+        keys = [k for group in self.zip for k in group] + list(self.grid)
+        keys += list(self.random.params) if self.random else []
+        return keys + (["run.seed"] if self.seeds is not None else [])
+
+    def factors(self) -> list[list[dict[str, Any]]]:
+        """One list of partial assignments per nesting level; the trials are their product."""
+        out = [[{k: v[i] for k, v in group.items()} for i in range(len(next(iter(group.values()))))]
+               for group in self.zip]
+        out += [[{key: v} for v in values] for key, values in self.grid.items()]
+        if self.random:
+            out.append(self.random.draw())
+        if self.seeds is not None:
+            out.append([{"run.seed": s} for s in self.seeds])
+        return out
+
+
+def _trial_key(key: Any, origin: str) -> str:
+    if not isinstance(key, str) or key not in config_keys():
+        raise unknown_key_error(str(key), config_keys(), origin)
+    return key
+
+
+def _axis_values(key: str, values: Any, origin: str) -> tuple:
+    if not isinstance(values, list):
+        raise ConfigError(f"{key}={show(values)}: an axis needs a list of values, e.g. [64, 512] [{origin}]", key, values)
+    if not values:
+        raise ConfigError(f"{key}=[]: an axis needs at least one value [{origin}]", key, values)
+    return tuple(values)
+
+
+def _parse_random(raw: Any, origin: str) -> RandomAxis:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"axes.random: expected a mapping with samples, seed, params, got {show(raw)} [{origin}]")
+    for key in raw:
+        if key not in RANDOM_KEYS:
+            raise unknown_key_error(f"axes.random.{key}", [f"axes.random.{k}" for k in RANDOM_KEYS], origin)
+    samples = coerce("axes.random.samples", raw.get("samples"), int, origin) if "samples" in raw else None
+    if samples is None or samples < 1:
+        raise ConfigError(f"axes.random.samples={show(samples)}: must be a positive integer [{origin}]", "axes.random.samples", samples)
+    seed = coerce("axes.random.seed", raw.get("seed", 0), int, origin)
+    params_raw = raw.get("params")
+    if not isinstance(params_raw, dict) or not params_raw:
+        raise ConfigError(f"axes.random.params: expected a mapping of keys to {{uniform|loguniform|choice: [...]}}, got {show(params_raw)} [{origin}]")
+    params = {}
+    for key, spec in params_raw.items():
+        key = _trial_key(key, origin)
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise ConfigError(f"{key}={show(spec)}: a random param needs exactly one of {{uniform: [lo, hi]}}, {{loguniform: [lo, hi]}}, {{choice: [...]}} [{origin}]", key, spec)
+        (dist, args), = spec.items()
+        if dist not in DISTRIBUTIONS:
+            raise ConfigError(f"{key}: unknown distribution {dist!r}, expected one of {', '.join(DISTRIBUTIONS)}{did_you_mean(str(dist), DISTRIBUTIONS)} [{origin}]", key, dist)
+        if dist == "choice":
+            params[key] = (dist, _axis_values(key, args, origin))
+            continue
+        bounds = coerce(key, args, tuple[float, float], origin)
+        if not bounds[0] < bounds[1] or (dist == "loguniform" and bounds[0] <= 0):
+            rule = "0 < lo < hi" if dist == "loguniform" else "lo < hi"
+            raise ConfigError(f"{key}={show(list(bounds))}: {dist} bounds must satisfy {rule} [{origin}]", key, args)
+        params[key] = (dist, bounds)
+    return RandomAxis(samples, seed, params)
+
+
+def _parse_axes(raw: Any, origin: str) -> Axes:
+    if raw is None:
+        return Axes()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"axes: expected a mapping with {', '.join(AXIS_KINDS)}, got {show(raw)} [{origin}]")
+    for kind in raw:
+        if kind not in AXIS_KINDS:
+            raise unknown_key_error(f"axes.{kind}", [f"axes.{k}" for k in AXIS_KINDS], origin)
+    origins: dict[str, str] = {}
+    claimed: dict[str, str] = {}
+
+    def claim(key: str, where: str) -> None:
+        if key in claimed:
+            raise ConfigError(f"{key}: appears in both {claimed[key]} and {where} [{origin}]", key)
+        claimed[key] = where
+        origins[key] = f"{origin} {where}"
+
+    groups = []
+    zips = raw.get("zip") or []
+    if not isinstance(zips, list):
+        raise ConfigError(f"axes.zip: expected a list of groups (mappings of key: [values]), got {show(zips)} [{origin}]")
+    for i, group in enumerate(zips):
+        where = f"axes.zip[{i}]"
+        if not isinstance(group, dict) or not group:
+            raise ConfigError(f"{where}: expected a mapping of key: [values], got {show(group)} [{origin}]")
+        parsed = {}
+        for key, values in group.items():
+            key = _trial_key(key, f"{origin} {where}")
+            claim(key, where)
+            parsed[key] = _axis_values(key, values, f"{origin} {where}")
+        lengths = {len(v) for v in parsed.values()}
+        if len(lengths) > 1:
+            detail = ", ".join(f"{k}: {len(v)}" for k, v in parsed.items())
+            raise ConfigError(f"{where}: lists must have equal lengths ({detail}) [{origin}]")
+        groups.append(parsed)
+    grid = {}
+    grid_raw = raw.get("grid") or {}
+    if not isinstance(grid_raw, dict):
+        raise ConfigError(f"axes.grid: expected a mapping of key: [values], got {show(grid_raw)} [{origin}]")
+    for key, values in grid_raw.items():
+        key = _trial_key(key, f"{origin} axes.grid")
+        claim(key, "axes.grid")
+        grid[key] = _axis_values(key, values, f"{origin} axes.grid")
+    rand = _parse_random(raw["random"], f"{origin} axes.random") if raw.get("random") is not None else None
+    for key in rand.params if rand else ():
+        claim(key, "axes.random")
+    seeds = None
+    if raw.get("seeds") is not None:
+        claim("run.seed", "axes.seeds")
+        seeds = _axis_values("seeds", raw["seeds"], f"{origin} axes.seeds")
+    return Axes(tuple(groups), grid, rand, seeds, origins)
+
+
+# ----------------------------------------------------------------------------------------------
+# The sweep
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Trial:
+    """One expanded trial. ``varying``: its axis values (dotted key → resolved value), in axis order."""
+
+    index: int
+    trial_id: str
+    config: TrialConfig
+    varying: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """An expanded sweep: settings plus ``trials`` in the documented order."""
+
+    name: str
+    path: Path | None
+    description: str
+    trials: list[Trial]
+    axes: Axes
+    resources: Resources
+    backend: str
+    ray: RaySettings
+    slurm: SlurmSettings
+    local: LocalSettings
+    evaluation: EvaluationSettings
+    sweep_id: str
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def varying_keys(self) -> list[str]:
+        return self.axes.keys
+
+    def trial(self, index: int) -> Trial:
+        """Trial ``index``; out of range → ConfigError naming the valid range."""
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.trials):
+            raise ConfigError(f"trial index {index!r} is out of range: sweep {self.name!r} ({self.path}) has "
+                              f"{len(self.trials)} trials, indexes 0-{len(self.trials) - 1}", "trial", index)
+        return self.trials[index]
+
+
+def is_sweep_file(raw: Any) -> bool:
+    """Whether a loaded YAML document is a sweep (it has sweep keys) rather than a trial config."""
+    return isinstance(raw, dict) and any(k in raw for k in ("name", "axes", "base", "base_config"))
+
+
+def _is_list_field(key: str) -> bool:
+    """Whether the trial key's value is itself a list (``train.betas``), so a list override is a value."""
+    section, _, name = key.partition(".")
+    tp = field_types(section)[name]
+    return any(typing.get_origin(t) is tuple for t in (tp, *typing.get_args(tp)))
+
+
+def _resolved_value(tree: dict[str, Any], key: str) -> Any:
+    section, _, name = key.partition(".")
+    return tree[section][name]
+
+
+def _apply_override(text: str, state: dict[str, Any]) -> None:
+    """Fold one command-line override into the sweep ``state`` (see the module docstring)."""
+    key, value = parse_override(text)
+    origin = f"override {text!r}"
+    head, _, rest = key.partition(".")
+    axes: Axes = state["axes"]
+    if key in SEED_KEYS and (key != "run.seed" or isinstance(value, list) or axes.seeds is not None):
+        values = tuple(value) if isinstance(value, list) else (value,)
+        state["axes"] = dataclasses.replace(axes, seeds=_axis_values("seeds", list(values), origin),
+                                            origins={**axes.origins, "run.seed": origin})
+    elif key in ("backend", "name", "description"):
+        state[key] = (value, origin)
+    elif head in SETTINGS:
+        state["settings"][head].append((nest(rest, value) if rest else value, origin))
+    elif head == "random" and rest in ("samples", "seed"):
+        if axes.random is None:
+            raise ConfigError(f"{key}: this sweep has no axes.random [{origin}]", key)
+        rand = dataclasses.replace(axes.random, **{rest: coerce(key, value, int, origin)})
+        if rand.samples < 1:
+            raise ConfigError(f"{key}={show(value)}: must be a positive integer [{origin}]", key, value)
+        state["axes"] = dataclasses.replace(axes, random=rand)
+    elif head in SECTIONS:
+        _apply_trial_override(key, value, origin, state)
+    else:
+        candidates = [*SEED_KEYS[:2], "backend", "name", "description", *SETTINGS, *config_keys()]
+        if head in ("base", "base_config", "axes"):
+            raise ConfigError(f"{key}: cannot be overridden; override trial keys (train.epochs=5) or axis keys "
+                              f"('train.batch_size=[64,512]') directly [{origin}]", key)
+        raise unknown_key_error(key, candidates, origin)
+
+
+def _apply_trial_override(key: str, value: Any, origin: str, state: dict[str, Any]) -> None:
+    axes: Axes = state["axes"]
+    origins = {**axes.origins, key: origin}
+    if key in axes.grid:
+        values = value if isinstance(value, list) else [value]
+        state["axes"] = dataclasses.replace(axes, grid={**axes.grid, key: _axis_values(key, values, origin)},
+                                            origins=origins)
+        return
+    for i, group in enumerate(axes.zip):
+        if key not in group:
+            continue
+        if isinstance(value, list):
+            if len(value) != len(group[key]):
+                raise ConfigError(f"{key}={show(value)}: axes.zip[{i}] has {len(group[key])} positions; give a "
+                                  f"list of that length, or one value to keep only its positions [{origin}]", key, value)
+            group = {**group, key: _axis_values(key, value, origin)}
+        else:
+            keep = [j for j, v in enumerate(group[key]) if v == value]
+            if not keep:
+                raise ConfigError(f"{key}={show(value)}: not among the axes.zip[{i}] values {show(list(group[key]))} "
+                                  f"[{origin}]", key, value)
+            group = {k: tuple(v[j] for j in keep) for k, v in group.items()}
+        zips = axes.zip[:i] + (group,) + axes.zip[i + 1:]
+        state["axes"] = dataclasses.replace(axes, zip=zips, origins=origins)
+        return
+    if axes.random and key in axes.random.params:
+        params = {k: v for k, v in axes.random.params.items() if k != key}
+        axes = dataclasses.replace(axes, random=dataclasses.replace(axes.random, params=params) if params else None)
+        state["axes"] = axes
+    if isinstance(value, list) and key in config_keys() and not _is_list_field(key):
+        state["axes"] = dataclasses.replace(axes, grid={**axes.grid, key: _axis_values(key, value, origin)},
+                                            origins={**axes.origins, key: origin})
+        return
+    state["base"].append((nest(key, value), origin))
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    """Read, override, validate and expand the sweep at ``path`` (see the module docstring)."""
+    path = Path(path)
+    raw = load_yaml_file(path)
+    where = f"in {path}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a sweep mapping with keys {', '.join(SWEEP_KEYS)}, got {show(raw)} [{where}]")
+    for key in raw:
+        if key not in SWEEP_KEYS:
+            hint = " (trial config keys go under 'base:')" if key in SECTIONS else ""
+            raise ConfigError(f"{unknown_key_error(str(key), SWEEP_KEYS)}{hint} [{where}]", str(key))
+    base: list[tuple[Any, str]] = []
+    if raw.get("base_config") is not None:
+        if not isinstance(raw["base_config"], str):
+            raise ConfigError(f"base_config={show(raw['base_config'])}: expected a path (relative to the sweep file) [{where}]")
+        base_path = path.parent / raw["base_config"]
+        base.append((load_yaml_file(base_path), f"in {base_path}"))
+    base.append((raw.get("base"), f"{where} base"))
+    state: dict[str, Any] = {
+        "name": (raw.get("name"), where), "description": (raw.get("description") or "", where),
+        "backend": (raw.get("backend", "ray"), where), "base": base, "axes": _parse_axes(raw.get("axes"), where),
+        "settings": {s: [(raw.get(s), where)] for s in SETTINGS},
+    }
+    for text in overrides:
+        _apply_override(text, state)
+
+    name, name_origin = state["name"]
+    if name is None:
+        raise ConfigError(f"name: required, a short name for the sweep's MLflow experiment and run folder [{where}]", "name")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ConfigError(f"name={show(name)}: must be letters, digits, '_', '.' or '-' (it names folders) [{name_origin}]", "name", name)
+    description, description_origin = state["description"]
+    if not isinstance(description, str):
+        raise ConfigError(f"description={show(description)}: expected a string [{description_origin}]", "description", description)
+    backend, backend_origin = state["backend"]
+    if backend not in BACKENDS:
+        hint = did_you_mean(backend, BACKENDS) if isinstance(backend, str) else ""
+        raise ConfigError(f"backend={show(backend)}: must be one of {', '.join(map(repr, BACKENDS))}{hint} [{backend_origin}]", "backend", backend)
+    settings = {s: _build_settings(s, layers) for s, layers in state["settings"].items()}
+    resources: Resources = settings["resources"]
+    slurm: SlurmSettings = settings["slurm"]
+    slurm = dataclasses.replace(
+        slurm,
+        gpus_per_trial=math.ceil(resources.gpus) if slurm.gpus_per_trial is None else slurm.gpus_per_trial,
+        cpus_per_trial=resources.cpus if slurm.cpus_per_trial is None else slurm.cpus_per_trial,
+        mem_gb=resources.memory_gb if slurm.mem_gb is None else slurm.mem_gb,
+        time_min=resources.time_limit_min if slurm.time_min is None else slurm.time_min,
+    )
+    axes: Axes = state["axes"]
+    trials = _expand(axes, state["base"])
+    sweep_id = hashlib.sha256(json.dumps([name, [t.trial_id for t in trials]]).encode()).hexdigest()[:12]
+    return Sweep(name, path, description, trials, axes, resources, backend, settings["ray"], slurm,
+                 settings["local"], settings["evaluation"], sweep_id, tuple(overrides))
+
+
+def _expand(axes: Axes, base: list[tuple[Any, str]]) -> list[Trial]:
+    trials: list[Trial] = []
+    seen: dict[str, int] = {}
+    fix = "remove the duplicate value" + (" or change axes.random (seed, samples, params)" if axes.random else "")
+    for index, parts in enumerate(itertools.product(*axes.factors())):
+        assignment = {k: v for part in parts for k, v in part.items()}
+        layers = base + [(nest(k, v), axes.origins.get(k)) for k, v in assignment.items()]
+        config = compose(layers)
+        tree = resolved_dict(config)
+        varying = {k: _resolved_value(tree, k) for k in assignment}
+        tid = trial_id(config, tree)
+        if tid in seen:
+            first = trials[seen[tid]]
+            raise ConfigError(f"trials {first.index} and {index} are the same trial (id {tid}): axis values "
+                              f"{show(first.varying)} and {show(varying)} give the same config; {fix}")
+        seen[tid] = index
+        trials.append(Trial(index, tid, config, varying))
+    return trials
+
+
+__all__ = [
+    "BACKENDS", "Resources", "RaySettings", "SlurmSettings", "LocalSettings", "EvaluationSettings", "RandomAxis",
+    "Axes", "Trial", "Sweep", "is_sweep_file", "load_sweep",
+]
