@@ -1,0 +1,329 @@
+"""MSDS1 / MSDS2 (spec §9): 32×32 RGB images of a 4×4 grid of small rotated ellipses.
+
+Faithful to the authors' generators (PIL): every ellipse is drawn into a transparent 8×8 RGBA
+tile ``(255, 255, 255, 0)`` with ``ImageDraw.ellipse((1, 3, 7, 5), (r, g, b, 255))``, rotated
+with ``Image.rotate(angle, resample=BICUBIC)`` (degrees, counter-clockwise about the tile centre,
+tile size kept) and alpha-pasted onto a black RGB image with its top-left corner at
+``(x, y) = (8i + U{-1,0,1}, 8j + U{-1,0,1})`` (``i`` indexes columns, ``j`` rows; tiles clip at
+the border), in the order ``i`` outer, ``j`` inner.
+
+* MSDS1: one base colour per image, each channel U{32…223}; each ellipse's colour is the base +
+  U{-32…32} per channel; each ellipse's angle U[0, 180) independently.
+* MSDS2: one base angle per image U[0, 180); each ellipse's angle is the base + U[0, 45); each
+  ellipse's colour U{0…255} per channel independently.
+
+Rendering is a vectorised numpy re-implementation of exactly what Pillow does (premultiply to
+``RGBa``, the bicubic affine filter of ``libImaging/Geometry.c`` with its clamping and ``(UINT8)``
+truncation, un-premultiply, ``paste`` with the 8-bit ``BLEND``): images are byte-identical to
+Pillow's (tested). The interpolated mask is computed once per pixel for all bands; a band value
+that lands within ``1e-9`` of an integer is recomputed in Pillow's exact floating-point order.
+
+Randomness: each split (train / test) and each chunk of :data:`CHUNK` images has its own PCG64
+stream seeded by ``SeedSequence(seed, spawn_key=(variant, split, chunk))``, and only raw 64-bit
+outputs are used (floats ``(raw >> 11)·2⁻⁵³``, integers ``low + ⌊u·n⌋``), so the bytes depend on
+the seed alone — not on numpy's ``Generator`` methods, the number of workers or the count asked
+for (the first N images of a split are the same whatever N).
+
+Labels: float32 ``(N, 16, 6)`` = ``(x, y, angle, r, g, b)`` per ellipse, ellipse ``k = 4i + j``
+(the reference's ``labels[n, i, j]`` flattened); ``x, y`` the tile's top-left corner in pixels,
+``angle`` in degrees (the float64 angle used for rendering, stored as float32), colour 0…255.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+GENERATOR_VERSION = "msds-pil13-bicubic-v1"
+VARIANTS = ("msds1", "msds2")
+SPLIT_COUNTS = {"train": 90_000, "test": 10_000}
+CHUNK = 1000          # images per random stream (fixed: changing it changes the data)
+_SUBBATCH = 200       # images rendered at once inside a chunk (memory/cache only)
+_TOL = 1e-9           # distance to an integer below which a band value is recomputed exactly
+
+# The 8×8 alpha mask that Pillow's ImageDraw.ellipse((1, 3, 7, 5)) fills (fixed here so that the
+# data never depends on the installed Pillow; a test checks it against Pillow).
+ELLIPSE_MASK = np.zeros((8, 8), dtype=bool)
+ELLIPSE_MASK[3, 2:7] = ELLIPSE_MASK[4, 1:8] = ELLIPSE_MASK[5, 2:7] = True
+
+
+_PIX = np.arange(8, dtype=np.float64) + 0.5
+_SCALE = 1e15
+
+
+def _split(a):
+    """Veltkamp split: ``a = hi + lo`` exactly, each half with ≤ 26 significant bits."""
+    c = 134217729.0 * a
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+_SCALE_HI, _SCALE_LO = _split(np.float64(_SCALE))
+
+
+def round15(x: np.ndarray) -> np.ndarray:
+    """Python's ``round(v, 15)`` (correctly rounded, ties to even) for every element of ``x``.
+
+    ``x·10¹⁵ = p + e`` is formed exactly (Dekker), so the nearest integer ``k`` is exact, and
+    ``k / 10¹⁵`` is the double nearest to the decimal result, as CPython's ``round`` returns.
+    """
+    p = x * _SCALE
+    xh, xl = _split(x)
+    e = ((xh * _SCALE_HI - p) + xh * _SCALE_LO + xl * _SCALE_HI) + xl * _SCALE_LO
+    k = np.rint(p)
+    d = (p - k) + e
+    k = np.where(d > 0.5, k + 1, np.where(d < -0.5, k - 1, k))
+    out = k / _SCALE
+    tie = np.abs(d) == 0.5                 # (practically never) defer to Python itself
+    for i in np.flatnonzero(tie):
+        out[i] = round(float(x[i]), 15)
+    return out
+
+
+def pil_rotation_matrices(angles: np.ndarray) -> np.ndarray:
+    """The inverse affine matrices ``(T, 6)`` that ``Image.rotate`` computes for an 8×8 image.
+
+    cos/sin come from Python's ``math`` (libm) as in Pillow, not numpy's SIMD versions;
+    ``round(·, 15)`` and the centre terms are evaluated in Pillow's order.
+    """
+    a = [-math.radians(v % 360.0) for v in angles.tolist()]
+    c = round15(np.fromiter(map(math.cos, a), np.float64, len(a)))
+    s = round15(np.fromiter(map(math.sin, a), np.float64, len(a)))
+    ms = -s                                   # round(-x, 15) == -round(x, 15)
+    return np.stack([c, s, c * -4.0 + s * -4.0 + 0.0 + 4.0, ms, c, ms * -4.0 + c * -4.0 + 0.0 + 4.0], 1)
+
+
+def _horner(p1, p2, p3, p4, d):
+    return p1 + d * (p2 + d * (p3 + d * p4))
+
+
+def _cubic(v1, v2, v3, v4, d):
+    """Pillow's BICUBIC macro (a = -1 cubic convolution), in its floating-point order."""
+    return _horner(v2, -v1 + v3, 2 * (v1 - v2) + v3 - v4, -v1 + v2 - v3 + v4, d)
+
+
+def _weights(d):
+    """The four cubic weights of a window (sum 1), not in Pillow's order: fast path only."""
+    d2 = d * d
+    d3 = d2 * d
+    return (2.0 * d2 - d - d3, 1.0 - 2.0 * d2 + d3, d + d2 - d3, d3 - d2)
+
+
+# The ellipse rows: 3 and 5 hold columns 2…6 ("A"), row 4 columns 1…7 ("B"), others nothing.
+def _unit_mask_fast(fx, dx, fy, dy):
+    """Interpolated unit mask S (≈ Pillow's value for band value 1, to ~1e-15) per pixel.
+
+    Window columns are ``fx - 1 + k`` and rows ``fy - 1 + k`` (k = 0…3), clamped to 0…7.
+    Column in A ⟺ 3 ≤ fx + k ≤ 7; clamped column in B ⟺ fx + k ≥ 2; clamped row 3 or 5 ⟺
+    fy + k ∈ {4, 6}; row 4 ⟺ fy + k = 5.
+    """
+    ha = hb = va = vb = 0.0
+    for k, w in enumerate(_weights(dx)):
+        t = fx + k
+        ha = ha + np.where((t >= 3.0) & (t <= 7.0), w, 0.0)
+        hb = hb + np.where(t >= 2.0, w, 0.0)
+    for k, w in enumerate(_weights(dy)):
+        t = fy + k
+        va = va + np.where((t == 4.0) | (t == 6.0), w, 0.0)
+        vb = vb + np.where(t == 5.0, w, 0.0)
+    return ha * va + hb * vb
+
+
+def _exact(c, fx, dx, fy, dy):
+    """Pillow's exact double for band value ``c`` (1-D arrays of selected pixels)."""
+    m = ELLIPSE_MASK.astype(np.float64)
+    cols = [np.clip(fx.astype(np.int64) - 1 + k, 0, 7) for k in range(4)]
+    rows = [np.clip(fy.astype(np.int64) - 1 + k, 0, 7) for k in range(4)]
+    horizontal = [_cubic(*(c * m[r, col] for col in cols), dx) for r in rows]
+    return _cubic(*horizontal, dy)
+
+
+def rotate_tiles(colours: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """Pillow's ``tile.rotate(angle, resample=BICUBIC)`` of the ellipse tiles, vectorised.
+
+    ``colours``: int ``(T, 3)`` in 0…255; ``angles``: float64 ``(T,)`` degrees. Returns the
+    rotated tiles as Pillow's RGBA (un-premultiplied) uint8 ``(T, 8, 8, 4)``.
+    """
+    t = len(angles)
+    m = pil_rotation_matrices(angles)[:, :, None, None]
+    xin, yin = _PIX[None, None, :], _PIX[None, :, None]
+    xx = m[:, 0] * xin + m[:, 1] * yin + m[:, 2]          # (T, 8, 8): [tile, out y, out x]
+    yy = m[:, 3] * xin + m[:, 4] * yin + m[:, 5]
+    inside = (xx >= 0.0) & (xx < 8.0) & (yy >= 0.0) & (yy < 8.0)
+    xs, ys = xx - 0.5, yy - 0.5
+    fx, fy = np.floor(xs), np.floor(ys)
+    dx, dy = xs - fx, ys - fy
+    s = np.where(inside, _unit_mask_fast(fx, dx, fy, dy), 0.0)
+
+    band = np.empty((t, 1, 1, 4), dtype=np.float64)
+    band[:, 0, 0, :3] = colours
+    band[..., 3] = 255.0
+    v = band * s[..., None]                                # (T, 8, 8, 4) ≈ Pillow's doubles
+    q = np.floor(v)
+    frac = v - q
+    near = ((frac <= _TOL) | (frac >= 1.0 - _TOL)) & (v > 0.5)
+    if near.any():
+        i = np.nonzero(near)
+        p = i[:3]
+        q[i] = np.floor(_exact(band[i[0], 0, 0, i[3]], fx[p], dx[p], fy[p], dy[p]))
+    out = np.clip(q, 0.0, 255.0).astype(np.uint8)        # Pillow's (UINT8) truncation
+    # RGBa -> RGBA (Convert.c rgba2rgbA): colour = min(255, 255·c // a) where 0 < a < 255
+    # (float32 is exact here: a non-integer 255·c/a < 256 is ≥ 1/254 away from an integer)
+    alpha = out[..., 3:]
+    partial = (alpha > 0) & (alpha < 255)
+    scaled = np.minimum(np.floor(np.float32(255.0) * out[..., :3] / np.maximum(alpha, 1).astype(np.float32)), 255.0)
+    out[..., :3] = np.where(partial, scaled, out[..., :3])
+    # angles 0/90/180/270 are copies/transposes in Pillow: transparent pixels stay white
+    special = np.isin(angles % 360.0, (0.0, 90.0, 180.0, 270.0))
+    if special.any():
+        tiles = out[special]
+        tiles[..., :3][tiles[..., 3] == 0] = 255
+        out[special] = tiles
+    return out
+
+
+GRID = 8 * np.stack(np.meshgrid(np.arange(4), np.arange(4), indexing="ij"), -1).reshape(16, 2)
+
+
+def paste_tiles(tiles: np.ndarray, jitter: np.ndarray) -> np.ndarray:
+    """Alpha-paste tiles onto black 32×32 RGB images like Pillow's ``paste(tile, pos, mask=tile)``.
+
+    ``tiles``: uint8 ``(N, 16, 8, 8, 4)`` RGBA, tile ``k = 4i + j`` pasted in order k with its
+    top-left corner at ``(x, y) = (8i, 8j) + jitter[:, k]``; ``jitter``: int ``(N, 16, 2)`` in
+    -1…1. Pixels outside the image are clipped. Returns uint8 ``(N, 3, 32, 32)``.
+
+    Each tile is first placed in a 10×10 transparent frame at its jitter, so that every paste is
+    a blend of a fixed canvas window (alpha 0 leaves a pixel unchanged, as ``BLEND`` does).
+    """
+    n, k = tiles.shape[:2]
+    flat_tiles = tiles.reshape(n * k, 8, 8, 4)
+    flat_jitter = jitter.reshape(n * k, 2) + 1
+    frames = np.zeros((n * k, 10, 10, 4), dtype=np.uint8)
+    for ox in range(3):
+        for oy in range(3):
+            sel = np.flatnonzero((flat_jitter[:, 0] == ox) & (flat_jitter[:, 1] == oy))
+            frames[sel, oy:oy + 8, ox:ox + 8] = flat_tiles[sel]
+    frames = frames.reshape(n, k, 10, 10, 4).astype(np.uint16)
+    canvas = np.zeros((n, 34, 34, 3), dtype=np.uint16)    # a 1-pixel margin takes the clipping
+    for j in range(k):
+        x, y = GRID[j]
+        region = canvas[:, y:y + 10, x:x + 10]
+        a = frames[:, j, :, :, 3:]
+        tmp = region * (255 - a) + frames[:, j, :, :, :3] * a + 128    # BLEND with DIV255
+        region[...] = ((tmp >> 8) + tmp) >> 8
+    img = canvas[:, 1:33, 1:33, :].astype(np.uint8)
+    return np.ascontiguousarray(img.transpose(0, 3, 1, 2))
+
+
+class _Stream:
+    """Uniform draws from raw PCG64 output only (stable across numpy versions)."""
+
+    def __init__(self, seed_seq: np.random.SeedSequence):
+        self._bits = np.random.PCG64(seed_seq)
+
+    def uniform(self, shape) -> np.ndarray:
+        raw = self._bits.random_raw(int(np.prod(shape)))
+        return ((raw >> np.uint64(11)).astype(np.float64) * 2.0**-53).reshape(shape)
+
+    def integers(self, low: int, high: int, shape) -> np.ndarray:
+        """Uniform integers in ``[low, high]`` (inclusive)."""
+        return low + np.floor(self.uniform(shape) * (high - low + 1)).astype(np.int64)
+
+
+def chunk_parameters(variant: str, seed: int, split: str, chunk: int) -> dict[str, np.ndarray]:
+    """The random parameters of chunk ``chunk`` (images ``chunk·CHUNK …``) of a split.
+
+    Returns ``colours`` int64 ``(CHUNK, 16, 3)``, ``angles`` float64 ``(CHUNK, 16)`` degrees and
+    ``jitter`` int64 ``(CHUNK, 16, 2)`` (x, y offsets of the tile from ``(8i, 8j)``), ellipse
+    k = 4i + j.
+    """
+    _check(variant, split)
+    seq = np.random.SeedSequence(seed, spawn_key=(VARIANTS.index(variant), list(SPLIT_COUNTS).index(split), chunk))
+    rng = _Stream(seq)
+    if variant == "msds1":
+        base = rng.integers(32, 223, (CHUNK, 1, 3))
+        colours = base + rng.integers(-32, 32, (CHUNK, 16, 3))
+        angles = rng.uniform((CHUNK, 16)) * 180.0
+    else:
+        base = rng.uniform((CHUNK, 1)) * 180.0
+        angles = base + rng.uniform((CHUNK, 16)) * 45.0
+        colours = rng.integers(0, 255, (CHUNK, 16, 3))
+    jitter = rng.integers(-1, 1, (CHUNK, 16, 2))
+    return {"colours": colours, "angles": angles, "jitter": jitter}
+
+
+def render(colours: np.ndarray, angles: np.ndarray, jitter: np.ndarray) -> np.ndarray:
+    """Images uint8 ``(N, 3, 32, 32)`` from per-ellipse parameters (shapes as :func:`chunk_parameters`)."""
+    n = len(colours)
+    tiles = rotate_tiles(colours.reshape(-1, 3), angles.reshape(-1)).reshape(n, 16, 8, 8, 4)
+    return paste_tiles(tiles, jitter)
+
+
+def labels_of(params: dict[str, np.ndarray]) -> np.ndarray:
+    """float32 ``(N, 16, 6)`` labels (x, y, angle, r, g, b)."""
+    return np.concatenate(
+        [GRID + params["jitter"], params["angles"][..., None], params["colours"]], axis=-1
+    ).astype(np.float32)
+
+
+def _render_chunk(variant: str, seed: int, split: str, chunk: int, count: int,
+                  images_path: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Render the first ``count`` images of a chunk; write them into the .npy at ``images_path``
+    (at the chunk's offset) when given, else return them."""
+    params = {k: v[:count] for k, v in chunk_parameters(variant, seed, split, chunk).items()}
+    images = np.concatenate([
+        render(*(params[k][i:i + _SUBBATCH] for k in ("colours", "angles", "jitter")))
+        for i in range(0, count, _SUBBATCH)
+    ])
+    if images_path is None:
+        return labels_of(params), images
+    out = np.load(images_path, mmap_mode="r+")
+    out[chunk * CHUNK:chunk * CHUNK + count] = images
+    out.flush()
+    del out
+    return labels_of(params), None
+
+
+def _check(variant: str, split: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"MSDS variant {variant!r} unknown: use one of {', '.join(VARIANTS)}")
+    if split not in SPLIT_COUNTS:
+        raise ValueError(f"MSDS split {split!r} unknown: use one of {', '.join(SPLIT_COUNTS)}")
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # fork avoids re-importing torch (rgflow/__init__) in every worker; the workers run numpy only
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+
+
+def generate(variant: str, seed: int, split: str, count: int | None = None, *,
+             workers: int | None = None, images_path: str | Path | None = None,
+             ) -> tuple[np.ndarray | None, np.ndarray]:
+    """Generate the first ``count`` images (default: all) of an MSDS split.
+
+    Returns ``(images uint8 (N, 3, 32, 32), labels float32 (N, 16, 6))``. With ``images_path``
+    (an existing uint8 ``.npy`` of shape ``(N, 3, 32, 32)``), images are written there by the
+    workers and ``None`` is returned in their place. ``workers`` processes (default: the CPU
+    count) render chunks in parallel; the bytes do not depend on it.
+    """
+    _check(variant, split)
+    total = SPLIT_COUNTS[split] if count is None else count
+    if not 0 < total <= SPLIT_COUNTS[split]:
+        raise ValueError(f"count={count}: MSDS {split} has 1…{SPLIT_COUNTS[split]} images")
+    jobs = [(variant, seed, split, c, min(CHUNK, total - c * CHUNK), None if images_path is None else str(images_path))
+            for c in range(math.ceil(total / CHUNK))]
+    workers = min(len(jobs), workers or os.cpu_count() or 1)
+    if workers == 1:
+        results = [_render_chunk(*job) for job in jobs]
+    else:
+        with _pool(workers) as pool:
+            results = list(pool.map(_render_chunk, *zip(*jobs)))
+    labels = np.concatenate([r[0] for r in results])
+    images = None if images_path is not None else np.concatenate([r[1] for r in results])
+    return images, labels
