@@ -68,8 +68,8 @@ from typing import Any
 
 from rgflow import config as lib
 from jobs.config import (
-    SECTIONS, ConfigError, TrialConfig, coerce, compose, config_keys, field_types, resolved_dict, show,
-    trial_id, unknown_key_error, value_error,
+    SECTIONS, ConfigError, TrialConfig, coerce, compose, config_keys, field_types, load_trial_config, resolved_dict,
+    show, trial_id, unknown_key_error, value_error,
 )
 from jobs.overrides import did_you_mean, load_yaml_file, nest, parse_override
 
@@ -404,7 +404,7 @@ class Sweep:
     """An expanded sweep: settings plus ``trials`` in the documented order."""
 
     name: str
-    path: Path | None
+    path: Path
     description: str
     trials: list[Trial]
     axes: Axes
@@ -434,6 +434,21 @@ def is_sweep_file(raw: Any) -> bool:
     return isinstance(raw, dict) and any(k in raw for k in ("name", "axes", "base", "base_config"))
 
 
+def load_trial(path: str | Path, overrides: list[str] = (), index: int | None = None) -> tuple[Sweep | None, TrialConfig]:
+    """The trial a ``jobs.train`` command line names: ``(None, config)`` for a trial config file,
+    ``(sweep, sweep.trial(index).config)`` for a sweep file (``index`` required there, refused for
+    a trial config file)."""
+    if is_sweep_file(load_yaml_file(path)):
+        sweep = load_sweep(path, overrides)
+        if index is None:
+            raise ConfigError(f"{path} is a sweep with {len(sweep.trials)} trials: say which one with --trial N "
+                              f"(0-{len(sweep.trials) - 1})")
+        return sweep, sweep.trial(index).config
+    if index is not None:
+        raise ConfigError(f"{path} is a trial config, not a sweep: --trial applies to sweep files only")
+    return None, load_trial_config(path, overrides)
+
+
 def _is_list_field(key: str) -> bool:
     """Whether the trial key's value is itself a list (``train.betas``), so a list override is a value."""
     section, _, name = key.partition(".")
@@ -452,7 +467,9 @@ def _apply_override(text: str, state: dict[str, Any]) -> None:
     origin = f"override {text!r}"
     head, _, rest = key.partition(".")
     axes: Axes = state["axes"]
-    if key in SEED_KEYS and (key != "run.seed" or isinstance(value, list) or axes.seeds is not None):
+    if key in SEED_KEYS and any("run.seed" in group for group in (axes.grid, *axes.zip)):
+        _apply_trial_override("run.seed", value, origin, state)  # the seed is a grid/zip key here
+    elif key in SEED_KEYS and (key != "run.seed" or isinstance(value, list) or axes.seeds is not None):
         values = tuple(value) if isinstance(value, list) else (value,)
         state["axes"] = dataclasses.replace(axes, seeds=_axis_values("seeds", list(values), origin),
                                             origins={**axes.origins, "run.seed": origin})
@@ -590,5 +607,5 @@ def _expand(axes: Axes, base: list[tuple[Any, str]]) -> list[Trial]:
 
 __all__ = [
     "BACKENDS", "Resources", "RaySettings", "SlurmSettings", "LocalSettings", "EvaluationSettings", "RandomAxis",
-    "Axes", "Trial", "Sweep", "is_sweep_file", "load_sweep",
+    "Axes", "Trial", "Sweep", "is_sweep_file", "load_sweep", "load_trial",
 ]

@@ -9,7 +9,7 @@ import yaml
 
 from jobs.config import ConfigError, load_trial_config, trial_id
 from jobs.dryrun import IMAGES_PER_S, format_trials_table, forward_flops, gpu_hours, images_per_second, training_images
-from jobs.sweep_spec import EvaluationSettings, is_sweep_file, load_sweep
+from jobs.sweep_spec import EvaluationSettings, is_sweep_file, load_sweep, load_trial
 from rgflow.config import model_preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -312,6 +312,26 @@ def test_file_errors(tmp_path, text, message):
 
 def test_missing_sweep_file(tmp_path):
     assert error_of(tmp_path / "absent.yaml") == f"{tmp_path / 'absent.yaml'}: no such file"
+
+
+def test_seed_overrides_reach_a_seed_grid_axis(tmp_path):
+    path = write(tmp_path, "name: g\naxes:\n  grid:\n    run.seed: [0, 1]\n    train.epochs: [1, 2]\n")
+    sweep = load_sweep(path, ["seeds=[4,5,6]"])
+    assert len(sweep.trials) == 6 and sweep.varying_keys == ["run.seed", "train.epochs"]
+    assert [t.config.run.seed for t in sweep.trials[::2]] == [4, 5, 6]
+
+
+def test_load_trial_from_a_config_or_a_sweep(tmp_path):
+    sweep, config = load_trial(REPO / "sweeps/smoke.yaml", ["train.epochs=1"], 3)
+    assert sweep.name == "smoke" and config == sweep.trials[3].config and config.train.epochs == 1
+    none, single = load_trial(REPO / "configs/tiny.yaml", ["train.epochs=1"])
+    assert none is None and single == load_trial_config(REPO / "configs/tiny.yaml", ["train.epochs=1"])
+    with pytest.raises(ConfigError, match=r"smoke.yaml is a sweep with 4 trials: say which one with --trial N \(0-3\)$"):
+        load_trial(REPO / "sweeps/smoke.yaml")
+    with pytest.raises(ConfigError, match=r"tiny.yaml is a trial config, not a sweep: --trial applies to sweep files only$"):
+        load_trial(REPO / "configs/tiny.yaml", [], 0)
+    with pytest.raises(ConfigError, match=r"^trial index 4 is out of range: sweep 'smoke' .* has 4 trials, indexes 0-3$"):
+        load_trial(REPO / "sweeps/smoke.yaml", [], 4)
 
 
 def test_is_sweep_file():
