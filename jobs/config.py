@@ -38,6 +38,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import typing
@@ -54,6 +55,7 @@ DEFAULT_PRESET = "msds"
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
 EVAL_CHECKPOINTS = ("best", "last")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+SWEEP_MARKERS = ("name", "axes", "base", "base_config")  # top-level keys only a sweep file has
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,8 @@ def coerce(key: str, value: Any, tp: Any, origin: str | None = None) -> Any:
             raise fail()
         if not isinstance(v, t):
             raise fail()
+        if t is float and not math.isfinite(v):
+            raise value_error(key, value, "must be a finite number", origin)
         return v
 
     return check(value, tp)
@@ -347,7 +351,11 @@ def load_trial_config(path: str | os.PathLike | None, overrides: list[str] = ())
     """Defaults ← the YAML file at ``path`` (if any) ← each override in order."""
     layers: list[tuple[Any, str | None]] = []
     if path is not None:
-        layers.append((load_yaml_file(path), f"in {path}"))
+        raw = load_yaml_file(path)
+        if isinstance(raw, dict) and any(k in raw for k in SWEEP_MARKERS):
+            raise ConfigError(f"{path} is a sweep file, not a trial config: run it with python -m jobs.sweep {path}, "
+                              f"or one of its trials with python -m jobs.train {path} --trial N")
+        layers.append((raw, f"in {path}"))
     return compose(layers + override_layers(list(overrides)))
 
 
@@ -416,7 +424,7 @@ def trial_id(cfg: TrialConfig, tree: dict[str, Any] | None = None) -> str:
 
 
 __all__ = [
-    "ConfigError", "RunConfig", "TrackingConfig", "EvalConfig", "TrialConfig", "SECTIONS", "ID_EXCLUDED",
+    "ConfigError", "RunConfig", "TrackingConfig", "EvalConfig", "TrialConfig", "SECTIONS", "ID_EXCLUDED", "SWEEP_MARKERS",
     "DEFAULT_PRESET", "config_keys", "field_types", "coerce", "show", "compose", "build_trial_config",
     "override_layers", "load_trial_config", "resolved_dict", "to_yaml", "flatten", "format_value",
     "identity_dict", "trial_id", "value_error", "unknown_key_error",

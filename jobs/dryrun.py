@@ -135,7 +135,7 @@ def format_trials_table(sweep: Sweep) -> str:
         *lines,
         f"total: {len(sweep.trials)} trials, {_count(sum(training_images(t.config) for t in sweep.trials))} training "
         f"images, {total:.3g} GPU-hours (estimated)",
-        f"estimate: one A100-class GPU at {rates} training images/s (fp32, derived from FLOPs, not measured; "
+        f"estimate: one A100-class GPU at {rates} training images/s (fp32; assumed figures, not measurements: "
         f"see jobs/dryrun.py); evaluations after training: {evaluations}",
     ])
 

@@ -68,7 +68,7 @@ from typing import Any
 
 from rgflow import config as lib
 from jobs.config import (
-    SECTIONS, ConfigError, TrialConfig, coerce, compose, config_keys, field_types, load_trial_config, resolved_dict,
+    SECTIONS, SWEEP_MARKERS, ConfigError, TrialConfig, coerce, compose, config_keys, field_types, load_trial_config, resolved_dict,
     show, trial_id, unknown_key_error, value_error,
 )
 from jobs.overrides import did_you_mean, load_yaml_file, nest, parse_override
@@ -431,7 +431,7 @@ class Sweep:
 
 def is_sweep_file(raw: Any) -> bool:
     """Whether a loaded YAML document is a sweep (it has sweep keys) rather than a trial config."""
-    return isinstance(raw, dict) and any(k in raw for k in ("name", "axes", "base", "base_config"))
+    return isinstance(raw, dict) and any(k in raw for k in SWEEP_MARKERS)
 
 
 def load_trial(path: str | Path, overrides: list[str] = (), index: int | None = None) -> tuple[Sweep | None, TrialConfig]:

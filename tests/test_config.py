@@ -114,6 +114,8 @@ def test_empty_sections_take_defaults(tmp_path):
      "model.preset='tinny': must be one of 'celeba32', 'msds', 'tiny' (did you mean 'tiny'?) [override 'model.preset=tinny']"),
     (["eval.checkpoint=final"], "eval.checkpoint='final': must be one of 'best', 'last' [override 'eval.checkpoint=final']"),
     (["run.device=gpu"], "run.device='gpu': must be 'auto', 'cpu', 'cuda' or 'cuda:N' [override 'run.device=gpu']"),
+    (["train.lr=.inf"], "train.lr=Infinity: must be a finite number [override 'train.lr=.inf']"),
+    (["train.betas=[0.9,.nan]"], "train.betas=[0.9, NaN]: must be a finite number [override 'train.betas=[0.9,.nan]']"),
     (["train.lr=-1"], "train.lr=-1.0: must be a positive number [override 'train.lr=-1']"),
     (["train.batch_size=0"], "train.batch_size=0: must be a positive integer [override 'train.batch_size=0']"),
     (["train.epochs"], "override 'train.epochs': expected key=value, e.g. train.epochs=5"),
@@ -145,6 +147,9 @@ def test_file_errors(tmp_path):
     listed.write_text("- 1\n- 2\n")
     assert error_of([], listed) == (
         f"expected a mapping of sections (model, prior, data, train, run, tracking, eval), got a list [in {listed}]")
+    sweep = REPO / "sweeps/smoke.yaml"
+    assert error_of([], sweep) == (f"{sweep} is a sweep file, not a trial config: run it with python -m jobs.sweep {sweep}, "
+                                   f"or one of its trials with python -m jobs.train {sweep} --trial N")
     typo = tmp_path / "typo.yaml"
     typo.write_text("train:\n  weight_decy: 0.1\n")
     assert error_of([], typo) == f"train.weight_decy: unknown key (did you mean 'train.weight_decay'?) [in {typo}]"

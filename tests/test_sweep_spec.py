@@ -382,7 +382,7 @@ def test_dry_run_table(tmp_path):
         assert float(cells[12]) == pytest.approx(gpu_hours(trial.config, sweep.evaluation), rel=1e-2)
     total = sum(gpu_hours(t.config, sweep.evaluation) for t in sweep.trials)
     assert lines[18].startswith(f"total: 16 trials, ") and lines[18].endswith(f"{total:.3g} GPU-hours (estimated)")
-    assert "not measured" in lines[19] and "tiny 20000" in lines[19]
+    assert "not measurements" in lines[19] and "tiny 20000" in lines[19]
     assert len(lines) == 20
 
 
