@@ -94,14 +94,19 @@ def _task(folder: str, names: list[str], interpolation: str, out_path: str, offs
     out.flush()
 
 
-def preprocess_split(folder: Path, names: list[str], interpolation: str, out_path: Path,
-                     workers: int | None = None) -> None:
-    """Write the preprocessed images of ``names`` into a new uint8 ``(N, 3, 32, 32)`` ``.npy``."""
+def check_images(folder: Path, names: list[str]) -> None:
+    """Raise :class:`CelebAMissing` naming the first listed image that is not in the folder."""
     images = folder / "img_align_celeba"
     absent = [n for n in names if not (images / n).is_file()]
     if absent:
         raise CelebAMissing(f"CelebA incomplete: {len(absent)} images listed in list_eval_partition.txt are not in "
                             f"{images.resolve()} (first: {absent[0]}); {OBTAIN}")
+
+
+def preprocess_split(folder: Path, names: list[str], interpolation: str, out_path: Path,
+                     workers: int | None = None) -> None:
+    """Write the preprocessed images of ``names`` into a new uint8 ``(N, 3, 32, 32)`` ``.npy``."""
+    images = folder / "img_align_celeba"
     np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint8, shape=(len(names), 3, SIZE, SIZE)).flush()
     jobs = [(str(images), names[i:i + _TASK], interpolation, str(out_path), i) for i in range(0, len(names), _TASK)]
     workers = min(len(jobs), workers or os.cpu_count() or 1)

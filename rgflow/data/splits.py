@@ -97,7 +97,9 @@ def ensure_celeba(cfg: DataConfig, *, build: bool = True, workers: int | None = 
     identity = celeba_identity(cfg.interpolation, celeba.partition_sha256(partition))
 
     def builder(tmp: Path) -> None:
-        for split, names in celeba.read_partition(partition).items():
+        splits = celeba.read_partition(partition)
+        celeba.check_images(folder, [name for names in splits.values() for name in names])
+        for split, names in splits.items():
             celeba.preprocess_split(folder, names, cfg.interpolation, tmp / f"{split}_images.npy", workers)
 
     manifest, report = cache.ensure(path, identity, builder, build=build)
@@ -126,12 +128,13 @@ def msds_rows(split: str, holdout: int, counts: dict[str, int]) -> tuple[str, sl
             "test": ("test", slice(0, counts["test"]))}[split]
 
 
-def load_split(cfg: DataConfig, split: str) -> ImageSet:
+def load_split(cfg: DataConfig, split: str, *, msds_counts: dict[str, int] | None = None) -> ImageSet:
     """The ``split`` (``train`` | ``valid`` | ``test``) of ``cfg``'s data set, from the cache.
 
     Builds the cache on first use (generating MSDS / preprocessing CelebA) and verifies its
     checksums otherwise; a corrupt or mismatched cache is rebuilt (logged as a warning on the
-    ``rgflow.data`` logger, with the reason).
+    ``rgflow.data`` logger, with the reason). ``msds_counts`` (tests, smoke runs) generates
+    fewer MSDS images than the real ``{"train": 90000, "test": 10000}``, in their own cache.
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: must be one of {', '.join(SPLITS)}")
@@ -140,7 +143,7 @@ def load_split(cfg: DataConfig, split: str) -> ImageSet:
         path, manifest, report = ensure_celeba(cfg)
         array, rows = f"{split}_images.npy", None
     else:
-        counts = dict(msds.SPLIT_COUNTS)
+        counts = dict(msds_counts or msds.SPLIT_COUNTS)
         source, rows = msds_rows(split, cfg.msds_valid_holdout, counts)
         path, manifest, report = ensure_msds(cfg.root, cfg.name, cfg.seed, counts)
         array = f"{source}_images.npy"
