@@ -1,0 +1,178 @@
+"""``slurm/train.sh`` on the real dev cluster.
+
+The first tests check the script's own logic — arguments, array index, signal forwarding, the
+exit-code contract of ``jobs.train`` (75 → requeue, anything else → no requeue) — with a stand-in
+trainer given through ``RGFLOW_PYTHON`` (a script that logs its arguments and exits as told), in a
+scratch folder laid out like the repository. The end-to-end tests run the real ``jobs.train`` on a
+tiny trial and check the MLflow run after requeues.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_SH = REPO / "slurm" / "train.sh"
+SMALL = ("--cpus-per-task=1", "--mem=500M", "--time=10")
+
+# Logs one JSON line per event to $FAKE_LOG. FAKE_MODE=exit:N exits N at once; FAKE_MODE=wait
+# (first attempt) sleeps until SIGUSR2/SIGTERM, then "checkpoints" and exits 75; a requeued
+# attempt (SLURM_RESTART_COUNT > 0) exits 0.
+STAND_IN = f"""#!{sys.executable}
+import json, os, signal, sys, time
+restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+def note(**event):
+    with open(os.environ["FAKE_LOG"], "a") as fh:
+        fh.write(json.dumps(dict(restart=restart, **event)) + "\\n")
+def interrupted(signum, frame):
+    for s in (signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    note(event="signal", signal=signal.Signals(signum).name)
+    sys.exit(75)
+signal.signal(signal.SIGUSR2, interrupted)
+signal.signal(signal.SIGTERM, interrupted)
+note(event="start", argv=sys.argv[1:], omp=os.environ.get("OMP_NUM_THREADS"))
+mode = os.environ["FAKE_MODE"]
+if mode.startswith("exit:"):
+    sys.exit(int(mode[5:]))
+if restart == 0:
+    time.sleep(300)
+    sys.exit(1)
+"""
+
+
+@pytest.fixture
+def scratch_repo(tmp_path):
+    """A folder laid out like the repository root (``jobs/train.py``, ``slurm-logs/``) with the
+    stand-in trainer; returns ``(root, env)`` for sbatch."""
+    root = tmp_path / "repo"
+    (root / "jobs").mkdir(parents=True)
+    (root / "jobs" / "train.py").write_text("")
+    (root / "slurm-logs").mkdir()
+    (root / "trial.yaml").write_text("train: {epochs: 1}\n")
+    stand_in = tmp_path / "stand_in.py"
+    stand_in.write_text(STAND_IN)
+    stand_in.chmod(0o755)
+    return root, {"RGFLOW_PYTHON": str(stand_in)}
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_events(path: Path, n: int, timeout: float = 30) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events = _events(path)
+        if len(events) >= n:
+            return events
+        time.sleep(0.2)
+    raise AssertionError(f"{path}: fewer than {n} events after {timeout} s: {_events(path)}")
+
+
+def _log_of(root: Path, job: str) -> str:
+    return (root / "slurm-logs" / f"rgflow-train-{job}.out").read_text()
+
+
+@pytest.mark.slurm
+def test_arguments_trial_index_and_exit_codes(slurm_cluster, scratch_repo):
+    root, env = scratch_repo
+    jobs = {}
+    for name, mode, args in [
+        ("array", "exit:0", ["--array=0-1", str(TRAIN_SH), "trial.yaml", "y=a b", "x=1"]),
+        ("explicit", "exit:0", [str(TRAIN_SH), "trial.yaml", "3", "x=1"]),
+        ("failed", "exit:1", [str(TRAIN_SH), "trial.yaml"]),
+        ("bad_input", "exit:2", [str(TRAIN_SH), "trial.yaml"]),
+        ("user_interrupt", "exit:130", [str(TRAIN_SH), "trial.yaml"]),
+    ]:
+        log = root / f"{name}.jsonl"
+        jobs[name] = (slurm_cluster.sbatch(*SMALL, *args, cwd=root,
+                                           env={**env, "FAKE_MODE": mode, "FAKE_LOG": str(log)}), log)
+
+    array_job = jobs["array"][0]
+    for task in (0, 1):
+        assert slurm_cluster.wait_job(f"{array_job}_{task}", {"COMPLETED"}) == "COMPLETED"
+    assert slurm_cluster.wait_job(jobs["explicit"][0], {"COMPLETED"}) == "COMPLETED"
+    for name, code in [("failed", 1), ("bad_input", 2), ("user_interrupt", 130)]:
+        job = jobs[name][0]
+        assert slurm_cluster.wait_job(job, {"FAILED"}) == "FAILED"
+        assert slurm_cluster.job_info(job)["ExitCode"] == f"{code}:0"
+        assert slurm_cluster.job_info(job)["Restarts"] == "0"
+        assert f"trainer exited with {code}" in _log_of(root, job)
+
+    array_argv = sorted(e["argv"] for e in _events(jobs["array"][1]))
+    assert array_argv == [["-m", "jobs.train", "--trial", str(t), "trial.yaml", "y=a b", "x=1"] for t in (0, 1)]
+    [explicit] = _events(jobs["explicit"][1])
+    assert explicit["argv"] == ["-m", "jobs.train", "--trial", "3", "trial.yaml", "x=1"]
+    assert explicit["omp"] == "1"  # from --cpus-per-task
+    [failed] = _events(jobs["failed"][1])
+    assert failed["argv"] == ["-m", "jobs.train", "trial.yaml"]
+
+
+@pytest.mark.slurm
+def test_interrupted_trainer_is_requeued_once_and_resumes(slurm_cluster, scratch_repo):
+    # Three interruptions, run side by side: USR2 to the batch shell (what --signal=B:USR2@120
+    # does before the time limit), USR2 to every process of the step, and an admin requeue (SIGTERM
+    # to the step; Slurm requeues by itself, the script must not requeue a second time).
+    root, env = scratch_repo
+    actions = {
+        "usr2_batch": ["scancel", "--signal=USR2", "--batch"],
+        "usr2_full": ["scancel", "--signal=USR2", "--full"],
+        "admin_requeue": ["scontrol", "requeue"],
+    }
+    jobs = {}
+    for name in actions:
+        log = root / f"{name}.jsonl"
+        jobs[name] = (slurm_cluster.sbatch(*SMALL, str(TRAIN_SH), "trial.yaml", cwd=root,
+                                           env={**env, "FAKE_MODE": "wait", "FAKE_LOG": str(log)}), log)
+    for name, action in actions.items():
+        job, log = jobs[name]
+        _wait_events(log, 1)
+        slurm_cluster.run(*action, job)
+    for name in actions:
+        job, log = jobs[name]
+        assert slurm_cluster.wait_job(job, {"COMPLETED"}, timeout=60) == "COMPLETED", name
+        events = [(e["restart"], e["event"], e.get("signal")) for e in _events(log)]
+        signal = "TERM" if name == "admin_requeue" else "USR2"
+        assert events == [(0, "start", None), (0, "signal", f"SIG{signal}"), (1, "start", None)], name
+        assert slurm_cluster.job_info(job)["Restarts"] == "1", name
+        assert [r["State"] for r in slurm_cluster.wait_accounted(job, "COMPLETED")] == ["REQUEUED", "COMPLETED"]
+        text = _log_of(root, job)
+        assert "trainer exited with 75" in text, name
+        assert ("requeued job" in text) == (name != "admin_requeue"), name
+
+
+def _run_directly(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    return subprocess.run(["bash", str(TRAIN_SH), *args], cwd=cwd, env={**clean, **env},
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_bad_submissions_exit_2_with_one_clear_line(scratch_repo, tmp_path):
+    root, env = scratch_repo
+    env = {**env, "FAKE_MODE": "exit:0", "FAKE_LOG": str(tmp_path / "direct.jsonl")}
+    outside = _run_directly("trial.yaml", cwd=tmp_path, env=env)
+    assert outside.returncode == 2
+    assert "is not the repository root" in outside.stderr
+    missing = _run_directly("nope.yaml", cwd=root, env=env)
+    assert missing.returncode == 2
+    assert "nope.yaml: no such file" in missing.stderr
+    both = _run_directly("trial.yaml", "4", cwd=root, env={**env, "SLURM_ARRAY_TASK_ID": "1"})
+    assert both.returncode == 2
+    assert "use either N or --array" in both.stderr
+    assert not (tmp_path / "direct.jsonl").exists()
+
+
+def test_outside_slurm_exit_75_is_passed_through(scratch_repo, tmp_path):
+    root, env = scratch_repo
+    log = tmp_path / "direct.jsonl"
+    proc = _run_directly("trial.yaml", "x=1", cwd=root, env={**env, "FAKE_MODE": "exit:75", "FAKE_LOG": str(log)})
+    assert proc.returncode == 75
+    assert "not inside a Slurm job: nothing to requeue" in proc.stderr
+    assert [e["argv"] for e in _events(log)] == [["-m", "jobs.train", "trial.yaml", "x=1"]]
