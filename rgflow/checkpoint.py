@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-STEP_PATTERN = re.compile(r"^step-(\d+)\.ckpt$")
+STEP_PATTERN = re.compile(r"^step-(\d+)(?:\.(\d+))?\.ckpt$")
 BEST_NAME = "best.ckpt"
 SIDECAR_SUFFIX = ".sha256"
 
@@ -103,11 +103,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def step_checkpoints(directory: str | Path) -> list[Path]:
-    """``step-*.ckpt`` files in ``directory``, newest (highest step) first."""
+    """``step-<step>[.<n>].ckpt`` files in ``directory``, newest first (by step, then ``n``)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := STEP_PATTERN.match(p.name))]
+    found = [((int(m.group(1)), int(m.group(2) or 0)), p) for p in directory.iterdir() if (m := STEP_PATTERN.match(p.name))]
     return [p for _, p in sorted(found, reverse=True)]
 
 
@@ -131,8 +131,12 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 
 
 class CheckpointManager:
-    """Step checkpoints ``step-<step>.ckpt`` in one folder, keeping the newest ``keep_last``, plus
-    ``best.ckpt``."""
+    """Step checkpoints in one folder, keeping the newest ``keep_last``, plus ``best.ckpt``.
+
+    A step checkpoint is ``step-<step>.ckpt``; saving again at a step that already has a file (an
+    epoch-end save right after a timed one, or a recomputed step after a crash) writes
+    ``step-<step>.<n>.ckpt`` with the next free ``n``, so a file is never overwritten in place.
+    """
 
     def __init__(self, directory: str | Path, keep_last: int):
         if keep_last < 1:
@@ -144,7 +148,13 @@ class CheckpointManager:
                 stale.unlink(missing_ok=True)
 
     def path_for(self, step: int) -> Path:
-        return self.directory / f"step-{step:08d}.ckpt"
+        """The name the next save at ``step`` gets."""
+        path = self.directory / f"step-{step:08d}.ckpt"
+        n = 0
+        while path.exists() or sidecar_path(path).exists():
+            n += 1
+            path = self.directory / f"step-{step:08d}.{n}.ckpt"
+        return path
 
     @property
     def best_path(self) -> Path:

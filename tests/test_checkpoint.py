@@ -99,3 +99,17 @@ def test_no_checkpoint_and_stale_temp_files(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_latest(tmp_path) is None
+
+
+def test_saving_twice_at_one_step_never_overwrites(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    manager.save(_state(5), 5)
+    second = manager.save({**_state(5), "position": [2, 0]}, 5)
+    assert second.name == "step-00000005.1.ckpt"
+    third = manager.save({**_state(5), "position": [2, 1]}, 5)
+    assert third.name == "step-00000005.2.ckpt"
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["step-00000005.1.ckpt", "step-00000005.2.ckpt"]
+    path, state = manager.load_latest()
+    assert path == third and state["position"] == [2, 1]
+    manager.save(_state(6), 6)
+    assert manager.load_latest()[0].name == "step-00000006.ckpt"
