@@ -1,0 +1,188 @@
+"""The training loop in-process on CPU: it learns, reports the contract's metrics, checkpoints,
+stops on request and on non-finite values, and resumes bitwise."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rgflow.checkpoint import load_checkpoint, load_latest, step_checkpoints
+from rgflow.config import PriorConfig, TrainConfig, model_preset
+from rgflow.data import EpochBatcher
+from rgflow.data.msds import generate
+from rgflow.device import configure_runtime, seed_everything
+from rgflow.model import RGFlowModel
+from rgflow.train import Interrupted, NonFiniteError, TrainHooks, train, validation_bpd
+
+TRAIN_KEYS = {"train_bpd", "grad_norm", "lr", "images_per_s", "samples_seen", "wall_s", "epoch", "noise_scale",
+              "noise_scale_raw"}
+TIMING_KEYS = {"images_per_s", "wall_s"}
+N_TRAIN, PER_EPOCH = 128, 8  # batch 16
+CFG = TrainConfig(batch_size=16, epochs=2, lr=2e-3, weight_decay=5e-5, log_every=4, val_every_epochs=1, val_draws=3,
+                  sample_every_epochs=2, sample_temperatures=(0.5, 1.0), sample_count=4, checkpoint_minutes=60.0,
+                  keep_last=2, warmup_steps=3)
+
+
+@pytest.fixture(scope="module")
+def images():
+    imgs, _ = generate("msds1", 0, "train", N_TRAIN + 48, workers=1)
+    return torch.from_numpy(imgs)
+
+
+class Recorder(TrainHooks):
+    """Collects what the loop reports; asks to stop from the ``stop_at_poll``-th ``should_stop`` call
+    on (the loop polls once before every step and once before every validation batch)."""
+
+    def __init__(self, stop_at_poll: int | None = None):
+        self.metrics: list[tuple[int, dict]] = []
+        self.artifacts: list[tuple[str, str]] = []
+        self.checkpoints: list[tuple[str, int]] = []
+        self.stop_at_poll = stop_at_poll
+        self.polls = 0
+
+    def on_metrics(self, step, metrics):
+        self.metrics.append((step, dict(metrics)))
+
+    def on_artifact(self, path, artifact_path):
+        self.artifacts.append((path.name, artifact_path))
+
+    def on_checkpoint(self, path, step):
+        self.checkpoints.append((path.name, step))
+
+    def should_stop(self):
+        self.polls += 1
+        return "test stop" if self.stop_at_poll is not None and self.polls >= self.stop_at_poll else None
+
+    def series(self, skip=TIMING_KEYS):
+        return [(step, {k: v for k, v in m.items() if k not in skip}) for step, m in self.metrics]
+
+
+def _run(images, run_dir, hooks, cfg=CFG, resume=None, model_seed=0):
+    configure_runtime(deterministic=True, threads=1)
+    seed_everything(model_seed)
+    model = RGFlowModel(model_preset("tiny"), PriorConfig())
+    batcher = EpochBatcher(images[:N_TRAIN], cfg.batch_size, 7, "cpu")
+    valid = EpochBatcher(images[N_TRAIN:], cfg.batch_size, 7, "cpu", drop_last=False)
+    try:
+        result = train(model, batcher, valid, cfg, run_dir, hooks, seed=7, resume=resume, meta={"run_id": "r1"})
+    finally:
+        torch.use_deterministic_algorithms(False)
+    return model, result
+
+
+@pytest.fixture(scope="module")
+def reference(images, tmp_path_factory):
+    """One uninterrupted run, shared by the tests that compare against it."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    hooks = Recorder()
+    model, result = _run(images, run_dir, hooks)
+    return run_dir, hooks, model, result
+
+
+def test_bpd_falls_and_metrics_follow_the_contract(images, reference):
+    run_dir, hooks, model, result = reference
+    assert result.step == 2 * PER_EPOCH and result.epoch == 2.0
+    train_points = [(s, m) for s, m in hooks.metrics if "train_bpd" in m]
+    assert [s for s, _ in train_points] == [4, 8, 12, 16]
+    for step, m in train_points:
+        assert set(m) == TRAIN_KEYS, step
+        assert m["samples_seen"] == step * 16 and m["epoch"] == pytest.approx(step / PER_EPOCH)
+        assert all(math.isfinite(v) for v in m.values())
+        assert m["noise_scale"] > 0
+    assert [m["lr"] for _, m in train_points] == [2e-3] * 4  # warm-up (3 steps) is over by step 4
+    assert train_points[-1][1]["wall_s"] > train_points[0][1]["wall_s"] > 0
+    first, last = train_points[0][1]["train_bpd"], train_points[-1][1]["train_bpd"]
+    assert 8.0 < last < first - 0.05, (first, last)
+
+    vals = [(s, m) for s, m in hooks.metrics if "val_bpd" in m]
+    assert [(s, m["val_epoch"]) for s, m in vals] == [(8, 1.0), (16, 2.0)]
+    assert vals[1][1]["val_bpd"] < vals[0][1]["val_bpd"]
+    assert all(0 <= m["val_bpd_se"] < 0.01 for _, m in vals)
+    assert result.val_bpd == vals[1][1]["val_bpd"] == result.best_val_bpd
+
+    # The untrained model (the identity flow at init) is worse than the trained one on the same draws.
+    configure_runtime(deterministic=True, threads=1)
+    seed_everything(0)
+    fresh = RGFlowModel(model_preset("tiny"), PriorConfig())
+    valid = EpochBatcher(images[N_TRAIN:], 16, 7, "cpu", drop_last=False)
+    mean0, se0, draws0 = validation_bpd(fresh, valid, 3, 16)
+    assert mean0 > result.val_bpd + 0.05 and len(draws0) == 3
+    assert se0 == pytest.approx(torch.tensor(draws0, dtype=torch.float64).std().item() / math.sqrt(3), rel=1e-6)
+
+    assert sorted(hooks.artifacts) == [("step-00000016_T0.5.png", "samples"), ("step-00000016_T1.png", "samples")]
+    assert (run_dir / "samples" / "step-00000016_T1.png").stat().st_size > 100
+    names = [p.name for p in step_checkpoints(run_dir / "checkpoints")]
+    assert len(names) == 2 and names[0].startswith("step-00000016")
+    path, state = load_latest(run_dir / "checkpoints")
+    assert path == result.checkpoint and state["loop"]["finished"] and state["meta"] == {"run_id": "r1"}
+    for key, value in model.state_dict().items():
+        assert torch.equal(state["model"][key], value)
+    assert load_checkpoint(result.best_checkpoint)["loop"]["val_bpd"] == result.best_val_bpd
+
+
+def test_warmup_is_linear():
+    from rgflow.train import lr_at
+
+    assert [lr_at(s, CFG) for s in range(5)] == pytest.approx([2e-3 / 3, 4e-3 / 3, 2e-3, 2e-3, 2e-3])
+
+
+@pytest.mark.parametrize("stop_step", [5, PER_EPOCH])
+def test_stop_request_checkpoints_and_resume_is_bitwise(images, reference, tmp_path, stop_step):
+    """Stop mid-epoch (step 5) and during the first epoch-end validation; resume in a fresh
+    model object: identical weights and metric series."""
+    _, ref_hooks, ref_model, ref_result = reference
+
+    # Poll k + 1 comes before step k + 1; polls PER_EPOCH + 1… are the first validation's batches.
+    first = Recorder(stop_at_poll=stop_step + 1 if stop_step != PER_EPOCH else PER_EPOCH + 2)
+    with pytest.raises(Interrupted) as info:
+        _run(images, tmp_path, first)
+    assert info.value.reason == "test stop" and info.value.step == stop_step
+    path, state = load_latest(tmp_path / "checkpoints")
+    assert path == info.value.checkpoint and state["loop"]["step"] == stop_step
+    if stop_step == PER_EPOCH:  # cut inside validation: the epoch's batches are done, its end work is not
+        assert (state["loop"]["epoch"], state["loop"]["index"]) == (0, PER_EPOCH)
+        assert not any("val_bpd" in m for _, m in first.metrics)
+
+    second = Recorder()
+    model, result = _run(images, tmp_path, second, resume=(path, state), model_seed=123)
+    assert result.step == ref_result.step and result.val_bpd == ref_result.val_bpd
+    for key, value in ref_model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    combined = first.series() + second.series()
+    assert combined == ref_hooks.series()
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(images, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = RGFlowModel.nll_per_dim
+
+    def poisoned(self, x):
+        calls["n"] += 1
+        loss = original(self, x)
+        return loss * float("nan") if calls["n"] == 11 else loss  # 1 call per step, 2 on log steps: step 9
+
+    monkeypatch.setattr(RGFlowModel, "nll_per_dim", poisoned)
+    hooks = Recorder()
+    with pytest.raises(NonFiniteError) as info:
+        _run(images, tmp_path, hooks)
+    assert info.value.step == 9 and "nan" in info.value.reason
+    assert str(info.value).startswith("step 9:")
+    path, state = load_latest(tmp_path / "checkpoints")
+    assert state["loop"]["step"] == 8 and not state["loop"]["finished"]  # the epoch-end checkpoint
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert max(s for s, _ in hooks.metrics) == 8
+
+
+def test_step_cap_and_timed_checkpoints(images, tmp_path):
+    cfg = TrainConfig(**{**CFG.__dict__, "steps": 6, "checkpoint_minutes": 1e-6, "keep_last": 3})
+    hooks = Recorder()
+    _, result = _run(images, tmp_path, hooks, cfg=cfg)
+    assert result.step == 6 and result.epoch == pytest.approx(6 / PER_EPOCH)
+    assert [s for _, s in hooks.checkpoints][:6] == [1, 2, 3, 4, 5, 6]  # one per step, then the final one
+    vals = [(s, m) for s, m in hooks.metrics if "val_bpd" in m]
+    assert [(s, m["val_epoch"]) for s, m in vals] == [(6, pytest.approx(6 / PER_EPOCH))]  # a final validation
+    assert len(step_checkpoints(tmp_path / "checkpoints")) == 3
+    again = Recorder()
+    _, same = _run(images, tmp_path, again, cfg=cfg, resume=load_latest(tmp_path / "checkpoints"))
+    assert same.step == 6 and again.metrics == [] and again.checkpoints == []  # finished: nothing to do
