@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -159,14 +161,17 @@ def test_background_batching_delivers_everything_exactly_once(store, exp, tmp_pa
 
 
 def test_replay_after_lost_cursor_does_not_duplicate(store, exp, tmp_path):
-    """At-least-once edge case: the batch was stored but the cursor write was lost."""
+    """At-least-once edge case: the batch was stored but the cursor write was lost; replayed by the CLI."""
     run_dir = tmp_path / "run"
     trial = _open(store, exp, run_dir)
     for step in range(1, 101):
         trial.log_metrics({"a": step, "b": -step}, step)
     assert trial.end("finished")
     (run_dir / T.CURSOR_NAME).unlink()
-    assert T.replay_run_dir(run_dir, timeout_s=30) is True
+    done = subprocess.run([sys.executable, "-m", "jobs.tracking", "replay", str(run_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{run_dir}: delivered"
     assert _histories(store, trial.run_id, ["a", "b"]) == {"a": list(range(1, 101)), "b": list(range(1, 101))}
     assert T.get_client(store).get_run(trial.run_id).info.status == "FINISHED"
 
