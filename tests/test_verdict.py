@@ -84,7 +84,7 @@ def test_small_gap_is_indistinguishable():
         dict(batch_size=512, lr_scaling="none", prior="laplace", offset=0.004),
     ])
     text = only(V.batch_gap_findings(trials, val), axis="epoch").text
-    assert "indistinguishable (difference +0.004 ± 0.008 bits/dim" in text
+    assert "batches 512 and 64 are indistinguishable (difference +0.004 ± 0.008 bits/dim" in text
 
 
 def test_missing_comparisons_are_not_invented():
@@ -174,7 +174,7 @@ def test_priors_indistinguishable_or_different():
     ])
     findings = V.prior_findings(trials, val)
     same, differ = only(findings, batch_size=64), only(findings, batch_size=512)
-    assert same.numbers["indistinguishable"] is True and "indistinguishable" in same.text
+    assert same.numbers["indistinguishable"] is True and "laplace and gaussian are indistinguishable" in same.text
     assert differ.numbers["diff"] == pytest.approx(-0.2) and "laplace is better than gaussian by 0.200 ± 0.008 bits/dim" in differ.text
 
 

@@ -112,11 +112,12 @@ def compare(val: pd.DataFrame, a_ids, b_ids, axis: str) -> tuple[float, Estimate
     return horizon, a, b
 
 
-def judge(diff: Estimate, worse: str, better: str, what: str) -> str:
-    """``"worse by 0.111 ± 0.005 bits/dim"`` / ``"indistinguishable (...)"`` / no claim without s.e."""
+def judge(diff: Estimate, worse: str, better: str, what: str, pair: str) -> str:
+    """``"<what> worse by 0.111 ± 0.005 bits/dim"``, or ``"<pair> are indistinguishable (...)"``
+    when |diff| < 2 s.e.; without an s.e. only the measured difference is stated."""
     size = f"{abs(diff.mean):.3f}" + (f" ± {diff.se:.3f}" if diff.known else "")
     if diff.known and abs(diff.mean) < 2 * diff.se:
-        return f"{what} indistinguishable (difference {pm(diff, signed=True)} bits/dim, within 2 s.e.)"
+        return f"{pair} are indistinguishable (difference {pm(diff, signed=True)} bits/dim, within 2 s.e.)"
     direction = worse if diff.mean > 0 else better
     return f"{what} {direction} by {size} bits/dim"
 
@@ -155,7 +156,7 @@ def batch_gap_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding]
                     continue
                 x, b, s = result
                 diff = b.minus(s)
-                verdict = judge(diff, "worse", "better", f"batch {big_size} is")
+                verdict = judge(diff, "worse", "better", f"batch {big_size} is", f"batches {big_size} and {sizes[0]}")
                 text = (f"[{where}] At {words} ({at.format(x=x)}), batch {big_size} reaches validation BPD {pm(b)} "
                         f"vs {pm(s)} at batch {sizes[0]}: {verdict}{uncertainty_note(b, s)} "
                         f"({seeds_phrase(b, s)}).")
@@ -257,8 +258,9 @@ def still_improving_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Fi
                                     "a final slope.", {"measured": False}))
             continue
         slopes = Estimate.of([f[0] for f in fits])
-        if slopes.n == 1:  # one seed: the fit's own standard error
-            slopes = Estimate(slopes.mean, fits[0][1], 1)
+        # the larger of the spread across seeds and the fits' own error (one seed: the fit's alone)
+        fit_se = math.sqrt(np.mean([f[1] ** 2 for f in fits]) / len(fits))
+        slopes = Estimate(slopes.mean, fit_se if slopes.n == 1 else max(slopes.se, fit_se), slopes.n)
         span = f"epochs {min(f[2] for f in fits):.3g}–{max(f[3] for f in fits):.3g}"
         rate = f"{slopes.mean:+.2e}" + (f" ± {slopes.se:.1e}" if slopes.known else "")
         gain = -slopes.mean * LATE_FRACTION * max(f[3] for f in fits)  # bits/dim per further 10 % of training
@@ -343,7 +345,7 @@ def prior_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding]:
         for other in priors[1:]:
             b = Estimate.of([by_id[i] for i in group[group["prior"] == other].index])
             diff = b.minus(a)
-            verdict = judge(diff, f"worse than {first}", f"better than {first}", f"{other} is")
+            verdict = judge(diff, f"worse than {first}", f"better than {first}", f"{other} is", f"{other} and {first}")
             findings.append(Finding("priors", (
                 f"[{where}] {what}: {other} {pm(b)} vs {first} {pm(a)}; {verdict}{uncertainty_note(a, b)} "
                 f"({seeds_phrase(a, b)})."),

@@ -1,0 +1,38 @@
+"""``python -m jobs.report SWEEP.yaml [overrides…] | --experiment NAME [--out DIR] [--tracking-uri URI]``.
+
+Exit status: 0 report written, 2 bad input (missing sweep file or experiment, no trial runs).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from jobs.config import ConfigError
+from jobs.report.build import build_report
+from jobs.report.query import ReportInputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.splitlines()[0])
+    parser.add_argument("target", nargs="?", help="sweep file (SWEEP.yaml) or sweep/experiment name")
+    parser.add_argument("overrides", nargs="*", help="sweep overrides, as for jobs.sweep (key=value)")
+    parser.add_argument("--experiment", help="MLflow experiment (= sweep name) to report on")
+    parser.add_argument("--out", help="report folder (default reports/<sweep>/)")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: the sweep's, else $MLFLOW_TRACKING_URI, "
+                                               "else ./mlflow.db)")
+    parser.add_argument("--no-log", action="store_true", help="do not log the report to the sweep's parent run")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        folder = build_report(args.target, experiment=args.experiment, out_dir=args.out,
+                              tracking_uri=args.tracking_uri, overrides=args.overrides, log_to_parent=not args.no_log)
+    except (ReportInputError, ConfigError) as exc:
+        print(f"jobs.report: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {folder}/report.html (also report.md, trials.csv, figures)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

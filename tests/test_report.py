@@ -1,0 +1,221 @@
+"""jobs.report on a real sqlite MLflow store holding fabricated trial runs with a known truth."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from PIL import Image
+
+from jobs.config import flatten
+from jobs.report import build_report
+from jobs.report.__main__ import main as report_main
+from jobs.report.query import HISTORY_KEYS, load_sweep_runs
+from jobs.sweep_spec import load_sweep
+
+N_TRAIN = 6400
+EPOCHS = 10
+GAP = 0.1          # batch 512 is worse than batch 64 by this much at every epoch
+SHIFTS = {0: -0.01, 1: 0.01}  # per-seed offsets: 2-seed s.e. of a mean = 0.01, of a gap = 0.0141
+NOISE_SCALE = 100.0
+
+SWEEP = """
+name: synth
+base_config: {config}
+base:
+  tracking: {{uri: "{uri}"}}
+axes:
+  grid:
+    train.batch_size: [64, 512]
+    prior.kind: [laplace, gaussian]
+  seeds: [0, 1]
+resources: {{cpus: 2, gpus: 0.5}}
+"""
+
+
+def bpd(epoch: float, batch: int, seed: int) -> float:
+    return 3.0 + 2.0 * math.exp(-epoch / 2.0) + (GAP if batch == 512 else 0.0) + SHIFTS[seed]
+
+
+def png_bytes(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (34, 34, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def log_trial(client: MlflowClient, exp: str, parent: str, trial, tmp: Path, *, test_bpd: float | None) -> str:
+    cfg = trial.config
+    batch, seed = cfg.train.batch_size, cfg.run.seed
+    tags = {"rgflow.role": "trial", "rgflow.trial_id": trial.trial_id, "rgflow.sweep": "synth",
+            "rgflow.trial_index": str(trial.index), "rgflow.state": "finished", "mlflow.parentRunId": parent,
+            "rgflow.run_dir": str(tmp / "runs" / trial.trial_id)}
+    run = client.create_run(exp, tags=tags, run_name=f"trial-{trial.index}").info.run_id
+    params = [Param(k, v) for k, v in flatten(cfg).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run, params=params[i:i + 100])
+    now = int(time.time() * 1000)
+    steps_per_epoch = N_TRAIN // batch
+    metrics = []
+    for epoch in range(1, EPOCHS + 1):
+        step = epoch * steps_per_epoch
+        metrics += [Metric("val_bpd", bpd(epoch, batch, seed), now, step), Metric("val_epoch", epoch, now, step)]
+        for s in sorted(range(step, step - steps_per_epoch, -5)):
+            metrics += [Metric("noise_scale", NOISE_SCALE, now, s), Metric("samples_seen", s * batch, now, s),
+                        Metric("wall_s", s * batch / 100.0, now, s), Metric("epoch", s / steps_per_epoch, now, s)]
+    if test_bpd is not None:
+        metrics += [Metric("test_bpd", test_bpd, now, 0), Metric("test_bpd_se", 0.001, now, 0),
+                    Metric("fid_T0.5", 30.0 + batch / 64, now, 0), Metric("fid_T1.0", 50.0 + batch / 64, now, 0)]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run, metrics=metrics[i:i + 1000])
+    client.set_terminated(run, "FINISHED")
+    return run
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    sweep_file = tmp / "synth.yaml"
+    sweep_file.write_text(SWEEP.format(config=Path("configs/tiny.yaml").resolve(), uri=uri))
+    sweep = load_sweep(sweep_file)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("synth")
+    parent = client.create_run(exp, tags={"rgflow.role": "sweep", "rgflow.sweep": "synth",
+                                          "rgflow.sweep_id": sweep.sweep_id}).info.run_id
+    runs = {}
+    for trial in sweep.trials:
+        runs[trial.index] = log_trial(client, exp, parent, trial, tmp,
+                                      test_bpd=bpd(EPOCHS, trial.config.train.batch_size, trial.config.run.seed))
+    # eval sample grids for one trial, as jobs.evaluate writes them
+    for t in ("0.5", "1.0"):
+        art = tmp / f"samples_T{t}.png"
+        art.write_bytes(png_bytes(int(float(t) * 10)))
+        client.log_artifact(runs[0], str(art), "eval")
+    # a trial of another sweep version in the same experiment: not part of this sweep file
+    stray = client.create_run(exp, tags={"rgflow.role": "trial", "rgflow.trial_id": "ffffffffffff"}).info.run_id
+    client.set_terminated(stray, "FINISHED")
+    return {"tmp": tmp, "uri": uri, "sweep": sweep, "sweep_file": sweep_file, "runs": runs, "parent": parent,
+            "client": client}
+
+
+class Counter:
+    def __init__(self, monkeypatch, names):
+        self.calls = {n: 0 for n in names}
+        for name in names:
+            original = getattr(MlflowClient, name)
+
+            def counted(*args, __name=name, __original=original, **kwargs):
+                self.calls[__name] += 1
+                return __original(*args, **kwargs)
+
+            monkeypatch.setattr(MlflowClient, name, counted)
+
+
+@pytest.fixture(scope="module")
+def report(synth, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    counter = Counter(mp, ["search_runs", "get_metric_history", "get_run"])
+    out = tmp_path_factory.mktemp("out") / "synth-report"
+    try:
+        folder = build_report(str(synth["sweep_file"]), out_dir=out)
+    finally:
+        mp.undo()
+    return folder, counter.calls
+
+
+def test_query_count_is_bounded(report):
+    _, calls = report
+    assert calls["search_runs"] == 2  # trial summaries (one page) + the parent run
+    assert calls["get_metric_history"] == 8 * len(HISTORY_KEYS)  # only the plotted metrics
+    # no per-trial get_run: only artifact access for the 4 sample panels (list + 2 downloads) and the upload
+    assert calls["get_run"] <= 4 * 3 + 1
+
+
+def test_summaries_need_no_per_run_query(synth, monkeypatch):
+    counter = Counter(monkeypatch, ["search_runs", "get_metric_history", "get_run", "get_experiment_by_name"])
+    data = load_sweep_runs(synth["uri"], "synth", with_histories=False)
+    assert len(data.runs) == 9 and data.parent_run_id == synth["parent"]
+    assert counter.calls == {"search_runs": 2, "get_metric_history": 0, "get_run": 0, "get_experiment_by_name": 1}
+
+
+def test_trials_csv_columns_and_values(report, synth):
+    folder, _ = report
+    rows = list(csv.DictReader(open(folder / "trials.csv")))
+    assert len(rows) == 8 and "ffffffffffff" not in {r["trial_id"] for r in rows}
+    cols = list(rows[0])
+    for col in ("run_id", "trial_id", "state", "train.batch_size", "prior.kind", "run.seed", "final_val_bpd",
+                "best_val_bpd", "test_bpd", "test_bpd_se", "fid_T0.5", "fid_T1.0", "steps", "epochs", "wall_s",
+                "gpus", "gpu_hours", "cpus", "cpu_hours"):
+        assert col in cols, col
+    assert "train.lr" not in cols  # not varying
+    for row in rows:
+        batch, seed = int(row["train.batch_size"]), int(row["run.seed"])
+        assert float(row["final_val_bpd"]) == pytest.approx(bpd(EPOCHS, batch, seed))
+        assert float(row["best_val_bpd"]) == pytest.approx(bpd(EPOCHS, batch, seed))
+        assert int(row["steps"]) == EPOCHS * (N_TRAIN // batch)
+        assert float(row["epochs"]) == pytest.approx(EPOCHS)
+        wall = EPOCHS * (N_TRAIN // batch) * batch / 100.0
+        assert float(row["gpu_hours"]) == pytest.approx(wall * 0.5 / 3600)  # resources.gpus from the sweep file
+        assert float(row["fid_T0.5"]) == pytest.approx(30 + batch / 64)
+        assert row["state"] == "finished"
+
+
+def test_figures_and_self_contained_html(report):
+    folder, _ = report
+    for name in ("val_bpd_vs_epoch", "val_bpd_vs_step", "val_bpd_vs_samples_seen", "val_bpd_vs_wall_s",
+                 "fid_vs_temperature", "noise_scale", "samples"):
+        png = folder / f"{name}.png"
+        assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG", name
+    page = (folder / "report.html").read_text()
+    srcs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", page)
+    assert len(srcs) == 7 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "<link" not in page and "<script" not in page
+    md = (folder / "report.md").read_text()
+    assert "![" in md and "val_bpd_vs_epoch.png" in md
+    assert not list(folder.parent.glob(".synth-report.tmp-*"))
+
+
+def test_verdict_matches_synthetic_truth(report):
+    folder, _ = report
+    findings = json.loads((folder / "verdict.json").read_text())
+    gaps = [f for f in findings if f["topic"] == "batch gap" and f["numbers"].get("axis") == "epoch"]
+    assert len(gaps) == 2  # one per prior
+    for f in gaps:
+        assert f["numbers"]["gap"] == pytest.approx(GAP, abs=1e-9)
+        assert "batch 512 is worse by 0.100 ± 0.014 bits/dim" in f["text"]
+    priors = [f for f in findings if f["topic"] == "priors"]
+    assert len(priors) == 2 and all(f["numbers"]["indistinguishable"] for f in priors)
+    assert all("test BPD" in f["text"] for f in priors)
+    noise = [f for f in findings if f["topic"] == "noise scale"]
+    assert noise[0]["numbers"]["b_simple"] == pytest.approx(NOISE_SCALE)
+    assert "batch 64 is comparable to it" in noise[0]["text"] and "batch 512 is beyond it" in noise[0]["text"]
+    lr = [f for f in findings if f["topic"] == "lr scaling"]
+    assert lr and all("not tested" in f["text"] for f in lr)
+    text = (folder / "report.md").read_text()
+    assert "batch 512 is worse by 0.100 ± 0.014 bits/dim" in text
+
+
+def test_report_logged_to_parent_run(report, synth):
+    names = {a.path for a in synth["client"].list_artifacts(synth["parent"], "report")}
+    assert {"report/report.html", "report/report.md", "report/trials.csv"} <= names
+
+
+def test_cli_by_experiment_name_and_bad_input(synth, tmp_path, capsys):
+    assert report_main(["--experiment", "synth", "--tracking-uri", synth["uri"], "--out", str(tmp_path / "r"),
+                        "--no-log"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "r" / "trials.csv")))
+    assert len(rows) == 9  # the whole experiment, including the other sweep version's trial
+    assert report_main(["--experiment", "nope", "--tracking-uri", synth["uri"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jobs.report: no MLflow experiment 'nope'") and "\n" not in err
+    assert report_main([str(tmp_path / "missing.yaml")]) == 2
+    assert not (tmp_path / "reports").exists()
