@@ -1,0 +1,471 @@
+"""One trial, end to end: ``python -m jobs.train CONFIG.yaml [overrides…]`` or
+``python -m jobs.train SWEEP.yaml --trial N [overrides…]``.
+
+Options: ``--trial N`` (the N-th trial of a sweep's expansion, :mod:`jobs.sweep_spec`),
+``--device auto|cpu|cuda|cuda:N`` (the same as the override ``run.device=…``), ``--backend NAME``
+(the ``rgflow.backend`` tag; default ``single`` for a config file, for a sweep ``slurm`` inside a
+Slurm job and ``local`` otherwise). Overrides are Hydra-style ``key=value`` (:mod:`jobs.config`;
+for a sweep file they follow :func:`jobs.sweep_spec.load_sweep`).
+
+The run folder is ``<run.out_dir>/<sweep name or single>/<trial id>/``: ``config.yaml`` (the
+resolved config), ``checkpoints/``, ``samples/``, ``train.log`` (progress, warnings, tracebacks),
+``state.json`` (``trial_id``, ``run_id``, ``state``, ``attempt``, ``reason``; written atomically)
+and the tracking files of :mod:`jobs.tracking` (``tracking.json``, ``metrics-spool.jsonl``).
+
+* A trial whose ``state.json`` says ``finished`` is not run again (exit 0).
+* A run folder with a valid checkpoint resumes from the newest one into the same MLflow run (its
+  id is stored in the checkpoint and in ``state.json``); ``rgflow.attempt`` goes up by one. Steps
+  recomputed after a hard kill are not logged twice (:mod:`jobs.tracking.spool` drops metric
+  points at or below a key's highest spooled step).
+* SIGTERM / SIGUSR2 (Slurm preemption, time limit): checkpoint at once, run KILLED with
+  ``rgflow.state=preempted``, exit 75 (requeue me). SIGINT: checkpoint, KILLED with
+  ``rgflow.state=killed``, exit 130 (a second SIGINT aborts without a checkpoint).
+* NaN/inf loss or gradient, or any exception: run FAILED with a one-line
+  ``rgflow.failure_reason``, the traceback in ``train.log``, exit 1; earlier checkpoints are kept.
+* Bad input (config, unknown device, missing data set, tracking store refusing the experiment):
+  one line ``error: …`` on stderr, exit 2, no run folder and no MLflow run left behind.
+
+In-process API for the sweep backends: :func:`run_trial` (never installs signal handlers outside
+the main thread; pass ``stop_flag`` instead).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.config import TrialConfig, flatten, resolved_dict, to_yaml, trial_id
+from rgflow.config import ConfigError as LibraryConfigError  # the base of jobs.config.ConfigError too
+
+log = logging.getLogger("jobs.train")
+
+EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_KILLED = 0, 1, 2, 75, 130
+EXIT_CODES = {"finished": EXIT_FINISHED, "failed": EXIT_FAILED, "preempted": EXIT_PREEMPTED, "killed": EXIT_KILLED}
+STATE_FILE = "state.json"
+LOG_FILE = "train.log"
+SINGLE = "single"
+
+
+class BadInput(Exception):
+    """The trial cannot start (nothing is created); ``str()`` is one line. ``exit_code`` 2 for what
+    the user must fix (config, device, data), 1 for an unreachable tracking store."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How :func:`run_trial` ended. ``state``: finished | failed | preempted | killed; ``exit_code``:
+    the ``python -m jobs.train`` exit code for it (2 for bad input, with state ``failed`` and no
+    run); ``reason``: one line for anything but ``finished``; ``best_val_bpd`` / ``val_bpd``: bits
+    per dim on the validation images (best over the run, and at the end), when known."""
+
+    state: str
+    exit_code: int
+    trial_id: str
+    run_dir: Path
+    run_id: str | None = None
+    attempt: int | None = None
+    reason: str | None = None
+    best_val_bpd: float | None = None
+    val_bpd: float | None = None
+    step: int | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Run folder
+# ----------------------------------------------------------------------------------------------
+
+def run_dir_for(config: TrialConfig, sweep: str | None = None) -> Path:
+    """``<run.out_dir>/<sweep or single>/<trial id>`` as an absolute path."""
+    return (Path(config.run.out_dir) / (sweep or SINGLE) / trial_id(config)).resolve()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_state(run_dir: Path) -> dict[str, Any] | None:
+    """``state.json`` of a run folder, or None if absent or unreadable."""
+    try:
+        state = json.loads((run_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def write_state(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Update ``state.json`` atomically with ``fields`` (and the time); returns the new content."""
+    state = {**(read_state(run_dir) or {}), **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _write_atomic(run_dir / STATE_FILE, json.dumps(state, indent=1, sort_keys=True) + "\n")
+    return state
+
+
+@contextlib.contextmanager
+def _file_log(path: Path) -> Iterator[None]:
+    """Send INFO+ records of this process (jobs.*, rgflow.*, warnings) to ``path`` for the block."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    levels = {name: logging.getLogger(name).level for name in ("jobs", "rgflow")}
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (BadInput, LibraryConfigError)) else f"{type(exc).__name__}: {text}"[:500]
+
+
+# ----------------------------------------------------------------------------------------------
+# Stop requests: signals (main thread only) and the backends' stop_flag
+# ----------------------------------------------------------------------------------------------
+
+class _StopRequests:
+    """The first stop request wins: ``(state, reason)`` with state preempted or killed."""
+
+    SIGNAL_STATES = {signal.SIGTERM: "preempted", signal.SIGUSR2: "preempted", signal.SIGINT: "killed"}
+
+    def __init__(self, stop_flag: Callable[[], str | None] | None):
+        self.stop_flag = stop_flag
+        self.request: tuple[str, str] | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.SIGNAL_STATES:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.request is not None and self.request[0] == "killed":
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        if self.request is None:
+            self.request = (self.SIGNAL_STATES[signum], f"received {signal.Signals(signum).name}")
+
+    def poll(self) -> str | None:
+        if self.request is None and self.stop_flag is not None:
+            reason = self.stop_flag()
+            if reason:
+                self.request = ("preempted", str(reason))
+        return self.request[1] if self.request else None
+
+
+# ----------------------------------------------------------------------------------------------
+# The trial
+# ----------------------------------------------------------------------------------------------
+
+def _say(trial: str, message: str) -> None:
+    print(f"[{trial}] {message}", flush=True)
+    log.info(message)
+
+
+def _make_hooks(trial: str, tracked, stops: _StopRequests):
+    from rgflow.train import TrainHooks
+
+    class Hooks(TrainHooks):
+        def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+            if tracked is not None:
+                tracked.log_metrics(metrics, step)
+            if "train_bpd" in metrics:
+                _say(trial, f"step {step} · epoch {metrics['epoch']:.2f} · train {metrics['train_bpd']:.4f} bpd · "
+                            f"{metrics['images_per_s']:.0f} img/s")
+            if "val_bpd" in metrics:
+                se = f" ± {metrics['val_bpd_se']:.1e}" if "val_bpd_se" in metrics else ""
+                _say(trial, f"step {step} · epoch {metrics['val_epoch']:.2f} · val {metrics['val_bpd']:.4f}{se} bpd")
+
+        def on_artifact(self, path: Path, artifact_path: str) -> None:
+            if tracked is not None:
+                tracked.log_artifact(path, artifact_path)
+
+        def on_checkpoint(self, path: Path, step: int) -> None:
+            log.info("checkpoint %s (step %d)", path, step)
+
+        def should_stop(self) -> str | None:
+            return stops.poll()
+
+    return Hooks()
+
+
+@dataclass
+class _Prepared:
+    """What :func:`_prepare` resolved before anything is written."""
+
+    device: Any
+    train_set: Any
+    valid_set: Any
+    resume: tuple[Path, dict[str, Any]] | None
+
+
+def _prepare(config: TrialConfig, run_dir: Path, trial: str) -> _Prepared:
+    """Device, data and the newest valid checkpoint; BadInput for what the user must fix."""
+    from rgflow.checkpoint import load_latest
+    from rgflow.data import CelebAMissing, load_split
+    from rgflow.device import DeviceUnavailable, choose_device
+
+    try:
+        device = choose_device(config.run.device)
+    except DeviceUnavailable as err:
+        raise BadInput(str(err)) from None
+    try:
+        train_set = load_split(config.data, "train")
+        valid_set = load_split(config.data, "valid")
+    except (CelebAMissing, LibraryConfigError) as err:
+        raise BadInput(str(err)) from None
+    if len(train_set) < config.train.batch_size:
+        raise BadInput(f"train.batch_size={config.train.batch_size}: more than the {len(train_set)} training images "
+                       f"(lower train.batch_size or raise data.train_size)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resume = load_latest(run_dir / "checkpoints")
+    for w in caught:
+        print(f"[{trial}] warning: {w.message}", file=sys.stderr, flush=True)
+    return _Prepared(device, train_set, valid_set, resume)
+
+
+def run_trial(
+    config: TrialConfig,
+    *,
+    sweep: str | None = None,
+    sweep_id: str | None = None,
+    trial_index: int | None = None,
+    parent_run_id: str | None = None,
+    tracking_uri: str | None = None,
+    experiment_id: str | None = None,
+    backend: str = SINGLE,
+    stop_flag: Callable[[], str | None] | None = None,
+) -> TrialOutcome:
+    """Run (or resume, or skip if finished) one trial in this process; never raises for a trial
+    failure — the :class:`TrialOutcome` says how it ended.
+
+    ``sweep``: the sweep name (run folder ``<out_dir>/<sweep>/<id>``, tag ``rgflow.sweep``), None for a
+    single trial; ``sweep_id``/``trial_index``: tags. ``parent_run_id``: the sweep's MLflow parent
+    run (``mlflow.parentRunId``). ``tracking_uri``: overrides ``config.tracking`` (resolved with
+    :func:`jobs.tracking.resolve_tracking_uri`). ``experiment_id``: the MLflow experiment; None →
+    the experiment named ``sweep`` or else ``config.tracking.experiment`` (created if missing).
+    ``backend``: the ``rgflow.backend`` tag. ``stop_flag``: polled before every step (and during
+    validation); a non-empty string stops the trial as ``preempted`` after a checkpoint (exit 75).
+    Signal handlers (SIGTERM/SIGUSR2/SIGINT) are installed only when called from the main thread.
+    """
+    tid = trial_id(config)
+    run_dir = run_dir_for(config, sweep)
+    label = tid if trial_index is None else f"{trial_index}:{tid}"
+    previous = read_state(run_dir)
+    if previous and previous.get("state") == "finished":
+        _say(label, f"already finished ({run_dir}); nothing to do")
+        return TrialOutcome("finished", EXIT_FINISHED, tid, run_dir, previous.get("run_id"), previous.get("attempt"),
+                            best_val_bpd=previous.get("best_val_bpd"), val_bpd=previous.get("val_bpd"),
+                            step=previous.get("step"))
+    existed = run_dir.exists()
+    stops = _StopRequests(stop_flag)
+    stops.install()
+    try:
+        try:
+            prepared = _prepare(config, run_dir, label)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tracked = _open_tracking(config, run_dir, tid, sweep, sweep_id, trial_index, parent_run_id, tracking_uri,
+                                     experiment_id, backend, prepared)
+        except (BadInput, LibraryConfigError) as err:
+            if not existed and run_dir.exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
+            return TrialOutcome("failed", getattr(err, "exit_code", EXIT_BAD_INPUT), tid, run_dir, reason=_one_line(err))
+        with _file_log(run_dir / LOG_FILE):
+            return _train_tracked(config, run_dir, tid, label, tracked, prepared, stops, previous)
+    finally:
+        stops.restore()
+
+
+def _open_tracking(config: TrialConfig, run_dir: Path, tid: str, sweep: str | None, sweep_id: str | None,
+                   trial_index: int | None, parent_run_id: str | None, tracking_uri: str | None,
+                   experiment_id: str | None, backend: str, prepared: _Prepared):
+    """The trial's :class:`jobs.tracking.TrialRun` (reopened when resuming), or None when tracking
+    is disabled. A refusing store is BadInput."""
+    if not config.tracking.enabled and tracking_uri is None:
+        return None
+    from jobs.tracking import TrackingError, ensure_experiment, open_trial_run, resolve_tracking_uri
+    from jobs.tracking.store import is_transient
+
+    uri = resolve_tracking_uri(tracking_uri or config.tracking.resolved_uri)
+    existing = None
+    if prepared.resume is not None:
+        existing = prepared.resume[1].get("meta", {}).get("run_id")
+    tags = {"rgflow.sweep": sweep or SINGLE, "rgflow.backend": backend}
+    if trial_index is not None:
+        tags["rgflow.trial_index"] = trial_index
+    if sweep_id:
+        tags["rgflow.sweep_id"] = sweep_id
+    run_name = tid if trial_index is None else f"trial-{trial_index:04d}-{tid}"
+    try:
+        experiment = experiment_id or ensure_experiment(uri, sweep or config.tracking.experiment)
+        return open_trial_run(uri, experiment, tid, run_name, parent_run_id, flatten(config), tags, run_dir,
+                              existing, device=str(prepared.device))
+    except Exception as err:  # noqa: BLE001 - classified: unreachable (1) or refused (2)
+        if is_transient(err):
+            raise BadInput(f"tracking store {uri} unreachable ({_one_line(err)}): start it, or run with "
+                           "tracking.enabled=false", EXIT_FAILED) from None
+        if isinstance(err, (TrackingError, ValueError)) or type(err).__name__ == "MlflowException":
+            raise BadInput(f"tracking store {uri}: {_one_line(err)}") from None
+        raise
+
+
+def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tracked, prepared: _Prepared,
+                   stops: _StopRequests, previous: dict[str, Any] | None) -> TrialOutcome:
+    """Build the model and train; end the run in its true state."""
+    import torch
+
+    from rgflow.data import EpochBatcher
+    from rgflow.device import configure_runtime, seed_everything
+    from rgflow.model import RGFlowModel
+    from rgflow.train import Interrupted, NonFiniteError, train
+
+    run_id = tracked.run_id if tracked is not None else None
+    attempt = tracked.attempt if tracked is not None else int((previous or {}).get("attempt", 0)) + 1
+    state, reason, result = "failed", None, None
+    try:
+        write_state(run_dir, trial_id=tid, run_id=run_id, state="running", attempt=attempt, reason=None)
+        _write_atomic(run_dir / "config.yaml", to_yaml(config))
+        if tracked is not None:
+            tracked.log_artifact(run_dir / "config.yaml", None)
+        resume = prepared.resume
+        where = f"resuming from {resume[0].name} (step {resume[1]['loop']['step']})" if resume else "starting"
+        _say(label, f"{where} · attempt {attempt} · {prepared.device} · run {run_id or '-'} · {run_dir}")
+        cfg, device = config.train, prepared.device
+        configure_runtime(deterministic=config.run.deterministic, threads=config.run.threads)
+        seed_everything(config.run.seed)
+        model = RGFlowModel(config.model, config.prior).to(device)
+        batcher = EpochBatcher(prepared.train_set.images, cfg.batch_size, config.run.seed, device,
+                               flip=config.data.flip_train)
+        valid = EpochBatcher(prepared.valid_set.images, cfg.batch_size, config.run.seed, device, drop_last=False)
+        meta = {"run_id": run_id, "trial_id": tid, "config": resolved_dict(config)}
+        hooks = _make_hooks(label, tracked, stops)
+        result = train(model, batcher, valid, cfg, run_dir, hooks, seed=config.run.seed, resume=resume, meta=meta)
+        state = "finished"
+        _say(label, f"finished at step {result.step} · val {result.val_bpd} bpd · best {result.best_val_bpd} bpd")
+    except Interrupted as stop:
+        state, reason = stops.request[0] if stops.request else "preempted", stop.reason
+        _say(label, f"{state}: {stop.reason}; checkpoint {stop.checkpoint.name} at step {stop.step}")
+    except NonFiniteError as err:
+        reason = f"non-finite values at step {err.step}: {err.reason}"
+        log.error("%s", reason)
+        print(f"[{label}] failed: {reason}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        state, reason = "killed", "interrupted twice (SIGINT); no checkpoint of the last steps"
+        _say(label, reason)
+    except Exception as exc:  # noqa: BLE001 - every failure ends the run as FAILED with its reason
+        reason = _one_line(exc)
+        log.error("trial failed:\n%s", traceback.format_exc())
+        print(f"[{label}] failed: {reason} (traceback in {run_dir / LOG_FILE})", file=sys.stderr, flush=True)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+    best = result.best_val_bpd if result else None
+    fields = dict(state=state, reason=reason, attempt=attempt, run_id=run_id)
+    if result is not None:
+        fields.update(step=result.step, best_val_bpd=best, val_bpd=result.val_bpd,
+                      checkpoint=str(result.checkpoint), best_checkpoint=str(result.best_checkpoint or ""))
+    if tracked is not None:
+        if result is not None:
+            tracked.set_tags({"rgflow.checkpoint": result.checkpoint, "rgflow.best_checkpoint": result.best_checkpoint or ""})
+        tracked.end(state, reason)
+        fields["run_id"] = tracked.run_id
+    write_state(run_dir, **fields)
+    return TrialOutcome(state, EXIT_CODES[state], tid, run_dir, fields["run_id"], attempt, reason,
+                        best_val_bpd=best, val_bpd=result.val_bpd if result else None,
+                        step=result.step if result else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", help="a trial config file, or a sweep file with --trial N")
+    parser.add_argument("overrides", nargs="*", help="Hydra-style overrides, e.g. train.epochs=5")
+    parser.add_argument("--trial", type=int, default=None, help="index of the trial in the sweep's expansion")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (same as run.device=…)")
+    parser.add_argument("--backend", default=None, help="rgflow.backend tag (default: single, or slurm/local for a sweep)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_intermixed_args(argv)
+    if not logging.getLogger().handlers:
+        console = logging.StreamHandler(sys.stderr)
+        console.setLevel(logging.WARNING)
+        console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(console)
+    from jobs.sweep_spec import load_trial
+
+    overrides = list(args.overrides) + ([f"run.device={args.device}"] if args.device else [])
+    try:
+        sweep, config = load_trial(args.path, overrides, args.trial)
+        if sweep is not None:
+            parent, experiment = _sweep_parent(config, sweep)
+    except (BadInput, LibraryConfigError) as err:  # jobs.config.ConfigError is a LibraryConfigError
+        print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
+        return getattr(err, "exit_code", EXIT_BAD_INPUT)
+    if sweep is None:
+        return run_trial(config, backend=args.backend or SINGLE).exit_code
+    backend = args.backend or ("slurm" if os.environ.get("SLURM_JOB_ID") else "local")
+    return run_trial(config, sweep=sweep.name, sweep_id=sweep.sweep_id, trial_index=args.trial,
+                     parent_run_id=parent, experiment_id=experiment, backend=backend).exit_code
+
+
+def _sweep_parent(config: TrialConfig, sweep) -> tuple[str | None, str | None]:
+    """The sweep's experiment and parent run (created if this trial runs before any launcher did)."""
+    if not config.tracking.enabled:
+        return None, None
+    from jobs.tracking import ensure_experiment, ensure_sweep_run, resolve_tracking_uri
+    from jobs.tracking.store import is_transient
+
+    uri = resolve_tracking_uri(config.tracking.resolved_uri)
+    try:
+        experiment = ensure_experiment(uri, sweep.name)
+        parent = ensure_sweep_run(uri, experiment, sweep.name, sweep.sweep_id, {
+            "sweep": {"path": str(Path(sweep.path).resolve()), "trials": len(sweep.trials),
+                      "varying": ",".join(sweep.varying_keys) or "-"}})
+    except Exception as err:  # noqa: BLE001 - one line instead of a traceback
+        raise BadInput(f"tracking store {uri}: {_one_line(err)}", EXIT_FAILED if is_transient(err) else EXIT_BAD_INPUT) from None
+    return parent, experiment
+
+
+if __name__ == "__main__":
+    sys.exit(main())
