@@ -124,7 +124,7 @@ SchedulerParameters=bf_interval=5,sched_interval=5
 JobRequeue=1
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
-KillWait=10
+KillWait=30
 MinJobAge=600
 SlurmctldTimeout=30
 SlurmdTimeout=60

@@ -23,7 +23,6 @@
 #SBATCH --mem=0
 #SBATCH --time=24:00:00
 #SBATCH --output=slurm-logs/%x-%j.out
-#SBATCH --error=slurm-logs/%x-%j.out
 set -uo pipefail
 
 log() { echo "ray-cluster.sh[$(date -u +%FT%TZ)]: $*" >&2; }

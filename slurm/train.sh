@@ -24,7 +24,6 @@
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-logs/%x-%j.out
-#SBATCH --error=slurm-logs/%x-%j.out
 set -uo pipefail
 
 EXIT_PREEMPTED=75

@@ -176,3 +176,82 @@ def test_outside_slurm_exit_75_is_passed_through(scratch_repo, tmp_path):
     assert proc.returncode == 75
     assert "not inside a Slurm job: nothing to requeue" in proc.stderr
     assert [e["argv"] for e in _events(log)] == [["-m", "jobs.train", "trial.yaml", "x=1"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: the real jobs.train on a tiny trial (8 steps per epoch, 32 steps, checkpoints at
+# epoch ends), tracked in a sqlite MLflow store under tmp_path.
+# ---------------------------------------------------------------------------------------------
+
+STEPS, LOG_EVERY, STEPS_PER_EPOCH = 32, 4, 8
+TINY_TRIAL = (
+    "configs/tiny.yaml", "data.train_size=256", "data.valid_size=64", "data.test_size=64",
+    "train.batch_size=32", "train.epochs=100", f"train.steps={STEPS}", f"train.log_every={LOG_EVERY}",
+    "train.sample_every_epochs=100", "train.checkpoint_minutes=0.05", "run.threads=1",
+)
+
+
+def _submit_tiny_trial(cluster, out: Path) -> str:
+    return cluster.sbatch("--cpus-per-task=1", "--mem=4G", "--time=15", f"--output={out}/job.out",
+                          str(TRAIN_SH), *TINY_TRIAL, f"run.out_dir={out}/runs",
+                          f"tracking.uri=sqlite:///{out}/mlflow.db", cwd=REPO)
+
+
+def _wait_first_checkpoint(out: Path, job: str, cluster, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if list((out / "runs").glob("single/*/checkpoints/step-*.ckpt")):
+            return
+        assert cluster.job_state(job) in {"PENDING", "RUNNING"}, (out / "job.out").read_text()
+        time.sleep(0.5)
+    raise AssertionError(f"no checkpoint after {timeout} s: {(out / 'job.out').read_text()}")
+
+
+def _the_run(out: Path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments)
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    run = runs[0]
+    history = {key: [m.step for m in client.get_metric_history(run.info.run_id, key)]
+               for key in ("train_bpd", "samples_seen", "val_bpd")}
+    return run, history
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_real_trial_requeued_twice_ways_finishes_in_one_run(slurm_cluster, tmp_path):
+    pytest.importorskip("mlflow")
+    if not (REPO / "jobs" / "train.py").exists():
+        pytest.fail("jobs/train.py is missing")
+    actions = {
+        "usr2_batch": ["scancel", "--signal=USR2", "--batch"],  # what --signal=B:USR2@120 does
+        "admin_requeue": ["scontrol", "requeue"],  # SIGTERM to the step, Slurm requeues
+    }
+    jobs = {}
+    for name in actions:
+        (tmp_path / name).mkdir()
+        jobs[name] = _submit_tiny_trial(slurm_cluster, tmp_path / name)
+    for name, action in actions.items():
+        _wait_first_checkpoint(tmp_path / name, jobs[name], slurm_cluster)
+        slurm_cluster.run(*action, jobs[name])
+
+    for name, job in jobs.items():
+        out = tmp_path / name
+        state = slurm_cluster.wait_job(job, {"COMPLETED"}, timeout=300)
+        assert state == "COMPLETED", (out / "job.out").read_text()
+        log = (out / "job.out").read_text()
+        assert "trainer exited with 75" in log and "trainer exited with 0" in log, log
+        assert slurm_cluster.job_info(job)["Restarts"] == "1", name
+
+        run, history = _the_run(out)
+        assert run.info.status == "FINISHED", name
+        assert run.data.tags["rgflow.state"] == "finished"
+        assert int(run.data.tags["rgflow.attempt"]) == 2, name
+        assert run.data.tags["rgflow.slurm_job_id"] == job
+        expected = list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
+        assert history["train_bpd"] == expected, (name, history)  # no gap, no duplicate, in order
+        assert history["samples_seen"] == expected, (name, history)
+        assert history["val_bpd"] == list(range(STEPS_PER_EPOCH, STEPS + 1, STEPS_PER_EPOCH)), (name, history)
