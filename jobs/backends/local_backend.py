@@ -1,0 +1,155 @@
+"""Local backend: trials as subprocesses on this machine, one after another or N at a time.
+
+Settings (the sweep file's ``local:`` section)::
+
+    local:
+      parallel: 1     # trials running at once
+
+Each trial is ``python -m jobs.train SWEEP.yaml --trial N [overrides…]`` (the same overrides as
+the sweep command, so the child expands the same trial), with ``MLFLOW_RUN_ID`` removed from its
+environment and the tracking URI passed explicitly; the child attaches its run to the sweep's
+parent run, found by the sweep id. Its output goes to
+``<sweep run folder>/logs/trial-NNNN.log``. Exit codes (``jobs.train``): ``0`` finished; ``1``
+failed — restarted (it resumes from its checkpoint) while the run's failure count allows; ``2``
+bad input — the sweep stops launching, since every trial shares the same files; ``75`` preempted —
+restarted at once; ``130`` interrupted — the sweep stops. Ctrl-C (or SIGINT/SIGTERM to the
+launcher) is forwarded to the running trials as SIGINT, so each checkpoints and ends its run KILLED.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.backends.base import (
+    EXIT_BAD_INPUT, EXIT_FAILED, EXIT_FINISHED, EXIT_INTERRUPTED, EXIT_REQUEUE, STATE_BY_EXIT, Backend,
+    LaunchResult, ProgressTracker, SweepContext, TrialTask, count_failure,
+)
+from jobs.sweep_state import SweepState, TrialJob, save_state
+
+POLL_S = 0.2
+
+
+@dataclass
+class _Running:
+    task: TrialTask
+    proc: subprocess.Popen
+    log: object
+
+
+def trial_command(ctx: SweepContext, index: int) -> list[str]:
+    """The argument list that runs trial ``index`` of the sweep as a subprocess."""
+    return [sys.executable, "-m", "jobs.train", ctx.sweep_path, "--trial", str(index), *ctx.overrides]
+
+
+def trial_environment(ctx: SweepContext) -> dict[str, str]:
+    """The trial subprocess's environment: this one without ``MLFLOW_RUN_ID``, with the tracking
+    URI explicit (the child finds the sweep's parent run by the sweep id, ``jobs.train``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")}
+    env["MLFLOW_TRACKING_URI"] = ctx.tracking_uri
+    return env
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def launch(
+        self, ctx: SweepContext, tasks: list[TrialTask], tracker: ProgressTracker, state: SweepState, wait: bool
+    ) -> LaunchResult:
+        parallel = int(ctx.settings.get("parallel") or 1)
+        queue = sorted(tasks, key=lambda t: t.index)
+        running: list[_Running] = []
+        states: dict[str, str] = {}
+        stop_reason: str | None = None
+        logs = Path(ctx.logs_dir())
+        logs.mkdir(parents=True, exist_ok=True)
+        env = trial_environment(ctx)
+        interrupted = []
+
+        def on_signal(signum, frame):
+            interrupted.append(signum)
+            for r in running:
+                if r.proc.poll() is None:
+                    r.proc.send_signal(signal.SIGINT)
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while queue or running:
+                while queue and len(running) < parallel and not interrupted and stop_reason is None:
+                    running.append(self._start(ctx, queue.pop(0), env, logs, state))
+                    tracker.set(running[-1].task.trial_id, "running")
+                time.sleep(POLL_S)
+                for r in [r for r in running if r.proc.poll() is not None]:
+                    running.remove(r)
+                    r.log.close()
+                    code = r.proc.returncode
+                    tid = r.task.trial_id
+                    if code == EXIT_REQUEUE and not interrupted:
+                        queue.insert(0, r.task)
+                        continue
+                    if code == EXIT_FAILED and not interrupted and count_failure(ctx, tid) <= ctx.max_failures:
+                        queue.insert(0, r.task)
+                        continue
+                    states[tid] = STATE_BY_EXIT.get(code, "failed")
+                    tracker.set(tid, states[tid], _run_bpd(ctx, tid) if code == EXIT_FINISHED else None)
+                    if code == EXIT_BAD_INPUT:
+                        stop_reason = f"trial {r.task.index} rejected its input (exit 2): see {r.log.name}"
+                    elif code == EXIT_INTERRUPTED:
+                        stop_reason = f"trial {r.task.index} was interrupted"
+                if (interrupted or stop_reason) and not running:
+                    queue.clear()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return LaunchResult(states=states, interrupted=bool(interrupted) or (stop_reason or "").endswith("interrupted"))
+
+    def _start(self, ctx: SweepContext, task: TrialTask, env: dict, logs: Path, state: SweepState) -> _Running:
+        log = open(logs / f"trial-{task.index:04d}.log", "ab")
+        proc = subprocess.Popen(trial_command(ctx, task.index), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        state.trials[task.trial_id] = TrialJob(index=task.index, job_id=str(proc.pid), submitted_at=time.time())
+        save_state(ctx.sweep_dir, state)
+        return _Running(task, proc, log)
+
+    def live_jobs(self, ctx: SweepContext, state: SweepState | None) -> dict[str, str]:
+        if state is None or state.backend != self.name:
+            return {}
+        return {tid: job.job_id for tid, job in state.trials.items() if _is_trial_process(int(job.job_id), ctx)}
+
+    def job_states(self, ctx: SweepContext, state: SweepState | None) -> dict[str, tuple[str, str]]:
+        if state is None or state.backend != self.name:
+            return {}
+        return {tid: (job.job_id, "RUNNING" if _is_trial_process(int(job.job_id), ctx) else "EXITED")
+                for tid, job in state.trials.items()}
+
+    def cancel(self, ctx: SweepContext, state: SweepState | None) -> list[str]:
+        """SIGINT to every live trial process of the sweep (each checkpoints and ends KILLED)."""
+        signalled = []
+        for job_id in self.live_jobs(ctx, state).values():
+            try:
+                os.kill(int(job_id), signal.SIGINT)
+                signalled.append(job_id)
+            except ProcessLookupError:
+                pass
+        return signalled
+
+
+def _is_trial_process(pid: int, ctx: SweepContext) -> bool:
+    """True if ``pid`` is alive and is a ``jobs.train`` process of this sweep (PIDs get reused)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"jobs.train" in argv and ctx.sweep_path.encode() in argv
+
+
+def _run_bpd(ctx: SweepContext, trial_id: str) -> float | None:
+    from jobs.backends.base import best_val_bpd
+    from jobs.tracking import find_trial_runs
+
+    run = find_trial_runs(ctx.tracking_uri, ctx.experiment_id, trial_ids=[trial_id]).get(trial_id)
+    return None if run is None else best_val_bpd(run.metrics)

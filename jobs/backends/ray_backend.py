@@ -1,0 +1,152 @@
+"""Ray Tune backend: an embedded local Ray by default, or a running cluster.
+
+Settings (the sweep file's ``ray:`` section, all optional)::
+
+    ray:
+      address: local          # local (embedded, started and stopped here) | auto | ray://host:10001
+      num_cpus: null          # CPUs of the embedded Ray (null: all of this machine's)
+      num_gpus: null          # GPUs of the embedded Ray (null: detected)
+      max_concurrent_trials: null
+      max_failures: 1         # failed attempts retried per trial (FailureConfig; resumes from the checkpoint)
+
+Per-trial resources come from the sweep's ``resources`` (``cpus``, ``gpus`` — fractional GPUs let
+several small trials share one —, ``mem_gb``).
+
+Each launch is one Tune experiment stored under ``<sweep run folder>/tune/launch-<time>``. A
+function trainable runs ``jobs.train.run_trial`` (through :func:`~jobs.backends.base.execute_trial`)
+in the worker, with the parent run id passed explicitly; a retry or a later launch resumes the
+trial from its own checkpoint because its run folder is the same. Interrupted drivers are
+continued by re-running the same command, which re-expands the sweep and skips FINISHED trials —
+chosen over ``Tuner.restore`` because it also picks up changed axes and never replays a trial
+whose MLflow run already finished. The console stays quiet: Tune's verbosity is 0 with
+``RAY_AIR_NEW_OUTPUT=0``, workers' output is not forwarded (``log_to_driver=False``; it stays in
+Ray's session logs and the trial's ``train.log``), and ``jobs.sweep`` sends whatever the driver
+still writes to ``<sweep run folder>/logs/driver.log``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from jobs.backends.base import (
+    EXIT_FAILED, EXIT_FINISHED, EXIT_REQUEUE, Backend, LaunchResult, ProgressTracker, SweepContext, TrialTask,
+    execute_trial,
+)
+from jobs.sweep_state import SweepState
+
+
+class TrialAttemptFailed(RuntimeError):
+    """Raised in the worker so that Tune retries the trial (FailureConfig)."""
+
+
+def _trainable(config: dict, ctx: SweepContext = None, tasks: dict = None) -> None:
+    """Tune function trainable: one trial, reported once with its outcome."""
+    from ray import tune
+
+    task: TrialTask = tasks[config["index"]]
+    while True:
+        outcome = execute_trial(ctx, task)
+        if outcome.exit_code != EXIT_REQUEUE:
+            break  # a trial stopped by SIGTERM/SIGUSR2 resumes at once from its checkpoint
+    if outcome.exit_code == EXIT_FAILED and outcome.failures <= ctx.max_failures:
+        raise TrialAttemptFailed(f"trial {task.trial_id} failed (attempt {outcome.failures}); retrying from its checkpoint")
+    tune.report({"exit_code": outcome.exit_code, "state": outcome.state,
+                 "val_bpd": outcome.val_bpd if outcome.val_bpd is not None else float("nan")})
+
+
+def _callback(tracker: ProgressTracker, tasks: dict[int, TrialTask]):
+    from ray import tune
+
+    class ProgressCallback(tune.Callback):
+        """Keeps the progress line in step with Tune's trial events."""
+
+        def _tid(self, trial) -> str:
+            return tasks[trial.config["index"]].trial_id
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            tracker.set(self._tid(trial), "running")
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            tracker.set(self._tid(trial), "running")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            bpd = result.get("val_bpd")
+            tracker.set(self._tid(trial), result.get("state", "running"), None if bpd is None or bpd != bpd else bpd)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            tracker.set(self._tid(trial), "failed")
+
+        def on_step_begin(self, iteration, trials, **info):
+            tracker.draw()
+
+    return ProgressCallback()
+
+
+class RayBackend(Backend):
+    name = "ray"
+
+    def launch(
+        self, ctx: SweepContext, tasks: list[TrialTask], tracker: ProgressTracker, state: SweepState, wait: bool
+    ) -> LaunchResult:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        import ray
+        from ray import tune
+
+        settings = ctx.settings
+        address = settings.get("address") or "local"
+        init_kw: dict[str, Any] = dict(address=address, log_to_driver=False, configure_logging=False)
+        if address == "local":
+            init_kw.update(num_cpus=settings.get("num_cpus") or os.cpu_count(), include_dashboard=False)
+            if settings.get("num_gpus") is not None:
+                init_kw["num_gpus"] = settings["num_gpus"]
+        by_index = {t.index: t for t in tasks}
+        ray.init(**init_kw)
+        try:
+            print(f"sweep {ctx.name}: Ray {address}, resources {ray.cluster_resources()}", flush=True)
+            trainable = tune.with_resources(
+                tune.with_parameters(_trainable, ctx=ctx, tasks=by_index), self.trial_resources(ctx)
+            )
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"index": tune.grid_search(sorted(by_index))},
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=settings.get("max_concurrent_trials"),
+                    trial_name_creator=lambda t: f"{t.config['index']:04d}-{by_index[t.config['index']].trial_id}",
+                    trial_dirname_creator=lambda t: f"{t.config['index']:04d}-{by_index[t.config['index']].trial_id}",
+                ),
+                run_config=tune.RunConfig(
+                    name=time.strftime("launch-%Y%m%d-%H%M%S"),
+                    storage_path=str(Path(ctx.sweep_dir, "tune").resolve()),
+                    failure_config=tune.FailureConfig(max_failures=ctx.max_failures),
+                    verbose=0,
+                    callbacks=[_callback(tracker, by_index)],
+                ),
+            )
+            grid = tuner.fit()
+        finally:
+            ray.shutdown()
+        states = {}
+        for result in grid:
+            task = by_index[result.config["index"]] if result.config else None
+            if task is None:
+                continue
+            code = (result.metrics or {}).get("exit_code")
+            states[task.trial_id] = "failed" if result.error is not None else {EXIT_FINISHED: "finished"}.get(
+                code, (result.metrics or {}).get("state", "killed"))
+        interrupted = any(tracker.states.get(t.trial_id) in ("running", "pending") for t in tasks) or any(
+            s == "killed" for s in states.values())
+        return LaunchResult(states=states, interrupted=interrupted)
+
+    @staticmethod
+    def trial_resources(ctx: SweepContext) -> dict[str, float]:
+        """Tune resource request of one trial from the sweep's ``resources`` (memory in bytes)."""
+        res = ctx.resources
+        out = {"cpu": float(res.get("cpus") or 1), "gpu": float(res.get("gpus") or 0)}
+        if res.get("mem_gb"):
+            out["memory"] = float(res["mem_gb"]) * 2**30
+        return out
