@@ -135,6 +135,21 @@ def test_interrupted_trainer_is_requeued_once_and_resumes(slurm_cluster, scratch
         job, log = jobs[name]
         _wait_events(log, 1)
         slurm_cluster.run(*action, job)
+    # A user's scancel also sends SIGTERM and the trainer exits 75, but a cancelled job stays
+    # cancelled.
+    cancel_log = root / "cancel.jsonl"
+    cancelled = slurm_cluster.sbatch(*SMALL, str(TRAIN_SH), "trial.yaml", cwd=root,
+                                     env={**env, "FAKE_MODE": "wait", "FAKE_LOG": str(cancel_log)})
+    _wait_events(cancel_log, 1, timeout=60)
+    slurm_cluster.run("scancel", cancelled)
+    assert slurm_cluster.wait_job(cancelled, {"CANCELLED"}, timeout=60) == "CANCELLED"
+    _wait_events(cancel_log, 2)
+    time.sleep(3)  # a wrong requeue would show up by now
+    assert [(e["restart"], e["event"]) for e in _events(cancel_log)] == [(0, "start"), (0, "signal")]
+    assert slurm_cluster.job_info(cancelled)["JobState"] == "CANCELLED"
+    assert slurm_cluster.job_info(cancelled)["Restarts"] == "0"
+    assert "leaving it to Slurm" in _log_of(root, cancelled)
+
     for name in actions:
         job, log = jobs[name]
         assert slurm_cluster.wait_job(job, {"COMPLETED"}, timeout=60) == "COMPLETED", name
@@ -223,9 +238,6 @@ def _the_run(out: Path):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_real_trial_requeued_twice_ways_finishes_in_one_run(slurm_cluster, tmp_path):
-    pytest.importorskip("mlflow")
-    if not (REPO / "jobs" / "train.py").exists():
-        pytest.fail("jobs/train.py is missing")
     actions = {
         "usr2_batch": ["scancel", "--signal=USR2", "--batch"],  # what --signal=B:USR2@120 does
         "admin_requeue": ["scontrol", "requeue"],  # SIGTERM to the step, Slurm requeues
