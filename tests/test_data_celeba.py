@@ -61,6 +61,9 @@ def test_cache_is_used_without_the_folder(celeba_dir, tmp_path):
     test = load_split(cfg, "test")
     gone = DataConfig(name="celeba", root=str(tmp_path), celeba_dir=str(tmp_path / "moved"))
     assert torch.equal(load_split(gone, "test").images, test.images)
+    (tmp_path / "celeba-bicubic" / "test_images.npy").write_bytes(b"\x93NUMPY")
+    with pytest.raises(CelebAMissing, match="cannot be used instead: test_images.npy has 6 bytes"):
+        load_split(gone, "test")
 
 
 def test_missing_folder_error_says_where_what_and_how(tmp_path, monkeypatch):

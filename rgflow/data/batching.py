@@ -56,6 +56,9 @@ class EpochBatcher:
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.batch_size, self.seed, self.flip, self.drop_last = batch_size, seed, flip, drop_last
+        width = images.shape[-1]
+        self._forward = torch.arange(width, device=self.device)
+        self._reversed = self._forward.flip(0)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -84,7 +87,8 @@ class EpochBatcher:
             g = self._generator(_TRAIN, epoch, index)
             if self.flip:
                 flipped = torch.rand(len(x), generator=g, device=self.device) < 0.5
-                x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
+                cols = torch.where(flipped[:, None], self._reversed, self._forward)     # (B, L)
+                x = x.gather(-1, cols[:, None, None, :].expand_as(x))
             yield Batch(index, x, g)
 
     def eval_batches(self, batch_size: int | None = None, draw: int = 0) -> Iterator[Batch]:

@@ -164,20 +164,20 @@ def _build(path: Path, identity: dict[str, Any], builder: Callable[[Path], None]
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def ensure(path: Path, identity: dict[str, Any], builder: Callable[[Path], None],
+def ensure(path: Path, identity: dict[str, Any], builder: Callable[[Path], None] | None,
            *, build: bool = True) -> tuple[dict[str, Any], CacheReport]:
     """Return ``(manifest, report)`` of a valid cache at ``path``, building it if needed.
 
-    With ``build=False`` an invalid cache raises :class:`CacheInvalid` instead of being rebuilt.
+    ``builder(tmp)`` writes the ``.npy`` files into a temporary folder. With ``build=False`` (or
+    no builder) an invalid cache raises :class:`CacheInvalid` instead of being rebuilt.
     """
     start = time.perf_counter()
     try:
         manifest = verify(path, identity)
         return manifest, CacheReport("verified", path, time.perf_counter() - start, _nbytes(manifest))
-    except CacheInvalid as err:
-        if not build:
+    except CacheInvalid:
+        if not build or builder is None:
             raise
-        first_reason = str(err)
     with _locked(path):
         try:   # another process may have built it while we waited for the lock
             manifest = verify(path, identity)

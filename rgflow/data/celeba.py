@@ -14,14 +14,13 @@ spread over worker processes; the result goes into the uint8 cache once. Flips a
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
-import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from rgflow.data.workers import process_pool, usable_cpus
 
 PREPROCESS_VERSION = "celeba-crop148-pil-v1"
 CROP, SIZE = 148, 32
@@ -109,12 +108,10 @@ def preprocess_split(folder: Path, names: list[str], interpolation: str, out_pat
     images = folder / "img_align_celeba"
     np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint8, shape=(len(names), 3, SIZE, SIZE)).flush()
     jobs = [(str(images), names[i:i + _TASK], interpolation, str(out_path), i) for i in range(0, len(names), _TASK)]
-    workers = min(len(jobs), workers or os.cpu_count() or 1)
+    workers = min(len(jobs), workers or usable_cpus())
     if workers <= 1:
         for job in jobs:
             _task(*job)
         return
-    # fork: the workers only decode JPEGs with PIL/numpy (no torch, no CUDA)
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+    with process_pool(workers) as pool:
         list(pool.map(_task, *zip(*jobs)))

@@ -30,15 +30,12 @@ Labels: float32 ``(N, 16, 6)`` = ``(x, y, angle, r, g, b)`` per ellipse, ellipse
 """
 from __future__ import annotations
 
-import ctypes
 import math
-import multiprocessing
-import os
-import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from rgflow.data.workers import process_pool, usable_cpus
 
 GENERATOR_VERSION = "msds-pil13-bicubic-v1"
 VARIANTS = ("msds1", "msds2")
@@ -322,25 +319,6 @@ def _check(variant: str, split: str) -> None:
         raise ValueError(f"MSDS split {split!r} unknown: use one of {', '.join(SPLIT_COUNTS)}")
 
 
-def _keep_freed_memory() -> None:
-    """Worker initializer: stop glibc from returning freed memory to the OS after every numpy
-    temporary (M_TRIM_THRESHOLD, M_MMAP_THRESHOLD); that page-faulting otherwise costs as much
-    system time as the rendering itself. The short-lived worker processes only; a no-op off glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 1 << 30)
-        libc.mallopt(-3, 1 << 28)
-    except (OSError, AttributeError):
-        pass
-
-
-def _pool(workers: int) -> ProcessPoolExecutor:
-    # fork avoids re-importing torch (rgflow/__init__) in every worker; the workers run numpy only
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                               initializer=_keep_freed_memory)
-
-
 def generate(variant: str, seed: int, split: str, count: int | None = None, *,
              workers: int | None = None, images_path: str | Path | None = None,
              ) -> tuple[np.ndarray | None, np.ndarray]:
@@ -348,8 +326,8 @@ def generate(variant: str, seed: int, split: str, count: int | None = None, *,
 
     Returns ``(images uint8 (N, 3, 32, 32), labels float32 (N, 16, 6))``. With ``images_path``
     (an existing uint8 ``.npy`` of shape ``(N, 3, 32, 32)``), images are written there by the
-    workers and ``None`` is returned in their place. ``workers`` processes (default: the CPU
-    count) render chunks in parallel; the bytes do not depend on it.
+    workers and ``None`` is returned in their place. ``workers`` processes (default: the usable
+    CPUs) render chunks in parallel; the bytes do not depend on it.
     """
     _check(variant, split)
     total = SPLIT_COUNTS[split] if count is None else count
@@ -357,11 +335,11 @@ def generate(variant: str, seed: int, split: str, count: int | None = None, *,
         raise ValueError(f"count={count}: MSDS {split} has 1…{SPLIT_COUNTS[split]} images")
     jobs = [(variant, seed, split, c, min(CHUNK, total - c * CHUNK), None if images_path is None else str(images_path))
             for c in range(math.ceil(total / CHUNK))]
-    workers = min(len(jobs), workers or os.cpu_count() or 1)
+    workers = min(len(jobs), workers or usable_cpus())
     if workers == 1:
         results = [_render_chunk(*job) for job in jobs]
     else:
-        with _pool(workers) as pool:
+        with process_pool(workers) as pool:
             results = list(pool.map(_render_chunk, *zip(*jobs)))
     labels = np.concatenate([r[0] for r in results])
     images = None if images_path is not None else np.concatenate([r[1] for r in results])

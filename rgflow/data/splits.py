@@ -88,11 +88,13 @@ def ensure_celeba(cfg: DataConfig, *, build: bool = True, workers: int | None = 
     try:
         partition = celeba.check_dir(folder, source)
     except celeba.CelebAMissing as missing:
+        if not path.exists():
+            raise
         try:   # no folder: a cache built from it earlier is enough
             have = cache.read_manifest(path)["identity"]["partition_sha256"]
-            manifest, report = cache.ensure(path, celeba_identity(cfg.interpolation, have), _no_build, build=False)
-        except (cache.CacheInvalid, KeyError, TypeError):
-            raise missing from None
+            manifest, report = cache.ensure(path, celeba_identity(cfg.interpolation, have), None)
+        except (cache.CacheInvalid, KeyError, TypeError) as err:
+            raise celeba.CelebAMissing(f"{missing} (the cache {path} cannot be used instead: {err})") from None
         return path, manifest, report
     identity = celeba_identity(cfg.interpolation, celeba.partition_sha256(partition))
 
@@ -104,10 +106,6 @@ def ensure_celeba(cfg: DataConfig, *, build: bool = True, workers: int | None = 
 
     manifest, report = cache.ensure(path, identity, builder, build=build)
     return path, manifest, report
-
-
-def _no_build(tmp: Path) -> None:
-    raise AssertionError("unreachable: build=False")
 
 
 def _limit(key: str, size: int | None, available: int) -> slice:
