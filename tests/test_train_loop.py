@@ -186,3 +186,26 @@ def test_step_cap_and_timed_checkpoints(images, tmp_path):
     again = Recorder()
     _, same = _run(images, tmp_path, again, cfg=cfg, resume=load_latest(tmp_path / "checkpoints"))
     assert same.step == 6 and again.metrics == [] and again.checkpoints == []  # finished: nothing to do
+
+
+def test_resume_skips_a_truncated_newest_checkpoint_and_still_matches(images, reference, tmp_path):
+    """Checkpoints after every step; stop after step 5, truncate step 5's file (a crash mid-write
+    of the storage): resuming warns, continues from step 4 and still ends bitwise identical."""
+    from rgflow.checkpoint import CheckpointWarning
+
+    _, ref_hooks, ref_model, _ = reference
+    cfg = TrainConfig(**{**CFG.__dict__, "checkpoint_minutes": 1e-9})
+    first = Recorder(stop_at_poll=6)
+    with pytest.raises(Interrupted):
+        _run(images, tmp_path, first, cfg=cfg)
+    newest = step_checkpoints(tmp_path / "checkpoints")[0]
+    assert newest.name == "step-00000005.ckpt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    with pytest.warns(CheckpointWarning, match="step-00000005.ckpt"):
+        resume = load_latest(tmp_path / "checkpoints")
+    assert resume[1]["loop"]["step"] == 4
+    second = Recorder()
+    model, _ = _run(images, tmp_path, second, cfg=cfg, resume=resume, model_seed=99)
+    for key, value in ref_model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert [p for p in first.series() if p[0] <= 4] + second.series() == ref_hooks.series()
