@@ -79,7 +79,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "received SIGTERM"; exit 143' TERM
 
-log "job $SLURM_JOB_ID: Ray head on $head_node ($address), workers on ${#nodes[@]} - 1 other node(s)"
+log "job $SLURM_JOB_ID: Ray head on $head_node ($address), workers on $((${#nodes[@]} - 1)) other node(s)"
 srun "${step_opts[@]}" -w "$head_node" "${ray_cli[@]}" start --head --node-ip-address="$head_ip" \
   --port="$port" --include-dashboard=false "${ray_opts[@]}" &
 steps+=($!)
