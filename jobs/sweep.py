@@ -172,16 +172,26 @@ def plan(sweep, runs: dict, live: dict[str, str], max_failures: int) -> tuple[di
     return states, todo, skipped
 
 
-def summarize(sweep, runs: dict) -> tuple[str, str | None]:
-    """The parent run's end state and reason from the trial runs: all FINISHED → finished."""
-    failed = [t for t in sweep.trials if runs.get(t.trial_id) is not None and runs[t.trial_id].status == "FAILED"]
+def summarize(sweep, runs: dict, launched: dict[str, str] | None = None) -> tuple[str, str | None]:
+    """The parent run's end state and reason from the trial runs (and, for trials that never got a
+    run, e.g. rejected input, this launch's states): all FINISHED → finished; any failed → failed."""
+    launched = launched or {}
+
+    def failed(t) -> bool:
+        run = runs.get(t.trial_id)
+        return run.status == "FAILED" if run is not None else launched.get(t.trial_id) == "failed"
+
+    def why(t) -> str:
+        run = runs.get(t.trial_id)
+        return run.tags.get("rgflow.failure_reason", "no reason given")[:120] if run else "rejected its input (no run)"
+
+    bad = [t for t in sweep.trials if failed(t)]
     unfinished = [t for t in sweep.trials if runs.get(t.trial_id) is None or runs[t.trial_id].status != "FINISHED"]
     if not unfinished:
         return "finished", None
-    if failed:
-        detail = "; ".join(f"{t.index}: {runs[t.trial_id].tags.get('rgflow.failure_reason', 'no reason')[:120]}"
-                           for t in failed[:5])
-        return "failed", f"{len(failed)} of {len(sweep.trials)} trials failed ({detail})"
+    if bad:
+        detail = "; ".join(f"{t.index}: {why(t)}" for t in bad[:5])
+        return "failed", f"{len(bad)} of {len(sweep.trials)} trials failed ({detail})"
     return "killed", f"{len(unfinished)} of {len(sweep.trials)} trials unfinished"
 
 
@@ -249,7 +259,7 @@ def _run(args, sweep, console) -> int:
         left = [r.run_id for tid, r in runs.items() if tid in set(todo) and r.status == "RUNNING"]
         mark_killed(uri, left, "sweep driver interrupted")
         runs = find_trial_runs(uri, experiment_id, trial_ids=ids)
-    end_state, reason = summarize(sweep, runs)
+    end_state, reason = summarize(sweep, runs, result.states)
     if result.interrupted and end_state != "finished":
         end_state, reason = "killed", f"interrupted by the user; {reason}"
     if state.driver_pid is not None:
