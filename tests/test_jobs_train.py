@@ -26,7 +26,8 @@ def _run_of(uri: str, experiment: str, tid: str):
     return client, runs
 
 
-def test_cli_tiny_trial_trains_and_fills_mlflow(tmp_path, trial_data_root, trial_sqlite_uri):
+@pytest.mark.slow
+def test_cli_tiny_trial_trains_and_fills_mlflow(tmp_path, trial_data_root, trial_sqlite_uri, capsys):
     cfg = tiny_trial(tmp_path / "t.yaml", trial_data_root, tmp_path / "runs", trial_sqlite_uri)
     done = run_train(cfg)
     assert done.returncode == 0, done.stderr
@@ -70,8 +71,8 @@ def test_cli_tiny_trial_trains_and_fills_mlflow(tmp_path, trial_data_root, trial
     assert (run_dir / "config.yaml").read_text().startswith("model:")
     assert "step 16" in (run_dir / "train.log").read_text()
 
-    again = run_train(cfg)  # finished: nothing to do, same run untouched
-    assert again.returncode == 0 and "already finished" in again.stdout
+    assert main([str(cfg)]) == 0  # finished: nothing to do, same run untouched
+    assert "already finished" in capsys.readouterr().out
     client, runs = _run_of(trial_sqlite_uri, "trial-tests", tid)
     assert len(runs) == 1 and runs[0].data.tags["rgflow.attempt"] == "1"
 

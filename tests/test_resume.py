@@ -83,6 +83,7 @@ def _assert_same_as_reference(reference, state, uri):
             assert points == ref_hist[key], key  # bitwise: float equality of every value
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, trial_data_root, trial_sqlite_uri, reference):
     cfg = _config(tmp_path, trial_data_root, trial_sqlite_uri, "killed")
     code, out = _interrupt(cfg, "step 12 · epoch 1.50 · train", signal.SIGKILL)
@@ -101,6 +102,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, trial_data_root, tri
     _assert_same_as_reference(reference, state, trial_sqlite_uri)
 
 
+@pytest.mark.slow
 def test_sigterm_preempts_with_exit_75_then_resume_finishes_identically(tmp_path, trial_data_root, trial_sqlite_uri,
                                                                         reference):
     cfg = _config(tmp_path, trial_data_root, trial_sqlite_uri, "preempted")
@@ -124,6 +126,7 @@ def test_sigterm_preempts_with_exit_75_then_resume_finishes_identically(tmp_path
     _assert_same_as_reference(reference, state, trial_sqlite_uri)
 
 
+@pytest.mark.slow
 def test_sigint_checkpoints_and_exits_130_as_killed(tmp_path, trial_data_root, trial_sqlite_uri):
     cfg = _config(tmp_path, trial_data_root, trial_sqlite_uri, "interrupted")
     code, out = _interrupt(cfg, "step 4 · epoch 0.50 · train", signal.SIGINT)
