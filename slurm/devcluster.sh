@@ -61,7 +61,7 @@ running_pid() {  # print the daemon's PID if its pid file names a live process o
   [[ -s "$f" ]] || return 1
   pid="$(tr -dc 0-9 <"$f")"
   [[ -n "$pid" && -r "/proc/$pid/comm" ]] || return 1
-  [[ "$(cat "/proc/$pid/comm")" == "$1"* ]] || return 1
+  [[ "$(cat "/proc/$pid/comm")" == "$1" ]] || return 1
   echo "$pid"
 }
 wait_for() {  # wait_for SECONDS WHAT COMMAND...: poll COMMAND every 0.2 s
@@ -80,18 +80,18 @@ write_config() {
   local port="${RGFLOW_SLURM_PORT:-6817}"
   local cpus="${RGFLOW_SLURM_CPUS:-$(nproc)}"
   local gpus="${RGFLOW_SLURM_GPUS:-2}"
-  local mem_mb def_mem i
-  mem_mb=$(($(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 * 9 / 10))
-  def_mem=$((mem_mb / cpus / 2))
+  local mem_mb def_mem i files
   [[ "$cpus" =~ ^[1-9][0-9]*$ ]] || die "RGFLOW_SLURM_CPUS=$cpus: must be a positive integer"
   [[ "$gpus" =~ ^[1-9][0-9]*$ ]] || die "RGFLOW_SLURM_GPUS=$gpus: must be a positive integer"
-  [[ "$port" =~ ^[1-9][0-9]*$ ]] || die "RGFLOW_SLURM_PORT=$port: must be a port number"
+  [[ "$port" =~ ^[1-9][0-9]{2,4}$ ]] || die "RGFLOW_SLURM_PORT=$port: must be a port number"
+  mem_mb=$(($(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 * 9 / 10))
+  def_mem=$((mem_mb / cpus / 2))
 
   mkdir -p "$ETC" "$DIR/gpu"
   for ((i = 0; i < gpus; i++)); do : >"$DIR/gpu/gpu$i"; done
-  cat >"$ETC/gres.conf" <<EOF
-NodeName=$NODE Name=gpu File=$DIR/gpu/gpu[0-$((gpus - 1))]
-EOF
+  files="$DIR/gpu/gpu0"
+  ((gpus == 1)) || files="$DIR/gpu/gpu[0-$((gpus - 1))]"
+  echo "NodeName=$NODE Name=gpu File=$files" >"$ETC/gres.conf"
   cat >"$ETC/slurm.conf.tmp" <<EOF
 # Written by slurm/devcluster.sh: single-node dev cluster, everything under $DIR
 ClusterName=$CLUSTER
@@ -244,6 +244,7 @@ start_slurmd() {
   slurmd -N "$NODE" 9>&- </dev/null >>"$DIR/log/slurmd.out" 2>&1 || die "slurmd failed; see $(logfile slurmd)"
 }
 
+no_jobs() { [[ -z "$(squeue -h -o %A 2>/dev/null)" ]]; }
 node_state() { sinfo -h -n "$NODE" -o %T 2>/dev/null | head -n1; }
 node_usable() { [[ "$(node_state)" =~ ^(idle|mixed|allocated|completing)$ ]]; }
 
@@ -297,7 +298,7 @@ cmd_stop() {
       say "cancelling jobs: $(echo "$jobs" | tr '\n' ' ')"
       # shellcheck disable=SC2086  # one job id per word
       scancel $jobs 2>/dev/null || true
-      wait_for 30 "jobs to end" test -z "$(squeue -h -o %A 2>/dev/null)" || true
+      wait_for 30 "jobs to end" no_jobs || true
     fi
   fi
   for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do
