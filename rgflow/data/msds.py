@@ -50,7 +50,8 @@ ELLIPSE_MASK = np.zeros((8, 8), dtype=bool)
 ELLIPSE_MASK[3, 2:7] = ELLIPSE_MASK[4, 1:8] = ELLIPSE_MASK[5, 2:7] = True
 
 
-_PIX = np.arange(8, dtype=np.float64) + 0.5
+_XIN = np.tile(np.arange(8) + 0.5, 8)[None]     # output pixel centres, x fastest
+_YIN = np.repeat(np.arange(8) + 0.5, 8)[None]
 _SCALE = 1e15
 
 
@@ -166,10 +167,9 @@ def rotate_tiles(colours: np.ndarray, angles: np.ndarray) -> np.ndarray:
     rotated tiles as Pillow's RGBA (un-premultiplied) uint8 ``(T, 8, 8, 4)``.
     """
     t = len(angles)
-    m = pil_rotation_matrices(angles)[:, :, None, None]
-    xin, yin = _PIX[None, None, :], _PIX[None, :, None]
-    xx = m[:, 0] * xin + m[:, 1] * yin + m[:, 2]          # (T, 8, 8): [tile, out y, out x]
-    yy = m[:, 3] * xin + m[:, 4] * yin + m[:, 5]
+    m = pil_rotation_matrices(angles)[:, :, None]
+    xx = m[:, 0] * _XIN + m[:, 1] * _YIN + m[:, 2]        # (T, 64): [tile, 8·out y + out x]
+    yy = m[:, 3] * _XIN + m[:, 4] * _YIN + m[:, 5]
     inside = (xx >= 0.0) & (xx < 8.0) & (yy >= 0.0) & (yy < 8.0)
     xs, ys = xx - 0.5, yy - 0.5
     fx, fy = np.floor(xs), np.floor(ys)
@@ -177,30 +177,30 @@ def rotate_tiles(colours: np.ndarray, angles: np.ndarray) -> np.ndarray:
     s = np.where(inside, _unit_mask_fast(fx, dx, fy, dy), 0.0)
 
     # Only pixels with alpha ≥ 1 (255·S ≥ 1) can be non-zero in any band; the rest stay 0.
+    # Band-major (4, A) arrays keep every numpy loop long.
     active = np.flatnonzero(s.reshape(-1) >= (1.0 - _TOL) / 255.0)
-    tile = active >> 6                                     # 64 pixels per tile
-    band = np.empty((t, 4), dtype=np.float64)
-    band[:, :3] = colours
-    band[:, 3] = 255.0
-    band = band[tile]
-    v = band * s.reshape(-1)[active, None]                 # (A, 4) ≈ Pillow's doubles
+    band = np.empty((4, t), dtype=np.float64)
+    band[:3] = colours.T
+    band[3] = 255.0
+    band = np.take(band, active >> 6, axis=1)             # 64 pixels per tile
+    v = band * s.reshape(-1)[active]                       # (4, A) ≈ Pillow's doubles
     q = np.floor(v)
     frac = v - q
     near = ((frac <= _TOL) | (frac >= 1.0 - _TOL)) & (v > 0.5)
     if near.any():
-        i, b = np.nonzero(near)
+        b, i = np.nonzero(near)
         pix = active[i]
-        q[i, b] = np.floor(_exact(band[i, b], *(a.reshape(-1)[pix] for a in (fx, dx, fy, dy))))
+        q[b, i] = np.floor(_exact(band[b, i], *(a.reshape(-1)[pix] for a in (fx, dx, fy, dy))))
     rgba = np.clip(q, 0.0, 255.0).astype(np.uint8)        # Pillow's (UINT8) truncation
     # RGBa -> RGBA (Convert.c rgba2rgbA): colour = min(255, 255·c // a) where 0 < a < 255
     # (float32 is exact here: a non-integer 255·c/a < 256 is ≥ 1/254 away from an integer)
-    alpha = rgba[:, 3:]
+    alpha = rgba[3]
     partial = (alpha > 0) & (alpha < 255)
-    scaled = np.minimum(np.floor(np.float32(255.0) * rgba[:, :3] / np.maximum(alpha, 1).astype(np.float32)), 255.0)
-    rgba[:, :3] = np.where(partial, scaled, rgba[:, :3])
-    out = np.zeros((t * 64, 4), dtype=np.uint8)
-    out[active] = rgba
-    out = out.reshape(t, 8, 8, 4)
+    scaled = np.minimum(np.floor(np.float32(255.0) * rgba[:3] / np.maximum(alpha, 1).astype(np.float32)), 255.0)
+    rgba[:3] = np.where(partial, scaled, rgba[:3])
+    out = np.zeros((4, t * 64), dtype=np.uint8)
+    out[:, active] = rgba
+    out = np.ascontiguousarray(out.T).reshape(t, 8, 8, 4)
     # angles 0/90/180/270 are copies/transposes in Pillow: transparent pixels stay white
     special = np.isin(angles % 360.0, (0.0, 90.0, 180.0, 270.0))
     if special.any():
@@ -221,7 +221,8 @@ def paste_tiles(tiles: np.ndarray, jitter: np.ndarray) -> np.ndarray:
     -1…1. Pixels outside the image are clipped. Returns uint8 ``(N, 3, 32, 32)``.
 
     Each tile is first placed in a 10×10 transparent frame at its jitter, so that every paste is
-    a blend of a fixed canvas window (alpha 0 leaves a pixel unchanged, as ``BLEND`` does).
+    a blend of a fixed canvas window (alpha 0 leaves a pixel unchanged, as ``BLEND`` does). The
+    image index is the innermost axis, so that each blend is one long vectorised loop.
     """
     n, k = tiles.shape[:2]
     flat_tiles = tiles.reshape(n * k, 8, 8, 4)
@@ -231,16 +232,19 @@ def paste_tiles(tiles: np.ndarray, jitter: np.ndarray) -> np.ndarray:
         for oy in range(3):
             sel = np.flatnonzero((flat_jitter[:, 0] == ox) & (flat_jitter[:, 1] == oy))
             frames[sel, oy:oy + 8, ox:ox + 8] = flat_tiles[sel]
-    frames = frames.reshape(n, k, 10, 10, 4).astype(np.uint16)
-    canvas = np.zeros((n, 34, 34, 3), dtype=np.uint16)    # a 1-pixel margin takes the clipping
+    frames = np.ascontiguousarray(frames.reshape(n, k, 10, 10, 4).transpose(1, 2, 3, 4, 0))  # (k, 10, 10, 4, n)
+    alpha = frames[:, :, :, 3:].astype(np.uint16)
+    keep = 255 - alpha
+    add = frames[:, :, :, :3] * alpha + 128                   # BLEND = DIV255(out·(255-a) + in·a)
+    canvas = np.zeros((34, 34, 3, n), dtype=np.uint16)        # a 1-pixel margin takes the clipping
     for j in range(k):
         x, y = GRID[j]
-        region = canvas[:, y:y + 10, x:x + 10]
-        a = frames[:, j, :, :, 3:]
-        tmp = region * (255 - a) + frames[:, j, :, :, :3] * a + 128    # BLEND with DIV255
-        region[...] = ((tmp >> 8) + tmp) >> 8
-    img = canvas[:, 1:33, 1:33, :].astype(np.uint8)
-    return np.ascontiguousarray(img.transpose(0, 3, 1, 2))
+        region = canvas[y:y + 10, x:x + 10]
+        tmp = region * keep[j] + add[j]
+        tmp += tmp >> 8
+        tmp >>= 8
+        region[...] = tmp
+    return np.ascontiguousarray(canvas[1:33, 1:33].astype(np.uint8).transpose(3, 2, 0, 1))
 
 
 class _Stream:
