@@ -25,6 +25,9 @@ import torch
 from torch import nn
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+# pytorch_fid.inception.FID_WEIGHTS_URL, repeated so that a missing-weights message does not pay
+# for importing torchvision's model zoo (tests check that the two agree)
+WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_FILE}"
 WEIGHTS_ENV = "RGFLOW_FID_WEIGHTS"
 INCEPTION_DIMS = 2048
 
@@ -46,20 +49,18 @@ def resolve_weights(configured: str | os.PathLike | None = None) -> Path:
     A path that is named (config or env) but missing is an error, not a silent fallback.
     Raises :class:`FidUnavailable` with a one-line fix when no file is found.
     """
-    from pytorch_fid.inception import FID_WEIGHTS_URL
-
     for source, value in (("eval.fid_weights", configured), (WEIGHTS_ENV, os.environ.get(WEIGHTS_ENV))):
         if value:
             path = Path(value).expanduser()
             if not path.is_file():
                 raise FidUnavailable(f"FID weights file {path} (from {source}) does not exist; "
-                                     f"download {FID_WEIGHTS_URL} on a machine with internet and point {source} at it")
+                                     f"download {WEIGHTS_URL} on a machine with internet and point {source} at it")
             return path
     path = default_weights_path()
     if path.is_file():
         return path
     raise FidUnavailable(
-        f"FID skipped: Inception weights {WEIGHTS_FILE} not found; download {FID_WEIGHTS_URL} on a machine "
+        f"FID skipped: Inception weights {WEIGHTS_FILE} not found; download {WEIGHTS_URL} on a machine "
         f"with internet and set eval.fid_weights or ${WEIGHTS_ENV} to the file, or copy it to {path}")
 
 
@@ -84,6 +85,8 @@ def load_inception(weights: str | os.PathLike) -> nn.Module:
 
     state = torch.load(weights, map_location="cpu", weights_only=True)
     expected_url = inception_module.FID_WEIGHTS_URL
+    if expected_url != WEIGHTS_URL:
+        raise RuntimeError(f"pytorch-fid expects weights {expected_url}, this module names {WEIGHTS_URL}: update jobs.fid")
 
     def local_state(url: str, *args, **kwargs) -> dict:
         if url != expected_url:
@@ -176,6 +179,6 @@ class FidScorer:
 
 
 __all__ = [
-    "FidUnavailable", "FidScorer", "WEIGHTS_FILE", "WEIGHTS_ENV", "default_weights_path", "resolve_weights",
+    "FidUnavailable", "FidScorer", "WEIGHTS_FILE", "WEIGHTS_URL", "WEIGHTS_ENV", "default_weights_path", "resolve_weights",
     "sha256_file", "load_inception", "extract_features", "feature_stats", "frechet_distance", "as_unit_float",
 ]

@@ -70,8 +70,11 @@ def test_missing_weights_raise_fid_unavailable_with_instructions(tmp_path, monke
         fid.resolve_weights(None)
     msg = str(err.value)
     assert "\n" not in msg
-    for part in (fid.WEIGHTS_FILE, fid.WEIGHTS_ENV, "eval.fid_weights", "https://", str(tmp_path / "hub")):
+    for part in (fid.WEIGHTS_FILE, fid.WEIGHTS_ENV, "eval.fid_weights", fid.WEIGHTS_URL, str(tmp_path / "hub")):
         assert part in msg
+    import pytorch_fid.inception
+
+    assert fid.WEIGHTS_URL == pytorch_fid.inception.FID_WEIGHTS_URL
     with pytest.raises(fid.FidUnavailable, match="eval.fid_weights"):
         fid.FidScorer.inception(tmp_path / "missing.pth")
     monkeypatch.setenv(fid.WEIGHTS_ENV, str(tmp_path / "nope.pth"))

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="MLflow store (default: the sweep's, else $MLFLOW_TRACKING_URI, "
                                                "else ./mlflow.db)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to the sweep's parent run")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         folder = build_report(args.target, experiment=args.experiment, out_dir=args.out,

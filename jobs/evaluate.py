@@ -1,0 +1,484 @@
+"""Evaluate a trained trial into its own MLflow run: test BPD, samples, FID, receptive fields.
+
+``python -m jobs.evaluate RUN_ID | TRIAL_ID | CONFIG.yaml | SWEEP.yaml --trial N | SWEEP.yaml --all
+[--force] [--device D] [--tracking-uri URI] [overrides…]``
+
+For one trial (config from its run folder's ``config.yaml`` or the sweep expansion; checkpoint
+``eval.checkpoint``: ``best.ckpt``, falling back to the newest step checkpoint with a warning, or
+``last``):
+
+* ``test_bpd`` / ``test_bpd_se`` (bits/dim): mean over ``eval.test_draws`` dequantisation draws of
+  the mean BPD of the test split (``eval.test_size`` first images, else ``data.test_size``, else
+  all), and the standard error across draws (Monte-Carlo noise of the dequantisation only);
+* ``eval/samples_T<t>.png`` per temperature ``t`` of ``eval.temperatures``; ``fid_T<t>``: FID
+  between ``eval.fid_samples`` samples and as many test images (:mod:`jobs.fid`; skipped with a
+  warning that says how to provide the Inception weights when they are absent);
+* ``eval/receptive_fields.png`` (+ ``.npz``): ``E|∂G(z)/∂z_l|`` per RG level (spec §8);
+  ``eval/mixed_temperature.png``: one row per level ``h``, latents at the lowest temperature with
+  levels ≥ h redrawn at the highest (:meth:`RGFlowModel.sample_mixed`).
+
+Metrics are logged at step = the checkpoint's optimizer step into the trial's existing run,
+reopened with ``MlflowClient`` without touching its status (FINISHED stays FINISHED). The protocol
+is recorded as tags ``rgflow.eval.*`` (tags, not params: MLflow params are immutable, and the
+``eval.*`` params already hold the trial's config) with ``rgflow.eval.protocol`` its hash.
+Re-running with the same protocol and checkpoint does nothing; ``--force`` recomputes and logs only
+values that differ from those already at that step. Everything is also written to
+``<run folder>/eval/`` (replaced atomically).
+
+Exit status: 0 done (or already done), 1 an evaluation failed, 2 bad input (unknown run or trial,
+no checkpoint, bad config) — one line on stderr each.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jobs.config import TrialConfig, load_trial_config
+from jobs.fid import FidScorer, FidUnavailable
+from rgflow.checkpoint import BEST_NAME, InvalidCheckpoint, load_checkpoint, load_latest, sidecar_path
+
+log = logging.getLogger("jobs.evaluate")
+
+EVALUATIONS = ("test_bpd", "samples", "fid", "receptive_fields")
+PROTOCOL_TAG = "rgflow.eval.protocol"
+TAG_PREFIX = "rgflow.eval."
+EVAL_DIR = "eval"
+_STREAM = 2000  # derive_seed tag of evaluation sampling (distinct from training streams)
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+TRIAL_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+class EvalInputError(ValueError):
+    """Bad input: unknown run or trial, no checkpoint, no run folder (one-line message)."""
+
+
+@dataclass
+class TrialRef:
+    """What to evaluate: the resolved config, the run folder and the MLflow run."""
+
+    config: TrialConfig
+    run_dir: Path
+    run_id: str
+    tracking_uri: str
+    label: str
+
+
+@dataclass
+class EvalResult:
+    """``metrics`` computed (name → value), ``skipped``: already evaluated with this protocol."""
+
+    run_id: str
+    metrics: dict[str, float]
+    protocol: dict[str, Any]
+    eval_dir: Path
+    skipped: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def temperature_key(t: float) -> str:
+    """``0.5 → "0.5"``, ``1.0 → "1"`` (as in the training sample names): ``fid_T<key>``."""
+    return f"{t:g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint and protocol
+# ----------------------------------------------------------------------------------------------
+
+def choose_checkpoint(run_dir: Path, which: str) -> tuple[str, Path, dict[str, Any], list[str]]:
+    """(``best`` | ``last``, path, state, warnings). ``best`` falls back to the newest step checkpoint."""
+    notes = []
+    folder = run_dir / "checkpoints"
+    if which == "best":
+        try:
+            return "best", folder / BEST_NAME, load_checkpoint(folder / BEST_NAME), notes
+        except InvalidCheckpoint as err:
+            notes.append(f"no usable best checkpoint ({err}); evaluating the last one")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = load_latest(folder)
+    notes += [str(w.message) for w in caught]
+    if found is None:
+        raise EvalInputError(f"no valid checkpoint in {folder}: train the trial first (python -m jobs.train)")
+    return "last", found[0], found[1], notes
+
+
+def make_protocol(config: TrialConfig, which: str, path: Path, state: dict, test_images: int, fid_images: int,
+                  scorer: FidScorer | None, selected: tuple[str, ...]) -> dict[str, Any]:
+    ev = config.eval
+    digest = sidecar_path(path).read_text().split()[0]
+    return {
+        "checkpoint": which, "checkpoint_step": int(state["loop"]["step"]), "checkpoint_sha256": digest,
+        "evaluations": ",".join(selected), "seed": config.run.seed, "test_images": test_images,
+        "test_draws": ev.test_draws, "temperatures": ",".join(temperature_key(t) for t in ev.temperatures),
+        "fid_images": fid_images if scorer else 0, "fid_network": scorer.network if scorer else "none",
+        "fid_weights_sha256": (scorer.weights_sha256 or "none") if scorer else "none",
+        "receptive_field_samples": ev.receptive_field_samples,
+    }
+
+
+def protocol_hash(protocol: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# The computations (pure torch; write files into ``out``)
+# ----------------------------------------------------------------------------------------------
+
+def _generator(device: torch.device, seed: int, *parts: int) -> torch.Generator:
+    from rgflow.data.batching import derive_seed
+
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, _STREAM, *parts))
+
+
+@torch.no_grad()
+def measure_test_bpd(model, images: torch.Tensor, draws: int, batch_size: int, seed: int,
+             device: torch.device) -> tuple[float, float]:
+    """(mean, s.e.) in bits/dim over ``draws`` dequantisation draws; s.e. NaN for one draw."""
+    from rgflow.data.batching import EpochBatcher
+    from rgflow.train import validation_bpd
+
+    batcher = EpochBatcher(images, batch_size, seed, device, drop_last=False)
+    mean, se, _ = validation_bpd(model, batcher, draws, batch_size)
+    return mean, se
+
+
+@torch.no_grad()
+def sample_batches(model, n: int, temperature: float, batch: int, generator: torch.Generator):
+    """Yield ``n`` samples ``(b, C, L, L)`` in [0, 1] at ``temperature``, ``batch`` at a time."""
+    done = 0
+    while done < n:
+        b = min(batch, n - done)
+        yield model.sample(b, temperature, generator).float()
+        done += b
+
+
+def write_samples(model, config: TrialConfig, device: torch.device, out: Path) -> None:
+    from torchvision.utils import save_image
+
+    n = config.train.sample_count
+    nrow = math.ceil(math.sqrt(n))
+    for t in config.eval.temperatures:
+        images = torch.cat(list(sample_batches(model, n, t, n, _generator(device, config.run.seed, 0))))
+        save_image(images.cpu(), out / f"samples_T{temperature_key(t)}.png", nrow=nrow)
+    temps = sorted(config.eval.temperatures)
+    t_low, t_high = temps[0], (temps[-1] if temps[-1] > temps[0] else 1.0)
+    rows = [model.sample_mixed(8, t_low, t_high, level, _generator(device, config.run.seed, 1)).float().cpu()
+            for level in range(model.cfg.levels)]
+    save_image(torch.cat(rows), out / "mixed_temperature.png", nrow=8)
+    (out / "mixed_temperature.json").write_text(json.dumps(
+        {"t_low": t_low, "t_high": t_high, "rows": "level h = 0 (finest) … H-1: latents of levels ≥ h at t_high"}))
+
+
+def compute_fid(model, scorer: FidScorer, test_images: torch.Tensor, config: TrialConfig,
+                device: torch.device) -> dict[str, float]:
+    """``{fid_T<t>: FID}`` between ``len(test_images)`` samples per temperature and those images."""
+    import numpy as np
+
+    from jobs.fid import frechet_distance
+
+    ref = scorer.features(test_images)
+    out = {}
+    for t in config.eval.temperatures:
+        feats = [scorer.features(x) for x in sample_batches(model, len(test_images), t, config.eval.fid_batch,
+                                                            _generator(device, config.run.seed, 2))]
+        out[f"fid_T{temperature_key(t)}"] = frechet_distance(np.concatenate(feats), ref)
+    return out
+
+
+def write_receptive_fields(model, config: TrialConfig, device: torch.device, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from rgflow.receptive import receptive_fields
+
+    fields = receptive_fields(model, config.eval.receptive_field_samples, 1.0, _generator(device, config.run.seed, 3))
+    np.savez(out / "receptive_fields.npz", **{f"level{h}": m.numpy() for h, m in fields.items()})
+    fig, axes = plt.subplots(1, len(fields), figsize=(2.6 * len(fields), 2.8), squeeze=False)
+    for ax, (h, m) in zip(axes[0], sorted(fields.items())):
+        ax.imshow(m.numpy(), cmap="magma")
+        ax.set_title(f"level {h}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle("receptive fields E|∂G(z)/∂z_l| (T = 1), one latent per level", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "receptive_fields.png", dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# MLflow
+# ----------------------------------------------------------------------------------------------
+
+def _already_done(run, protocol: dict[str, Any], expected: list[str]) -> bool:
+    return run.data.tags.get(PROTOCOL_TAG) == protocol_hash(protocol) and all(k in run.data.metrics for k in expected)
+
+
+def log_to_run(client, run_id: str, metrics: dict[str, float], step: int, protocol: dict[str, Any],
+               eval_dir: Path) -> None:
+    """Metrics at ``step`` (a value already logged at that step is not logged again), protocol
+    tags, and ``eval_dir`` as artifacts under ``eval/``. The run's status is not changed."""
+    import time
+
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    new = []
+    for key, value in metrics.items():
+        history = client.get_metric_history(run_id, key)
+        if not any(m.step == step and math.isclose(m.value, value, rel_tol=1e-12, abs_tol=0) for m in history):
+            new.append(Metric(key, float(value), now, step))
+    tags = [RunTag(f"{TAG_PREFIX}{k}", str(v)) for k, v in protocol.items()]
+    tags.append(RunTag(PROTOCOL_TAG, protocol_hash(protocol)))
+    client.log_batch(run_id, metrics=new, tags=tags, synchronous=True)
+    client.log_artifacts(run_id, str(eval_dir), EVAL_DIR)
+
+
+# ----------------------------------------------------------------------------------------------
+# One trial
+# ----------------------------------------------------------------------------------------------
+
+def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None = None, *,
+                   tracking_uri: str | None = None, force: bool = False, device: str | None = None,
+                   selected: tuple[str, ...] = EVALUATIONS, fid_scorer: FidScorer | None = None) -> EvalResult:
+    """Evaluate the trial whose run folder is ``run_dir`` into MLflow run ``run_id`` (``None``: the
+    id in the folder's ``state.json``). ``selected``: a subset of :data:`EVALUATIONS` (e.g. a
+    sweep's ``evaluation`` settings). ``fid_scorer``: a scorer to use instead of Inception (e.g. a
+    small fixed-seed feature network in tests). For the sweep backends to chain after training.
+
+    Raises :class:`EvalInputError` for bad input (no checkpoint, no run).
+    """
+    from jobs.tracking import get_client, resolve_tracking_uri
+    from rgflow.data import load_split
+    from rgflow.device import choose_device
+    from rgflow.model import RGFlowModel
+
+    run_dir = Path(run_dir)
+    uri = resolve_tracking_uri(tracking_uri or config.tracking.resolved_uri)
+    run_id = run_id or _run_id_from_folder(run_dir)
+    client = get_client(uri)
+    run = _get_run(client, run_id, uri)
+    which, ckpt, state, notes = choose_checkpoint(run_dir, config.eval.checkpoint)
+    for note in notes:
+        log.warning("%s", note)
+
+    ev = config.eval
+    test_size = ev.test_size or config.data.test_size
+    test = load_split(dataclasses.replace(config.data, test_size=test_size), "test").images
+    test = torch.as_tensor(test)
+    scorer = None
+    if "fid" in selected:
+        try:
+            scorer = fid_scorer or FidScorer.inception(ev.fid_weights)
+        except FidUnavailable as err:
+            notes.append(str(err))
+            log.warning("%s", err)
+    fid_images = min(ev.fid_samples, len(test))
+    if scorer and fid_images < ev.fid_samples:
+        notes.append(f"FID uses {fid_images} images per set: the test split has fewer than eval.fid_samples="
+                     f"{ev.fid_samples}")
+        log.warning("%s", notes[-1])
+    protocol = make_protocol(config, which, ckpt, state, len(test), fid_images, scorer, selected)
+    expected = (["test_bpd"] if "test_bpd" in selected else []) + (
+        [f"fid_T{temperature_key(t)}" for t in ev.temperatures] if scorer else [])
+    eval_dir = run_dir / EVAL_DIR
+    if not force and _already_done(run, protocol, expected):
+        log.info("run %s: already evaluated with this protocol (%s); --force recomputes", run_id, protocol_hash(protocol))
+        return EvalResult(run_id, {k: run.data.metrics[k] for k in expected}, protocol, eval_dir, True, notes)
+
+    dev = choose_device(device or config.run.device)
+    model = RGFlowModel(config.model, config.prior)
+    model.load_state_dict(state["model"])
+    model = model.to(dev).eval()
+    metrics: dict[str, float] = {}
+    work = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{EVAL_DIR}.tmp-"))
+    try:
+        if "test_bpd" in selected:
+            mean, se = measure_test_bpd(model, test, ev.test_draws, config.train.batch_size, config.run.seed, dev)
+            metrics["test_bpd"] = mean
+            if math.isfinite(se):
+                metrics["test_bpd_se"] = se
+        if "samples" in selected:
+            write_samples(model, config, dev, work)
+        if scorer:
+            metrics.update(compute_fid(model, scorer, test[:fid_images], config, dev))
+        if "receptive_fields" in selected:
+            write_receptive_fields(model, config, dev, work)
+        (work / "metrics.json").write_text(json.dumps({"metrics": metrics, "protocol": protocol,
+                                                       "warnings": notes}, indent=1))
+        if eval_dir.exists():
+            shutil.rmtree(eval_dir)
+        work.rename(eval_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log_to_run(client, run_id, metrics, protocol["checkpoint_step"], protocol, eval_dir)
+    return EvalResult(run_id, metrics, protocol, eval_dir, False, notes)
+
+
+def _run_id_from_folder(run_dir: Path) -> str:
+    try:
+        run_id = json.loads((run_dir / "state.json").read_text()).get("run_id")
+    except (OSError, ValueError):
+        run_id = None
+    if not run_id:
+        raise EvalInputError(f"{run_dir}/state.json names no MLflow run: train the trial with tracking first, "
+                             "or pass its run id")
+    return run_id
+
+
+def _get_run(client, run_id: str, uri: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as err:
+        if err.get_http_status_code() == 404 or "not found" in str(err).lower():
+            raise EvalInputError(f"no MLflow run {run_id} at {uri} (pass --tracking-uri or set "
+                                 "MLFLOW_TRACKING_URI to the store that holds it)") from None
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# Naming trials on the command line
+# ----------------------------------------------------------------------------------------------
+
+def resolve_targets(target: str, *, trial: int | None = None, all_trials: bool = False,
+                    tracking_uri: str | None = None, overrides: list[str] = ()) -> list[TrialRef]:
+    """The trials named by a run id, a trial id, a trial config file or a sweep file (+ index/all)."""
+    from jobs.sweep_spec import is_sweep_file, load_sweep
+    from jobs.overrides import load_yaml_file
+    from jobs.tracking import get_client, resolve_tracking_uri
+    from jobs.train import run_dir_for
+
+    path = Path(target)
+    if path.is_file():
+        if is_sweep_file(load_yaml_file(path)):
+            sweep = load_sweep(path, list(overrides))
+            if all_trials == (trial is not None):
+                raise EvalInputError(f"{path} is a sweep of {len(sweep.trials)} trials: pass --trial N or --all")
+            trials = sweep.trials if all_trials else [sweep.trial(trial)]
+            return [_ref_from_folder(t.config, run_dir_for(t.config, sweep.name), tracking_uri,
+                                     f"{t.index}:{t.trial_id}", sweep.name) for t in trials]
+        if trial is not None or all_trials:
+            raise EvalInputError(f"{path} is a trial config, not a sweep: --trial/--all apply to sweep files")
+        config = load_trial_config(path, list(overrides))
+        return [_ref_from_folder(config, run_dir_for(config), tracking_uri, path.name, None)]
+    if target.endswith((".yaml", ".yml")):
+        raise EvalInputError(f"{target}: no such file")
+    uri = resolve_tracking_uri(tracking_uri)
+    client = get_client(uri)
+    if RUN_ID.match(target):
+        run = _get_run(client, target, uri)
+    elif TRIAL_ID.match(target):
+        run = _find_trial_run(client, target, uri)
+    else:
+        raise EvalInputError(f"{target!r} is neither a file, an MLflow run id (32 hex digits) nor a trial id "
+                             "(12 hex digits)")
+    run_dir = run.data.tags.get("rgflow.run_dir")
+    if not run_dir or not (Path(run_dir) / "config.yaml").is_file():
+        raise EvalInputError(f"run {run.info.run_id}: its run folder {run_dir!r} (tag rgflow.run_dir) has no "
+                             "config.yaml on this machine")
+    config = load_trial_config(Path(run_dir) / "config.yaml", list(overrides))
+    return [TrialRef(config, Path(run_dir), run.info.run_id, uri, run.data.tags.get("rgflow.trial_id", target))]
+
+
+def _ref_from_folder(config: TrialConfig, run_dir: Path, tracking_uri: str | None, label: str,
+                     experiment: str | None) -> TrialRef:
+    from jobs.tracking import find_trial_runs, get_client, resolve_tracking_uri
+    from jobs.config import trial_id
+
+    uri = resolve_tracking_uri(tracking_uri or config.tracking.resolved_uri)
+    try:
+        run_id = _run_id_from_folder(run_dir)
+    except EvalInputError:
+        exp = get_client(uri).get_experiment_by_name(experiment or config.tracking.experiment)
+        found = find_trial_runs(uri, exp.experiment_id, trial_ids=[trial_id(config)]) if exp else {}
+        if not found:
+            raise EvalInputError(f"trial {label}: no run folder state ({run_dir}) and no MLflow run at {uri}: "
+                                 "train it first") from None
+        run_id = next(iter(found.values())).run_id
+    return TrialRef(config, run_dir, run_id, uri, label)
+
+
+def _find_trial_run(client, trial: str, uri: str):
+    from mlflow.entities import ViewType
+
+    ids, token = [], None
+    while True:
+        page = client.search_experiments(page_token=token)
+        ids += [e.experiment_id for e in page]
+        token = page.token
+        if not token:
+            break
+    runs = client.search_runs(ids, f"tags.`rgflow.trial_id` = '{trial}'", ViewType.ACTIVE_ONLY, max_results=1,
+                              order_by=["attributes.start_time DESC"]) if ids else []
+    if not runs:
+        raise EvalInputError(f"no MLflow run with trial id {trial} at {uri}")
+    return runs[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("target", help="MLflow run id, trial id, trial config file or sweep file")
+    parser.add_argument("overrides", nargs="*", help="config/sweep overrides (key=value)")
+    parser.add_argument("--trial", type=int, help="the sweep's trial index")
+    parser.add_argument("--all", action="store_true", help="every trial of the sweep")
+    parser.add_argument("--force", action="store_true", help="recompute even if evaluated with this protocol")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the trial's run.device)")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: the trial's, else $MLFLOW_TRACKING_URI)")
+    args = parser.parse_intermixed_args(argv)
+    handler = logging.StreamHandler(sys.stderr)  # this module's warnings reach the console in any setup
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    log.addHandler(handler)
+    try:
+        return _run(args)
+    finally:
+        log.removeHandler(handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from jobs.config import ConfigError
+
+    try:
+        refs = resolve_targets(args.target, trial=args.trial, all_trials=args.all, tracking_uri=args.tracking_uri,
+                               overrides=args.overrides)
+    except (EvalInputError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    code = 0
+    for ref in refs:
+        try:
+            result = evaluate_trial(ref.config, ref.run_dir, ref.run_id, tracking_uri=ref.tracking_uri,
+                                    force=args.force, device=args.device)
+        except (EvalInputError, ConfigError) as err:
+            print(f"error: [{ref.label}] {err}", file=sys.stderr)
+            code = max(code, 2)
+            continue
+        except Exception as err:  # noqa: BLE001 - one trial's failure must not stop a batch
+            print(f"error: [{ref.label}] evaluation failed: {type(err).__name__}: {err}", file=sys.stderr)
+            code = max(code, 1)
+            continue
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
+        print(f"[{ref.label}] {'already evaluated' if result.skipped else 'evaluated'} run {result.run_id}: "
+              f"{shown or 'no metrics'} ({result.eval_dir})")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""jobs.evaluate on a tiny trial trained by jobs.train, tracked in a real sqlite MLflow store."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from torch import nn
+
+from jobs import evaluate as E
+from jobs import fid
+from jobs.config import load_trial_config
+from rgflow.checkpoint import load_checkpoint
+from rgflow.model import RGFlowModel
+
+TEMPS = (0.5, 1.0)
+
+
+def overrides(tmp) -> list[str]:
+    return ["data.train_size=64", "data.valid_size=32", "data.test_size=32", "train.batch_size=16", "train.epochs=1",
+            "train.log_every=2", "train.sample_every_epochs=1", "train.sample_count=4", f"run.out_dir={tmp}/runs",
+            f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=evaltest", "run.device=cpu",
+            "eval.test_draws=2", "eval.fid_samples=16", "eval.fid_batch=8", "eval.receptive_field_samples=1",
+            "eval.temperatures=[0.5,1.0]"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from jobs.train import run_trial
+
+    tmp = tmp_path_factory.mktemp("evaluate")
+    config = load_trial_config("configs/tiny.yaml", overrides(tmp))
+    outcome = run_trial(config)
+    assert outcome.state == "finished", outcome.reason
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    return {"tmp": tmp, "config": config, "outcome": outcome, "uri": uri, "client": MlflowClient(uri)}
+
+
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    monkeypatch.delenv(fid.WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+
+
+def history(client, run_id, key):
+    return client.get_metric_history(run_id, key)
+
+
+def test_evaluate_writes_into_run_status_unchanged_fid_skipped(trained, no_weights, capsys):
+    client, run_id = trained["client"], trained["outcome"].run_id
+    before = client.get_run(run_id)
+    assert before.info.status == "FINISHED"
+
+    assert E.main([run_id, "--tracking-uri", trained["uri"]]) == 0
+    err = capsys.readouterr().err
+    assert "FID skipped" in err and fid.WEIGHTS_ENV in err and fid.WEIGHTS_FILE in err
+
+    after = client.get_run(run_id)
+    assert after.info.status == "FINISHED" and after.info.end_time == before.info.end_time
+    assert after.data.tags["rgflow.state"] == before.data.tags["rgflow.state"]
+    m, tags = after.data.metrics, after.data.tags
+    # the model barely trained: test BPD is near its validation BPD (same data distribution)
+    assert abs(m["test_bpd"] - trained["outcome"].val_bpd) < 0.5 and 0 < m["test_bpd_se"] < 0.1
+    assert not any(k.startswith("fid_T") for k in m)
+    step = int(tags["rgflow.eval.checkpoint_step"])
+    assert step == trained["outcome"].step and history(client, run_id, "test_bpd")[0].step == step
+    assert tags["rgflow.eval.checkpoint"] == "best" and tags["rgflow.eval.test_images"] == "32"
+    assert tags["rgflow.eval.test_draws"] == "2" and tags["rgflow.eval.temperatures"] == "0.5,1"
+    assert tags["rgflow.eval.fid_network"] == "none" and len(tags[E.PROTOCOL_TAG]) == 16
+    names = {a.path for a in client.list_artifacts(run_id, "eval")}
+    assert {"eval/samples_T0.5.png", "eval/samples_T1.png", "eval/receptive_fields.png",
+            "eval/mixed_temperature.png", "eval/metrics.json"} <= names
+    assert not list(trained["outcome"].run_dir.glob(".eval.tmp-*"))
+
+    # idempotent: same protocol and checkpoint → nothing recomputed, nothing logged twice
+    assert E.main([run_id, "--tracking-uri", trained["uri"]]) == 0
+    assert "already evaluated" in capsys.readouterr().out
+    assert len(history(client, run_id, "test_bpd")) == 1
+    # --force recomputes; the deterministic result is not logged a second time at the same step
+    assert E.main([run_id, "--tracking-uri", trained["uri"], "--force"]) == 0
+    assert "evaluated run" in capsys.readouterr().out
+    assert len(history(client, run_id, "test_bpd")) == 1
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def tiny_scorer() -> fid.FidScorer:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.Tanh(), nn.Conv2d(8, 6, 3), nn.AdaptiveAvgPool2d(1))
+    return fid.FidScorer(net, network="test-convnet")
+
+
+def test_fid_with_fixed_seed_feature_net(trained, no_weights):
+    client, run_id, config = trained["client"], trained["outcome"].run_id, trained["config"]
+    result = E.evaluate_trial(config, trained["outcome"].run_dir, run_id, tracking_uri=trained["uri"],
+                              fid_scorer=tiny_scorer())
+    assert not result.skipped and set(result.metrics) >= {"fid_T0.5", "fid_T1"}
+    run = client.get_run(run_id)
+    assert run.data.tags["rgflow.eval.fid_network"] == "test-convnet" and run.data.tags["rgflow.eval.fid_images"] == "16"
+    for t in ("0.5", "1"):
+        assert math.isfinite(run.data.metrics[f"fid_T{t}"]) and run.data.metrics[f"fid_T{t}"] > 0
+    # the logged number is the FID of the same samples and test images, recomputed here
+    from rgflow.data import load_split
+
+    model = RGFlowModel(config.model, config.prior)
+    model.load_state_dict(load_checkpoint(trained["outcome"].run_dir / "checkpoints" / "best.ckpt")["model"])
+    test = torch.as_tensor(load_split(config.data, "test").images)[:16]
+    again = E.compute_fid(model.eval(), tiny_scorer(), test, config, torch.device("cpu"))
+    assert again["fid_T0.5"] == pytest.approx(run.data.metrics["fid_T0.5"], rel=1e-6)
+    assert len(history(client, run_id, "test_bpd")) == 1  # unchanged value at the same step: not re-logged
+    assert run.info.status == "FINISHED"
+
+
+def test_trial_id_and_config_targets_resolve_to_the_run(trained, tmp_path):
+    tid, run_id = trained["outcome"].trial_id, trained["outcome"].run_id
+    by_tid = E.resolve_targets(tid, tracking_uri=trained["uri"])
+    assert [r.run_id for r in by_tid] == [run_id] and by_tid[0].run_dir == trained["outcome"].run_dir
+    cfg_file = trained["outcome"].run_dir / "config.yaml"
+    by_file = E.resolve_targets(str(cfg_file))
+    assert by_file[0].run_id == run_id
+
+
+def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
+    assert E.main(["0" * 32, "--tracking-uri", trained["uri"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no MLflow run 00000000") and "\n" not in err
+    assert E.main(["not-a-run"]) == 2
+    assert "neither a file, an MLflow run id" in capsys.readouterr().err
+    with pytest.raises(E.EvalInputError, match="no valid checkpoint in .*train the trial first"):
+        E.choose_checkpoint(tmp_path, "best")
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: s\nbase_config: %s\naxes: {grid: {prior.kind: [laplace, gaussian]}}\n"
+                     % (trained["outcome"].run_dir / "config.yaml"))
+    assert E.main([str(sweep)]) == 2
+    assert "pass --trial N or --all" in capsys.readouterr().err
+    assert E.main([str(sweep), "--trial", "0", f"run.out_dir={tmp_path}/none"]) == 2
+    assert "train it first" in capsys.readouterr().err
