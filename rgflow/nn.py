@@ -18,6 +18,7 @@ Shapes: every network maps ``(N, F)`` → ``(N, F)`` with ``F = C·m²`` and ``N
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from typing import Iterator, NamedTuple, Sequence
 
@@ -26,6 +27,19 @@ from torch import nn
 
 SWISH_GAIN = 2.81  # the reference initialisation's gain for Swish
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_PLAIN = contextvars.ContextVar("rgflow_plain_autograd", default=False)
+
+
+@contextlib.contextmanager
+def plain_autograd() -> Iterator[None]:
+    """Inside the block, networks run as ordinary differentiable torch ops instead of the fused
+    kernel: slower and heavier in memory, but supports forward-mode AD and higher derivatives
+    (used by ``rgflow.receptive``)."""
+    token = _PLAIN.set(True)
+    try:
+        yield
+    finally:
+        _PLAIN.reset(token)
 
 
 class Swish(nn.Module):
@@ -102,6 +116,9 @@ class ResidualMLP(nn.Module):
         spec = _Spec(self.nlayers, self.final_tanh, not checkpointing, precision, compiled)
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or self.gain.requires_grad or any(p.requires_grad for p in params))
+        if _PLAIN.get():
+            with gemm_precision(precision):
+                return _forward_impl(x, self.gain, params, spec, False)[0]
         if not needs_grad:
             with gemm_precision(precision):
                 return _impl(compiled, "forward")(x, self.gain, params, spec, False)[0]
@@ -239,4 +256,4 @@ class _ResidualMLPFunction(torch.autograd.Function):
         return (gx, g_gain, None, *grads)
 
 
-__all__ = ["Swish", "WNLinear", "ResidualBlock", "ResidualMLP", "gemm_precision"]
+__all__ = ["Swish", "WNLinear", "ResidualBlock", "ResidualMLP", "gemm_precision", "plain_autograd"]

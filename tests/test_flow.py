@@ -12,7 +12,6 @@ from rgflow.flow import RGFlow
 from rgflow.model import RGFlowModel
 from rgflow.nn import ResidualMLP, Swish, WNLinear
 
-torch.set_num_threads(2)
 
 
 def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> None:
