@@ -33,7 +33,7 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_sweep_runs_on_a_ray_head_started_in_the_allocation(slurm_cluster, tmp_path):
+def test_sweep_runs_on_a_ray_head_started_in_the_allocation(slurm_cluster, trial_data_root, tmp_path):
     from mlflow import MlflowClient
 
     port = _free_port()
@@ -41,7 +41,7 @@ def test_sweep_runs_on_a_ray_head_started_in_the_allocation(slurm_cluster, tmp_p
         "--nodes=1", "--cpus-per-task=2", "--gpus-per-task=1", "--mem=6G", "--time=10",
         f"--output={tmp_path}/ray.out", str(RAY_SH), "sweeps/smoke.yaml",
         "train.batch_size=[32]", "prior.kind=[laplace]", "train.steps=4", "data.train_size=256",
-        "data.valid_size=64", "data.test_size=64", "evaluation.enabled=false",
+        "data.valid_size=64", "data.test_size=64", f"data.root={trial_data_root}", "evaluation.enabled=false",
         f"run.out_dir={tmp_path}/runs", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
         cwd=REPO, env={"RGFLOW_RAY_PORT": str(port)})
     state = slurm_cluster.wait_job(job, {"COMPLETED"}, timeout=400)

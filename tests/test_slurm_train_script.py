@@ -206,9 +206,9 @@ TINY_TRIAL = (
 )
 
 
-def _submit_tiny_trial(cluster, out: Path) -> str:
+def _submit_tiny_trial(cluster, out: Path, data_root: Path) -> str:
     return cluster.sbatch("--cpus-per-task=1", "--mem=4G", "--time=15", f"--output={out}/job.out",
-                          str(TRAIN_SH), *TINY_TRIAL, f"run.out_dir={out}/runs",
+                          str(TRAIN_SH), *TINY_TRIAL, f"data.root={data_root}", f"run.out_dir={out}/runs",
                           f"tracking.uri=sqlite:///{out}/mlflow.db", cwd=REPO)
 
 
@@ -237,7 +237,7 @@ def _the_run(out: Path):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_real_trial_requeued_twice_ways_finishes_in_one_run(slurm_cluster, tmp_path):
+def test_real_trial_requeued_two_ways_finishes_in_one_run(slurm_cluster, trial_data_root, tmp_path):
     actions = {
         "usr2_batch": ["scancel", "--signal=USR2", "--batch"],  # what --signal=B:USR2@120 does
         "admin_requeue": ["scontrol", "requeue"],  # SIGTERM to the step, Slurm requeues
@@ -245,7 +245,7 @@ def test_real_trial_requeued_twice_ways_finishes_in_one_run(slurm_cluster, tmp_p
     jobs = {}
     for name in actions:
         (tmp_path / name).mkdir()
-        jobs[name] = _submit_tiny_trial(slurm_cluster, tmp_path / name)
+        jobs[name] = _submit_tiny_trial(slurm_cluster, tmp_path / name, trial_data_root)
     for name, action in actions.items():
         _wait_first_checkpoint(tmp_path / name, jobs[name], slurm_cluster)
         slurm_cluster.run(*action, jobs[name])
