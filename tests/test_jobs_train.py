@@ -173,3 +173,38 @@ def test_bad_input_through_the_real_command_line(tmp_path, trial_data_root):
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: extra.x: unknown key") and str(cfg) in err[0], err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "never.db").exists()
+
+
+@pytest.mark.slow
+def test_tracking_outage_mid_trial_loses_and_doubles_nothing(tmp_path, trial_data_root, mlflow_server, monkeypatch):
+    """The server dies after step 2 and comes back after step 10: training never waits for it,
+    and the run ends FINISHED with every metric point exactly once."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast instead of urllib3 backoff
+    from jobs.tracking import ensure_experiment
+
+    cfg = load_trial_config(tiny_trial(tmp_path / "t.yaml", trial_data_root, tmp_path / "runs", None,
+                                       tracking={"enabled": True}))
+    uri = mlflow_server.uri
+    polls = {"n": 0}
+
+    def outage() -> None:  # polled before every step and validation batch
+        polls["n"] += 1
+        if polls["n"] == 3:
+            mlflow_server.stop(crash=True)
+        elif polls["n"] == 11:
+            mlflow_server.start()
+
+    try:
+        outcome = run_trial(cfg, tracking_uri=uri, experiment_id=ensure_experiment(uri, "trial-outage"),
+                            stop_flag=lambda: outage())
+    finally:
+        mlflow_server.start()
+    assert (outcome.state, outcome.exit_code) == ("finished", 0)
+    client = MlflowClient(uri)
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    for key in CONTRACT_TRAIN:
+        assert [m.step for m in sorted(client.get_metric_history(outcome.run_id, key), key=lambda m: m.step)] == \
+            [4, 8, 12, 16], key
+    assert sorted(m.step for m in client.get_metric_history(outcome.run_id, "val_bpd")) == [8, 16]
+    assert "unreachable" in (outcome.run_dir / "train.log").read_text()  # the outage was seen, and spooled
