@@ -69,7 +69,11 @@ def test_cache_built_for_something_else_is_rebuilt(built, tmp_path):
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["identity"]["generator"] = "msds-v0"
     (path / "manifest.json").write_text(json.dumps(manifest))
+    stale = tmp_path / f".{path.name}.tmp-999999"            # as left by a killed build
+    stale.mkdir()
+    (stale / "train_images.npy").write_bytes(b"partial")
     _, _, report = ensure_msds(tmp_path, "msds1", 0, COUNTS, workers=1)
+    assert not stale.exists()
     assert report.action == "rebuilt"
     assert report.reason == f"it was built for generator='msds-v0' (want {msds.GENERATOR_VERSION!r})"
 

@@ -110,12 +110,20 @@ def verify(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_array(path: Path, name: str, manifest: dict[str, Any], rows: slice | None = None) -> np.ndarray:
-    """Rows ``rows`` (default all) of a verified cache array, read into memory."""
+    """Rows ``rows`` (default all; step 1) of a verified cache array, read into memory with one
+    sequential read (no memory map, so nothing stays tied to the file)."""
     info = manifest["files"][name]
-    array = np.load(path / name, mmap_mode="r", allow_pickle=False)
-    if list(array.shape) != info["shape"] or str(array.dtype) != info["dtype"]:
-        raise CacheInvalid(f"{name} has shape {list(array.shape)} {array.dtype}, the manifest says {info['shape']} {info['dtype']}")
-    return np.array(array if rows is None else array[rows])
+    with open(path / name, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        if list(shape) != info["shape"] or str(dtype) != info["dtype"] or fortran:
+            raise CacheInvalid(f"{name} has shape {list(shape)} {dtype}, the manifest says {info['shape']} {info['dtype']}")
+        start, stop, _ = (rows or slice(None)).indices(shape[0])
+        row = int(np.prod(shape[1:], dtype=np.int64))
+        f.seek(start * row * dtype.itemsize, os.SEEK_CUR)
+        data = np.fromfile(f, dtype=dtype, count=max(stop - start, 0) * row)
+    return data.reshape((max(stop - start, 0), *shape[1:]))
 
 
 @contextlib.contextmanager
@@ -135,8 +143,9 @@ def _nbytes(manifest: dict[str, Any]) -> int:
 
 def _build(path: Path, identity: dict[str, Any], builder: Callable[[Path], None]) -> dict[str, Any]:
     """Run ``builder(tmp)`` (writes ``.npy`` files into ``tmp``), write the manifest, swap in."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):   # left by a killed build (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         start = time.perf_counter()
