@@ -9,6 +9,8 @@ Builds a fresh MSDS1 cache (seed 0) in a temporary folder and measures
 * ``cache build``: the whole ``ensure_msds`` (generation + labels + sha256 + atomic swap);
 * ``load+verify``: ``load_split(train)`` in a fresh state (sha256 of every file), and ``load``
   (verification memoised for unchanged files, as for the later splits of a run);
+* ``celeba``: preprocessing rate (decode, crop 148, resize 32) of ``--celeba`` fabricated
+  178×218 JPEGs with ``--workers`` processes, and the implied time for the 202,599 real ones;
 * ``step``: one training batch from ``EpochBatcher`` (gather, optional flip, per-batch generator)
   plus ``rgflow.logit.dequantize`` at ``--batch`` on ``--device``, mean over ``--steps`` steps.
 
@@ -33,7 +35,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rgflow.config import DataConfig  # noqa: E402
-from rgflow.data import EpochBatcher, cache, load_split, msds  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from rgflow.data import EpochBatcher, cache, celeba, load_split, msds  # noqa: E402
 from rgflow.data.splits import ensure_msds  # noqa: E402
 from rgflow.logit import dequantize  # noqa: E402
 
@@ -58,6 +62,21 @@ def bench_generate(root: Path, counts: dict[str, int], workers: int) -> dict:
     _, wall, cpu = timed(run)
     n = sum(counts.values())
     return {"images": n, "workers": workers, "wall_s": wall, "cpu_s": cpu, "images_per_s": n / wall}
+
+
+def bench_celeba(root: Path, n: int, workers: int) -> dict:
+    folder = root / "img_align_celeba"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:218, 0:178]
+    names = [f"{k + 1:06d}.jpg" for k in range(n)]
+    for name in names:   # smooth colour fields plus noise: JPEG content of realistic complexity
+        base = np.stack([np.sin(xx / rng.uniform(8, 40) + c) * np.cos(yy / rng.uniform(8, 40)) for c in range(3)], -1)
+        pixels = np.clip(128 + 90 * base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / name, quality=95)
+    _, wall, cpu = timed(lambda: celeba.preprocess_split(root, names, "bicubic", root / "celeba.npy", workers))
+    return {"images": n, "workers": workers, "wall_s": wall, "cpu_s": cpu, "images_per_s": n / wall,
+            "full_set_estimate_s": 202_599 / (n / wall)}
 
 
 def bench_step(images: torch.Tensor, batch: int, steps: int, device: str, flip: bool) -> dict:
@@ -85,6 +104,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--celeba", type=int, default=400, help="fabricated CelebA JPEGs to preprocess")
     parser.add_argument("--count", type=int, help="images per split at most (smoke run; default all)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "data.json"))
     args = parser.parse_args()
@@ -98,12 +118,14 @@ def main() -> int:
         cache._VERIFIED.clear()
         train, verify_wall, _ = timed(lambda: load_split(cfg, "train", msds_counts=counts))
         _, load_wall, _ = timed(lambda: load_split(cfg, "train", msds_counts=counts))
+        celeba_rate = bench_celeba(root, args.celeba, args.workers)
         steps = [bench_step(train.images, min(args.batch, len(train)), args.steps, args.device, flip)
                  for flip in (False, True)]
     result = {
         "generate": gen,
         "cache_build": {"wall_s": build_wall, "cpu_s": build_cpu, "bytes": report.nbytes, "action": report.action},
         "load_verify_s": verify_wall, "load_s": load_wall, "train_images": len(train),
+        "celeba_preprocess": celeba_rate,
         "step": steps,
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                     "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
@@ -115,6 +137,8 @@ def main() -> int:
         ("cache build (gen+sha256+swap)", f"{report.nbytes / 1e6:.0f} MB", f"{build_wall:.1f} s wall, {build_cpu:.1f} s CPU", ""),
         ("load_split(train) + verify", f"{len(train):,} images", f"{verify_wall:.2f} s", "sha256 of every file"),
         ("load_split(train)", f"{len(train):,} images", f"{load_wall:.2f} s", "verification memoised"),
+        ("CelebA preprocessing", f"{celeba_rate['images']:,} JPEGs", f"{celeba_rate['wall_s']:.1f} s wall, {celeba_rate['cpu_s']:.1f} s CPU",
+         f"{celeba_rate['images_per_s']:,.0f} images/s → {celeba_rate['full_set_estimate_s'] / 60:.0f} min for 202,599"),
     ] + [(f"batch+dequantise ({s['device']}{', flip' if s['flip'] else ''})", f"batch {s['batch']}",
           f"{s['ms_per_step']:.2f} ms/step", f"{s['images_per_s']:,.0f} images/s") for s in steps]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
