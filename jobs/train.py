@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -169,7 +168,7 @@ class _StopRequests:
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
