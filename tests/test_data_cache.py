@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def test_load_split_serves_the_msds_splits(tmp_path, caplog):
 
 
 def _cli(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.run([sys.executable, "-m", "rgflow.data", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
