@@ -115,3 +115,9 @@ def test_cli_verify_reports_a_missing_cache(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == f"invalid {tmp_path}/msds1-seed3: it does not exist"
     assert not (tmp_path / "msds1-seed3").exists()
+
+
+def test_msds_counts_must_cover_both_generated_splits(tmp_path):
+    with pytest.raises(ValueError, match="one count for each of train, test"):
+        ensure_msds(tmp_path, "msds1", 0, {"train": 10})
+    assert not list(tmp_path.iterdir())

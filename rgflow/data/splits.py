@@ -56,6 +56,8 @@ def ensure_msds(root: str | Path, name: str, seed: int, counts: dict[str, int] |
     Returns ``(folder, manifest, report)``. Smaller counts (tests) give their own folder.
     """
     counts = dict(counts or msds.SPLIT_COUNTS)
+    if set(counts) != set(msds.SPLIT_COUNTS):
+        raise ValueError(f"MSDS counts {counts}: give one count for each of {', '.join(msds.SPLIT_COUNTS)}")
     suffix = "" if counts == msds.SPLIT_COUNTS else "-" + "-".join(f"{k}{v}" for k, v in counts.items())
     path = Path(root) / f"{name}-seed{seed}{suffix}"
 
