@@ -4,12 +4,11 @@ residual MLP ``R`` with its zero-initialised output gain.
 The residual MLP runs through one fused autograd function (:class:`_ResidualMLPFunction`) with a
 hand-written backward. Compared with module-by-module autograd it
 
-* saves only what the backward needs: the stream entering each residual block and the hidden
-  pre-activations (all of them, or — with ``checkpointing`` — only those produced by the
-  ``nhidden×nhidden`` layers, recomputing the cheap first ``C·m²→nhidden`` layer and every
-  element-wise op in the backward: ≈3 % more FLOPs for ≈half the activation memory);
-* fuses bias additions into the GEMMs (``addmm``) and recomputes Swish sigmoids instead of
-  storing them;
+* saves only what the backward needs: the (β-scaled) input of every Swish (all of them, or —
+  with ``checkpointing`` — all but the output of the cheap first ``C·m²→nhidden`` layer, which the
+  backward recomputes: ≈3 % more FLOPs for ≈half the activation memory);
+* evaluates Swish as a fused ``silu`` (see :meth:`ResidualMLP.effective_params`), fuses bias
+  additions into the GEMMs (``addmm``), and recomputes activations instead of storing them;
 * receives the weight-normalised matrices from the caller, so weight norm runs once per forward
   per network, not once per use (each network is used by both half-steps of its coupling).
 
@@ -23,6 +22,7 @@ import math
 from typing import Iterator, NamedTuple, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 SWISH_GAIN = 2.81  # the reference initialisation's gain for Swish
@@ -102,11 +102,19 @@ class ResidualMLP(nn.Module):
         self.nlayers = nmlp + 1
 
     def effective_params(self) -> list[torch.Tensor]:
-        """Flat list ``[β, W, b]`` per layer, block-major, with ``W`` weight-normalised (once)."""
+        """Flat list ``[β, Ŵ, b]`` per layer, block-major, differentiable in the parameters.
+
+        Swish is evaluated as ``u·σ(βu) = silu(βu)/β`` with the ``1/β`` folded into the columns of
+        the weight-normalised matrix, ``Ŵ = W ⊙ (1/β)ᵀ``, computed once per forward: the network
+        then needs one fused ``silu`` (and one ``silu_backward``) per layer instead of a chain of
+        element-wise ops. ``β`` is kept at least ``1e-12`` away from 0 (β = 0 exactly would make the
+        fold singular; the function differs by < 1e-12 relative there).
+        """
         out: list[torch.Tensor] = []
         for block in self.blocks:
             for act, lin in zip(block.acts, block.linears):
-                out += [act.beta, lin.weight(), lin.bias]
+                beta = _away_from_zero(act.beta)
+                out += [beta, lin.weight() / beta, lin.bias]
         return out
 
     def forward(self, x: torch.Tensor, params: list[torch.Tensor] | None = None,
@@ -123,6 +131,10 @@ class ResidualMLP(nn.Module):
             with gemm_precision(precision):
                 return _impl(compiled, "forward")(x, self.gain, params, spec, False)[0]
         return _ResidualMLPFunction.apply(x, self.gain, spec, *params)
+
+
+def _away_from_zero(beta: torch.Tensor, tiny: float = 1e-12) -> torch.Tensor:
+    return torch.where(beta >= 0, beta.clamp(min=tiny), beta.clamp(max=-tiny))
 
 
 class _Spec(NamedTuple):
@@ -163,21 +175,20 @@ def _mm(a: torch.Tensor, b: torch.Tensor, precision: str) -> torch.Tensor:
 
 
 def _forward_impl(x: torch.Tensor, gain: torch.Tensor, params: list[torch.Tensor], spec: _Spec, save: bool):
-    """Forward pass. Returns ``(y, saved)``; ``saved`` (when ``save``) lists, per block, the stream
-    entering it and the kept hidden pre-activations, then the pre-gain stream."""
+    """Forward pass. Returns ``(y, saved)``; ``saved`` (when ``save``) lists, per block, the scaled
+    Swish inputs ``v = β ⊙ u`` of the block's first layer and of the kept hidden layers, then the
+    pre-gain stream."""
     nl, prec = spec.nlayers, spec.precision
     saved: list[torch.Tensor] = []
     stream = x
     for r in range(len(params) // (3 * nl)):
-        if save:
-            saved.append(stream)
         u = stream
         for i in range(nl):
             beta, w, b = params[3 * (r * nl + i): 3 * (r * nl + i) + 3]
-            a = u * torch.sigmoid(u * beta)
-            u = _linear(a, w, b, prec)
-            if save and i < nl - 1 and (spec.keep_all or i >= 1):
-                saved.append(u)
+            v = u * beta
+            if save and (i == 0 or spec.keep_all or i >= 2):
+                saved.append(v)
+            u = _linear(F.silu(v), w, b, prec)
         stream = (stream + u).mul_(INV_SQRT2)
     y = gain * stream
     if spec.final_tanh:
@@ -189,36 +200,30 @@ def _forward_impl(x: torch.Tensor, gain: torch.Tensor, params: list[torch.Tensor
 
 def _backward_impl(gy: torch.Tensor, y: torch.Tensor, gain: torch.Tensor, params: list[torch.Tensor],
                    saved: list[torch.Tensor], spec: _Spec):
-    """Gradients ``(gx, g_gain, [gβ, gW, gb] per layer)`` from the tensors saved by the forward."""
+    """Gradients ``(gx, g_gain, [gβ, gŴ, gb] per layer)`` from the tensors saved by the forward."""
     nl, prec = spec.nlayers, spec.precision
     nblocks = len(params) // (3 * nl)
-    kept = (nl - 1) if spec.keep_all else max(nl - 2, 0)  # hidden pre-activations kept per block
-    pre = saved[-1]
+    kept = nl if spec.keep_all else nl - 1  # saved Swish inputs per block
     g = gy * (1.0 - y * y) if spec.final_tanh else gy
-    g_gain = (g * pre).sum(0)
+    g_gain = (g * saved[-1]).sum(0)
     g = g * gain
     grads: list[torch.Tensor] = [gy] * len(params)  # placeholders, all overwritten below
     for r in reversed(range(nblocks)):
-        base = r * (1 + kept)
-        us = [saved[base]]
-        if not spec.keep_all and nl > 1:
-            beta, w, b = params[3 * r * nl: 3 * r * nl + 3]
-            u0 = us[0]
-            us.append(_linear(u0 * torch.sigmoid(u0 * beta), w, b, prec))
-        us += saved[base + 1: base + 1 + kept]
+        vs = saved[r * kept: (r + 1) * kept]
+        if not spec.keep_all:  # recompute the cheap first layer's output
+            beta0, w0, b0 = params[3 * r * nl: 3 * r * nl + 3]
+            vs.insert(1, _linear(F.silu(vs[0]), w0, b0, prec).mul_(params[3 * (r * nl + 1)]))
         go = g * INV_SQRT2
         gh = go
         for i in reversed(range(nl)):
             j = 3 * (r * nl + i)
             beta, w = params[j], params[j + 1]
-            u = us[i]
-            sig = torch.sigmoid(u * beta)
-            grads[j + 1] = _mm(gh.t(), u * sig, prec)
+            v = vs[i]
+            grads[j + 1] = _mm(gh.t(), F.silu(v), prec)
             grads[j + 2] = gh.sum(0)
-            ga = _mm(gh, w, prec)
-            t = (1.0 - sig).mul_(sig).mul_(u)  # u·σ(1−σ)
-            grads[j] = (ga * t).mul_(u).sum(0)
-            gh = t.mul_(beta).add_(sig).mul_(ga)  # ∂a/∂u = σ + β·u·σ(1−σ)
+            gv = torch.ops.aten.silu_backward(_mm(gh, w, prec), v)
+            grads[j] = (gv * v).sum(0).div_(beta)  # Σ gv ⊙ u, since v = β ⊙ u
+            gh = gv.mul_(beta)
         g = go + gh
     return g, g_gain, grads
 
