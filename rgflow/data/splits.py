@@ -141,19 +141,16 @@ def load_split(cfg: DataConfig, split: str, *, msds_counts: dict[str, int] | Non
     size = getattr(cfg, f"{split}_size")
     if cfg.name == "celeba":
         path, manifest, report = ensure_celeba(cfg)
-        array, rows = f"{split}_images.npy", None
+        array = f"{split}_images.npy"
+        rows = slice(0, manifest["files"][array]["shape"][0])
     else:
         counts = dict(msds_counts or msds.SPLIT_COUNTS)
         source, rows = msds_rows(split, cfg.msds_valid_holdout, counts)
         path, manifest, report = ensure_msds(cfg.root, cfg.name, cfg.seed, counts)
         array = f"{source}_images.npy"
     (log.warning if report.action == "rebuilt" else log.info)("data cache: %s", report.line())
-    available = manifest["files"][array]["shape"][0] if rows is None else rows.stop - rows.start
-    limit = _limit(f"{split}_size", size, available)
-    if rows is None:
-        rows = limit
-    else:
-        rows = slice(rows.start, rows.start + limit.stop)
+    first = _limit(f"{split}_size", size, rows.stop - rows.start)
+    rows = slice(rows.start, rows.start + first.stop)
     images = torch.from_numpy(cache.load_array(path, array, manifest, rows))
     labels = None
     if cfg.name != "celeba":
