@@ -181,14 +181,16 @@ def count_failure(ctx: SweepContext, trial_id: str) -> int:
 @dataclass(frozen=True)
 class TrialOutcome:
     """One attempt's result: ``exit_code`` of jobs.train semantics, ``state``, the run's best
-    validation BPD (bits/dim) when known, total failed attempts, and the evaluation error (one
-    line) if the evaluation after training raised."""
+    validation BPD (bits/dim) when known, total failed attempts, the evaluation error (one line)
+    if the evaluation after training raised, and jobs.train's one-line ``reason`` (e.g.
+    ``received SIGUSR2``)."""
 
     exit_code: int
     state: str
     val_bpd: float | None = None
     failures: int = 0
     eval_error: str | None = None
+    reason: str | None = None
 
 
 def execute_trial(ctx: SweepContext, task: TrialTask, evaluate: bool | None = None) -> TrialOutcome:
@@ -210,7 +212,7 @@ def execute_trial(ctx: SweepContext, task: TrialTask, evaluate: bool | None = No
     eval_error = None
     if result.exit_code == EXIT_FINISHED and ctx.evaluations and (evaluate is None or evaluate):
         eval_error = run_evaluation(ctx, task)
-    return TrialOutcome(result.exit_code, result.state, result.best_val_bpd, failures, eval_error)
+    return TrialOutcome(result.exit_code, result.state, result.best_val_bpd, failures, eval_error, result.reason)
 
 
 def run_evaluation(ctx: SweepContext, task: TrialTask) -> str | None:

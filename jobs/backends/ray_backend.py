@@ -1,18 +1,16 @@
 """Ray Tune backend: an embedded local Ray by default, or a running cluster.
 
-Settings (the sweep file's ``ray:`` section, all optional)::
-
-    ray:
-      address: local          # local (embedded, started and stopped here) | auto | ray://host:10001
-      num_cpus: null          # CPUs of the embedded Ray (null: all of this machine's)
-      num_gpus: null          # GPUs of the embedded Ray (null: detected)
-      max_concurrent_trials: null
-      max_failures: 1         # failed attempts retried per trial (FailureConfig; resumes from the checkpoint)
+Settings (the sweep file's ``ray:`` section, ``jobs.sweep_spec.RaySettings``): ``address`` —
+``local`` (an embedded Ray started here with all of this machine's CPUs and detected GPUs, and
+stopped at the end), ``auto``, ``ray://host:port`` or ``host:port`` (a running cluster, e.g. one
+started by ``slurm/ray-cluster.sh``); ``max_concurrent_trials``; ``max_failures`` (failed attempts
+retried per trial, from its checkpoint: Tune's ``FailureConfig``); ``storage_path`` (Tune's
+experiment folder; default ``<sweep run folder>/tune``).
 
 Per-trial resources come from the sweep's ``resources`` (``cpus``, ``gpus`` — fractional GPUs let
 several small trials share one —, ``mem_gb``).
 
-Each launch is one Tune experiment stored under ``<sweep run folder>/tune/launch-<time>``. A
+Each launch is one Tune experiment, ``<storage path>/launch-<time>``. A
 function trainable runs ``jobs.train.run_trial`` (through :func:`~jobs.backends.base.execute_trial`)
 in the worker, with the parent run id passed explicitly; a retry or a later launch resumes the
 trial from its own checkpoint because its run folder is the same. Interrupted drivers are
@@ -101,9 +99,7 @@ class RayBackend(Backend):
         address = settings.get("address") or "local"
         init_kw: dict[str, Any] = dict(address=address, log_to_driver=False, configure_logging=False)
         if address == "local":
-            init_kw.update(num_cpus=settings.get("num_cpus") or os.cpu_count(), include_dashboard=False)
-            if settings.get("num_gpus") is not None:
-                init_kw["num_gpus"] = settings["num_gpus"]
+            init_kw.update(num_cpus=os.cpu_count(), include_dashboard=False)
         by_index = {t.index: t for t in tasks}
         ray.init(**init_kw)
         try:
@@ -121,7 +117,7 @@ class RayBackend(Backend):
                 ),
                 run_config=tune.RunConfig(
                     name=time.strftime("launch-%Y%m%d-%H%M%S"),
-                    storage_path=str(Path(ctx.sweep_dir, "tune").resolve()),
+                    storage_path=str(Path(settings.get("storage_path") or Path(ctx.sweep_dir, "tune")).resolve()),
                     failure_config=tune.FailureConfig(max_failures=ctx.max_failures),
                     verbose=0,
                     callbacks=[_callback(tracker, by_index)],

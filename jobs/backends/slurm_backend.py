@@ -1,29 +1,22 @@
 """Slurm backend through submitit: one job array per sweep launch, split at the array size limit.
 
-Settings (the sweep file's ``slurm:`` section, all optional)::
-
-    slurm:
-      partition: null
-      account: null
-      qos: null
-      constraint: null
-      array_parallelism: 256      # array tasks running at once (%N)
-      max_array_size: 1000        # larger launches are split into several arrays (MaxArraySize−1)
-      signal_delay_s: 120         # USR2 this long before the time limit (checkpoint + requeue)
-      extra: {}                   # further sbatch options, e.g. {reservation: gpu-week, exclusive: true}
-      poll_s: 10                  # --wait: seconds between scheduler polls
-
-Per-trial resources come from the sweep's ``resources`` (``cpus``, ``gpus`` — whole GPUs —,
-``mem_gb``, ``time_min``).
+Settings (the sweep file's ``slurm:`` section, see ``jobs.sweep_spec.SlurmSettings``): partition,
+account, qos, constraint; ``gpus_per_trial``, ``cpus_per_trial``, ``mem_gb``, ``time_min`` (from
+``resources`` when null); ``array_parallelism`` (array tasks running at once, ``%N``);
+``max_array_size`` (larger launches are split into several arrays); ``extra_sbatch`` (more
+``--flag[=value]`` options). ``jobs.sweep`` hands them over as ``ctx.settings`` /
+``ctx.resources``. USR2 is asked for :data:`SIGNAL_DELAY_S` seconds before the time limit.
 
 The submitted callable :class:`SlurmTrial` is a ``submitit.helpers.Checkpointable``: its
 ``__call__`` runs ``jobs.train.run_trial`` in the job (parent run id and tracking URI passed
-explicitly, ``MLFLOW_RUN_ID`` removed). When the trial is preempted (USR2 before the time limit,
-``scancel --signal=USR2``) ``jobs.train`` checkpoints and returns 75; the callable then hands over
-to submitit's own USR2 handler, which calls :meth:`SlurmTrial.checkpoint` (a requeue
-``DelayedSubmission``), requeues the job and exits; the next start resumes from the checkpoint
-into the same MLflow run. Since submitit ignores SIGTERM (``scontrol requeue``), the trial also
-checkpoints regularly by itself. With evaluation enabled, an evaluation array is submitted with
+explicitly, ``MLFLOW_RUN_ID`` removed). When the trial gets USR2 (submitit's ``--signal=USR2@N``
+before the time limit, or ``scancel --signal=USR2`` on preemption) ``jobs.train`` checkpoints and
+returns 75; if the job is still RUNNING, the callable then hands over to submitit's own USR2
+handler, which calls :meth:`SlurmTrial.checkpoint` (a requeue ``DelayedSubmission``), requeues
+the job and exits; the next start resumes from the checkpoint into the same MLflow run. SIGTERM
+(``scancel``, ``scontrol requeue``, preemption by Slurm) also checkpoints but never self-requeues:
+Slurm either requeues the job itself or it was cancelled. Submitit ignores SIGTERM, so the trial
+also checkpoints regularly by itself. With evaluation enabled, an evaluation array is submitted with
 ``--dependency=aftercorr:<training array>`` (task *i* starts once training task *i* completed
 successfully: one ``afterok`` per trial) and ``--kill-on-invalid-dep=yes``.
 
@@ -56,6 +49,8 @@ LIVE_STATES = frozenset({
     "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING",
 })
 DEFAULT_MAX_ARRAY = 1000
+POLL_S = 5.0  # --wait: seconds between scheduler + MLflow polls
+SIGNAL_DELAY_S = 120  # as slurm/train.sh: time to checkpoint before the time limit
 _TASK_RANGE = re.compile(r"^(\d+)_\[(.+?)(%\d+)?\]$")
 
 
@@ -65,8 +60,8 @@ class SlurmTrial(Checkpointable):
     def __call__(self, ctx: SweepContext, task: TrialTask) -> dict[str, Any]:
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         outcome = execute_trial(ctx, task, evaluate=False)
-        if outcome.exit_code == EXIT_REQUEUE and callable(submitit_handler):
-            submitit_handler(signal.SIGUSR2, None)  # checkpoint() → requeue → exit
+        if outcome.exit_code == EXIT_REQUEUE and "SIGUSR2" in (outcome.reason or "") and _job_running():
+            submitit_handler(signal.SIGUSR2, None)  # checkpoint() → scontrol requeue → exit
         if outcome.exit_code != EXIT_FINISHED:
             raise RuntimeError(f"trial {task.index} ({task.trial_id}) ended {outcome.state} (exit {outcome.exit_code})")
         return {"trial_id": task.trial_id, "state": outcome.state, "val_bpd": outcome.val_bpd}
@@ -85,6 +80,17 @@ class SlurmEvaluation:
         if error:
             raise RuntimeError(f"evaluation of trial {task.index} ({task.trial_id}) failed: {error}")
         return task.trial_id
+
+
+def _job_running() -> bool:
+    """Whether this job is still RUNNING — not cancelled (``scancel``) and not already being
+    requeued by Slurm itself (``scontrol requeue``, preemption with requeue): only then must the
+    job requeue itself."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return False
+    done = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=60)
+    return done.returncode == 0 and done.stdout.strip() == "RUNNING"
 
 
 def _slurm_env_ok() -> None:
@@ -164,7 +170,7 @@ class SlurmBackend(Backend):
             timeout_min=int(res.get("time_min") or 60),
             cpus_per_task=int(res.get("cpus") or 1),
             slurm_array_parallelism=int(s.get("array_parallelism") or 256),
-            slurm_signal_delay_s=int(s.get("signal_delay_s") or 120),
+            slurm_signal_delay_s=SIGNAL_DELAY_S,
             slurm_additional_parameters=extra,
         )
         if gpus:
@@ -215,7 +221,7 @@ class SlurmBackend(Backend):
         Ctrl-C stops following; the jobs keep running."""
         from jobs.tracking import find_trial_runs
 
-        poll = float(ctx.settings.get("poll_s") or 10)
+        poll = POLL_S
         try:
             while True:
                 jobs = self.job_states(ctx, state)
