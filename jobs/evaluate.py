@@ -68,13 +68,15 @@ class EvalInputError(ValueError):
 
 @dataclass
 class TrialRef:
-    """What to evaluate: the resolved config, the run folder and the MLflow run."""
+    """What to evaluate: the resolved config, the run folder, the MLflow run and which evaluations
+    (a sweep's ``evaluation`` settings, else all)."""
 
     config: TrialConfig
     run_dir: Path
     run_id: str
     tracking_uri: str
     label: str
+    selected: tuple[str, ...] = EVALUATIONS
 
 
 @dataclass
@@ -373,8 +375,9 @@ def resolve_targets(target: str, *, trial: int | None = None, all_trials: bool =
             if all_trials == (trial is not None):
                 raise EvalInputError(f"{path} is a sweep of {len(sweep.trials)} trials: pass --trial N or --all")
             trials = sweep.trials if all_trials else [sweep.trial(trial)]
-            return [_ref_from_folder(t.config, run_dir_for(t.config, sweep.name), tracking_uri,
+            refs = [_ref_from_folder(t.config, run_dir_for(t.config, sweep.name), tracking_uri,
                                      f"{t.index}:{t.trial_id}", sweep.name) for t in trials]
+            return [dataclasses.replace(r, selected=sweep.evaluation.selected) for r in refs]
         if trial is not None or all_trials:
             raise EvalInputError(f"{path} is a trial config, not a sweep: --trial/--all apply to sweep files")
         config = load_trial_config(path, list(overrides))
@@ -465,7 +468,7 @@ def _run(args: argparse.Namespace) -> int:
     for ref in refs:
         try:
             result = evaluate_trial(ref.config, ref.run_dir, ref.run_id, tracking_uri=ref.tracking_uri,
-                                    force=args.force, device=args.device)
+                                    force=args.force, device=args.device, selected=ref.selected)
         except (EvalInputError, ConfigError) as err:
             print(f"error: [{ref.label}] {err}", file=sys.stderr)
             code = max(code, 2)

@@ -135,3 +135,25 @@ def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
     assert "pass --trial N or --all" in capsys.readouterr().err
     assert E.main([str(sweep), "--trial", "0", f"run.out_dir={tmp_path}/none"]) == 2
     assert "train it first" in capsys.readouterr().err
+
+
+def test_report_reads_what_train_and_evaluate_wrote(trained, tmp_path, no_weights):
+    """The metric names written by jobs.train and jobs.evaluate are the ones jobs.report reads."""
+    import csv
+
+    from jobs.report import build_report
+
+    E.evaluate_trial(trained["config"], trained["outcome"].run_dir, tracking_uri=trained["uri"], selected=("test_bpd",))
+    folder = build_report(experiment="evaltest", tracking_uri=trained["uri"], out_dir=tmp_path / "r")
+    (row,) = list(csv.DictReader(open(folder / "trials.csv")))
+    run = trained["client"].get_run(trained["outcome"].run_id)
+    assert row["run_id"] == run.info.run_id and row["state"] == "finished"
+    assert float(row["final_val_bpd"]) == pytest.approx(trained["outcome"].val_bpd)
+    assert float(row["test_bpd"]) == pytest.approx(run.data.metrics["test_bpd"])
+    assert int(row["steps"]) == trained["outcome"].step and float(row["epochs"]) == pytest.approx(1.0)
+    # run.device=cpu: 0 GPUs; no sweep resources and no run.threads: CPU count unknown, not invented
+    assert float(row["gpus"]) == 0 and float(row["gpu_hours"]) == 0 and row["cpus"] == row["cpu_hours"] == ""
+    assert float(row["wall_s"]) > 0
+    assert (folder / "val_bpd_vs_epoch.png").is_file() and (folder / "samples.png").is_file()
+    md = (folder / "report.md").read_text()
+    assert "Only one batch size (16): no batch-size gap can be measured" in md

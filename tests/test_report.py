@@ -73,7 +73,7 @@ def log_trial(client: MlflowClient, exp: str, parent: str, trial, tmp: Path, *, 
                         Metric("wall_s", s * batch / 100.0, now, s), Metric("epoch", s / steps_per_epoch, now, s)]
     if test_bpd is not None:
         metrics += [Metric("test_bpd", test_bpd, now, 0), Metric("test_bpd_se", 0.001, now, 0),
-                    Metric("fid_T0.5", 30.0 + batch / 64, now, 0), Metric("fid_T1.0", 50.0 + batch / 64, now, 0)]
+                    Metric("fid_T0.5", 30.0 + batch / 64, now, 0), Metric("fid_T1", 50.0 + batch / 64, now, 0)]
     for i in range(0, len(metrics), 1000):
         client.log_batch(run, metrics=metrics[i:i + 1000])
     client.set_terminated(run, "FINISHED")
@@ -96,7 +96,7 @@ def synth(tmp_path_factory):
         runs[trial.index] = log_trial(client, exp, parent, trial, tmp,
                                       test_bpd=bpd(EPOCHS, trial.config.train.batch_size, trial.config.run.seed))
     # eval sample grids for one trial, as jobs.evaluate writes them
-    for t in ("0.5", "1.0"):
+    for t in ("0.5", "1"):
         art = tmp / f"samples_T{t}.png"
         art.write_bytes(png_bytes(int(float(t) * 10)))
         client.log_artifact(runs[0], str(art), "eval")
@@ -153,7 +153,7 @@ def test_trials_csv_columns_and_values(report, synth):
     assert len(rows) == 8 and "ffffffffffff" not in {r["trial_id"] for r in rows}
     cols = list(rows[0])
     for col in ("run_id", "trial_id", "state", "train.batch_size", "prior.kind", "run.seed", "final_val_bpd",
-                "best_val_bpd", "test_bpd", "test_bpd_se", "fid_T0.5", "fid_T1.0", "steps", "epochs", "wall_s",
+                "best_val_bpd", "test_bpd", "test_bpd_se", "fid_T0.5", "fid_T1", "steps", "epochs", "wall_s",
                 "gpus", "gpu_hours", "cpus", "cpu_hours"):
         assert col in cols, col
     assert "train.lr" not in cols  # not varying

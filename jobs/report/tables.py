@@ -2,8 +2,9 @@
 
 Units: BPD in bits/dim, ``wall_s`` in seconds, GPU-/CPU-hours = wall-clock × devices / 3600.
 A trial's devices come from its ``rgflow.gpus`` / ``rgflow.cpus`` tags when present, else from
-the sweep's ``resources`` (sweep file or the parent run's ``resources.*`` params); a trial whose
-``run.device`` is ``cpu`` used 0 GPUs and is counted in CPU-hours instead.
+the sweep's ``resources`` (sweep file or the parent run's ``resources.*`` params; CPUs also from
+``run.threads``); a trial whose ``run.device`` is ``cpu`` used 0 GPUs and is counted in
+CPU-hours instead. Unknown counts stay empty rather than guessed.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def _number(value: Any) -> float:
 def devices(run, resources: dict[str, float]) -> tuple[float, float]:
     """(GPUs, CPUs) of one trial (see the module docstring); NaN where unknown."""
     gpus = _number(run.tags.get("rgflow.gpus", resources.get("gpus")))
-    cpus = _number(run.tags.get("rgflow.cpus", resources.get("cpus")))
+    cpus = _number(run.tags.get("rgflow.cpus", resources.get("cpus", parse_param(run.params.get("run.threads")))))
     if parse_param(run.params.get("run.device")) == "cpu":
         gpus = 0.0
     return gpus, cpus
