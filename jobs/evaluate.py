@@ -73,7 +73,7 @@ class TrialRef:
 
     config: TrialConfig
     run_dir: Path
-    run_id: str
+    run_id: str | None  # None: the trial has no run yet (reported per trial, a batch goes on)
     tracking_uri: str
     label: str
     selected: tuple[str, ...] = EVALUATIONS
@@ -412,10 +412,7 @@ def _ref_from_folder(config: TrialConfig, run_dir: Path, tracking_uri: str | Non
     except EvalInputError:
         exp = get_client(uri).get_experiment_by_name(experiment or config.tracking.experiment)
         found = find_trial_runs(uri, exp.experiment_id, trial_ids=[trial_id(config)]) if exp else {}
-        if not found:
-            raise EvalInputError(f"trial {label}: no run folder state ({run_dir}) and no MLflow run at {uri}: "
-                                 "train it first") from None
-        run_id = next(iter(found.values())).run_id
+        run_id = next(iter(found.values())).run_id if found else None
     return TrialRef(config, run_dir, run_id, uri, label)
 
 
@@ -466,6 +463,11 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     code = 0
     for ref in refs:
+        if ref.run_id is None:
+            print(f"error: [{ref.label}] no run folder state ({ref.run_dir}) and no MLflow run at {ref.tracking_uri}: "
+                  "train it first", file=sys.stderr)
+            code = max(code, 2)
+            continue
         try:
             result = evaluate_trial(ref.config, ref.run_dir, ref.run_id, tracking_uri=ref.tracking_uri,
                                     force=args.force, device=args.device, selected=ref.selected)

@@ -135,6 +135,10 @@ def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
     assert "pass --trial N or --all" in capsys.readouterr().err
     assert E.main([str(sweep), "--trial", "0", f"run.out_dir={tmp_path}/none"]) == 2
     assert "train it first" in capsys.readouterr().err
+    # --all reports every untrained trial on its own line and goes on
+    assert E.main([str(sweep), "--all", f"run.out_dir={tmp_path}/none"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: [0:") and lines[1].startswith("error: [1:")
 
 
 def test_report_reads_what_train_and_evaluate_wrote(trained, tmp_path, no_weights):
