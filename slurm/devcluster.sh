@@ -11,8 +11,9 @@
 # progress on stderr, so `eval "$(slurm/devcluster.sh start)"` works; it is idempotent.
 # Needs root and the Debian packages slurmctld slurmd slurm-client munge mariadb-server slurmdbd.
 #
-# Tunables (read at the first `start` of a DIR, which writes the configuration):
-#   RGFLOW_SLURM_CPUS  CPUs the node advertises (default: nproc; more than nproc oversubscribes)
+# Tunables (read by `start` when no daemon is running; it then rewrites the configuration):
+#   RGFLOW_SLURM_CPUS  CPUs the node advertises (default: nproc, at least 8: on a small machine
+#                      jobs of concurrent test sessions share the cores instead of queueing)
 #   RGFLOW_SLURM_GPUS  fake GPUs (empty device files) so `--gpus=N` schedules (default 2)
 #   RGFLOW_SLURM_PORT  first of four consecutive ports: slurmctld, slurmd, slurmdbd, mariadb
 #                      (default 6817; all bound to 127.0.0.1)
@@ -78,7 +79,7 @@ wait_for() {  # wait_for SECONDS WHAT COMMAND...: poll COMMAND every 0.2 s
 
 write_config() {
   local port="${RGFLOW_SLURM_PORT:-6817}"
-  local cpus="${RGFLOW_SLURM_CPUS:-$(nproc)}"
+  local cpus="${RGFLOW_SLURM_CPUS:-$(($(nproc) > 8 ? $(nproc) : 8))}"
   local gpus="${RGFLOW_SLURM_GPUS:-2}"
   local mem_mb def_mem i files
   [[ "$cpus" =~ ^[1-9][0-9]*$ ]] || die "RGFLOW_SLURM_CPUS=$cpus: must be a positive integer"
@@ -260,7 +261,9 @@ cmd_start() {
     cmd_env
     return 0
   fi
-  [[ -s "$ETC/slurm.conf" && -s "$ETC/slurmdbd.conf" ]] || write_config
+  local any=0
+  for d in "${DAEMONS[@]}"; do running_pid "$d" >/dev/null && any=1; done
+  ((any)) && [[ -s "$ETC/slurm.conf" && -s "$ETC/slurmdbd.conf" ]] || write_config
   prepare_dirs
   local t0=$SECONDS
   for d in "${DAEMONS[@]}"; do

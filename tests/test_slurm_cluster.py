@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slurm
+# Generous: the cluster may be shared with other test sessions' jobs; waits end as soon as done.
+TIMEOUT = 180
 
 
 def _script(path: Path, body: str) -> Path:
@@ -15,7 +17,7 @@ def _script(path: Path, body: str) -> Path:
     return path
 
 
-def _wait_file(path: Path, timeout: float = 30) -> str:
+def _wait_file(path: Path, timeout: float = TIMEOUT) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and path.read_text().endswith("\n"):
@@ -30,8 +32,8 @@ def test_gpu_job_completes_and_exit_codes_are_accounted(slurm_cluster, tmp_path)
     ok_id = slurm_cluster.sbatch("--gpus=1", "--output", str(tmp_path / "ok.out"), str(ok), cwd=tmp_path)
     bad_id = slurm_cluster.sbatch("--output", str(tmp_path / "bad.out"), str(bad), cwd=tmp_path)
 
-    assert slurm_cluster.wait_job(ok_id, {"COMPLETED"}) == "COMPLETED"
-    assert slurm_cluster.wait_job(bad_id, {"FAILED"}) == "FAILED"
+    assert slurm_cluster.wait_job(ok_id, {"COMPLETED"}, timeout=TIMEOUT) == "COMPLETED"
+    assert slurm_cluster.wait_job(bad_id, {"FAILED"}, timeout=TIMEOUT) == "FAILED"
     assert (tmp_path / "ok.out").read_text() == f"gpus=1 job={ok_id}\n"
     ok_rows = slurm_cluster.wait_accounted(ok_id, "COMPLETED")
     bad_rows = slurm_cluster.wait_accounted(bad_id, "FAILED")
@@ -52,7 +54,7 @@ exit 1
     job = slurm_cluster.sbatch("--output", str(tmp_path / "trap.out"), str(script), cwd=tmp_path)
     _wait_file(tmp_path / "started")
     slurm_cluster.run("scancel", "--signal=USR2", scope, job)
-    assert slurm_cluster.wait_job(job, {"COMPLETED"}, timeout=30) == "COMPLETED"
+    assert slurm_cluster.wait_job(job, {"COMPLETED"}, timeout=TIMEOUT) == "COMPLETED"
     assert _wait_file(tmp_path / "got-usr2").startswith("usr2 at ")
 
 
@@ -66,29 +68,31 @@ if [ "${{SLURM_RESTART_COUNT:-0}}" = 0 ]; then sleep 120 & wait $!; exit 1; fi
                                str(script), cwd=tmp_path)
     _wait_file(tmp_path / "attempts")
     slurm_cluster.run("scontrol", "requeue", job)
-    assert slurm_cluster.wait_job(job, {"COMPLETED"}, timeout=60) == "COMPLETED"
+    assert slurm_cluster.wait_job(job, {"COMPLETED"}, timeout=TIMEOUT) == "COMPLETED"
     assert (tmp_path / "attempts").read_text() == "attempt 0\nattempt 1\n"
     assert slurm_cluster.job_info(job)["Restarts"] == "1"
     assert [r["State"] for r in slurm_cluster.wait_accounted(job, "COMPLETED")] == ["REQUEUED", "COMPLETED"]
 
 
 def test_urgent_partition_preempts_with_sigterm_and_requeues(slurm_cluster, tmp_path):
-    # The low job holds every CPU; an `urgent` job preempts it: the batch script gets SIGTERM
-    # (GraceTime), then the job is requeued, not cancelled.
-    cpus = slurm_cluster.run("sinfo", "-h", "-o", "%c").stdout.split()[0]
+    # The low job holds every (fake) GPU; an `urgent` job asking for one preempts it — and only it,
+    # whatever else runs on the shared node: the batch script gets SIGTERM (GraceTime), then the
+    # job is requeued, not cancelled.
+    gres = slurm_cluster.run("sinfo", "-h", "-o", "%G").stdout.split()[0]  # e.g. gpu:2
+    gpus = gres.split(":")[-1]
     low = _script(tmp_path / "low.sh", f"""
 echo "start ${{SLURM_RESTART_COUNT:-0}}" >> {tmp_path}/low.log
 trap 'echo term >> {tmp_path}/low.log; exit 0' TERM
 sleep 300 & wait $!
 """)
     high = _script(tmp_path / "high.sh", "sleep 1\n")
-    low_id = slurm_cluster.sbatch("--partition=debug", f"--cpus-per-task={cpus}", "--mem=100M", "--requeue",
+    low_id = slurm_cluster.sbatch("--partition=debug", f"--gpus={gpus}", "--mem=100M", "--requeue",
                                   "--output", str(tmp_path / "low.out"), str(low), cwd=tmp_path)
-    _wait_file(tmp_path / "low.log")
-    high_id = slurm_cluster.sbatch("--partition=urgent", f"--cpus-per-task={cpus}", "--mem=100M",
+    _wait_file(tmp_path / "low.log", timeout=TIMEOUT)
+    high_id = slurm_cluster.sbatch("--partition=urgent", "--gpus=1", "--mem=100M",
                                    "--output", str(tmp_path / "high.out"), str(high), cwd=tmp_path)
     try:
-        assert slurm_cluster.wait_job(high_id, {"COMPLETED"}, timeout=60) == "COMPLETED"
+        assert slurm_cluster.wait_job(high_id, {"COMPLETED"}, timeout=TIMEOUT) == "COMPLETED"
         assert (tmp_path / "low.log").read_text() == "start 0\nterm\n"
         info = slurm_cluster.job_info(low_id)
         assert (info["JobState"], info["Restarts"]) in {("PENDING", "1"), ("RUNNING", "1")}

@@ -20,6 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SH = REPO / "slurm" / "train.sh"
 SMALL = ("--cpus-per-task=1", "--mem=500M", "--time=10")
+# Generous: the cluster may be shared with other test sessions' jobs; waits end as soon as done.
+TIMEOUT = 180
 
 # Logs one JSON line per event to $FAKE_LOG. FAKE_MODE=exit:N exits N at once; FAKE_MODE=wait
 # (first attempt) sleeps until SIGUSR2/SIGTERM, then "checkpoints" and exits 75; a requeued
@@ -66,7 +68,7 @@ def _events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _wait_events(path: Path, n: int, timeout: float = 30) -> list[dict]:
+def _wait_events(path: Path, n: int, timeout: float = TIMEOUT) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         events = _events(path)
@@ -97,11 +99,11 @@ def test_arguments_trial_index_and_exit_codes(slurm_cluster, scratch_repo):
 
     array_job = jobs["array"][0]
     for task in (0, 1):
-        assert slurm_cluster.wait_job(f"{array_job}_{task}", {"COMPLETED"}) == "COMPLETED"
-    assert slurm_cluster.wait_job(jobs["explicit"][0], {"COMPLETED"}) == "COMPLETED"
+        assert slurm_cluster.wait_job(f"{array_job}_{task}", {"COMPLETED"}, timeout=TIMEOUT) == "COMPLETED"
+    assert slurm_cluster.wait_job(jobs["explicit"][0], {"COMPLETED"}, timeout=TIMEOUT) == "COMPLETED"
     for name, code in [("failed", 1), ("bad_input", 2), ("user_interrupt", 130)]:
         job = jobs[name][0]
-        assert slurm_cluster.wait_job(job, {"FAILED"}) == "FAILED"
+        assert slurm_cluster.wait_job(job, {"FAILED"}, timeout=TIMEOUT) == "FAILED"
         assert slurm_cluster.job_info(job)["ExitCode"] == f"{code}:0"
         assert slurm_cluster.job_info(job)["Restarts"] == "0"
         assert f"trainer exited with {code}" in _log_of(root, job)
@@ -140,9 +142,9 @@ def test_interrupted_trainer_is_requeued_once_and_resumes(slurm_cluster, scratch
     cancel_log = root / "cancel.jsonl"
     cancelled = slurm_cluster.sbatch(*SMALL, str(TRAIN_SH), "trial.yaml", cwd=root,
                                      env={**env, "FAKE_MODE": "wait", "FAKE_LOG": str(cancel_log)})
-    _wait_events(cancel_log, 1, timeout=60)
+    _wait_events(cancel_log, 1)
     slurm_cluster.run("scancel", cancelled)
-    assert slurm_cluster.wait_job(cancelled, {"CANCELLED"}, timeout=60) == "CANCELLED"
+    assert slurm_cluster.wait_job(cancelled, {"CANCELLED"}, timeout=TIMEOUT) == "CANCELLED"
     _wait_events(cancel_log, 2)
     time.sleep(3)  # a wrong requeue would show up by now
     assert [(e["restart"], e["event"]) for e in _events(cancel_log)] == [(0, "start"), (0, "signal")]
@@ -152,7 +154,7 @@ def test_interrupted_trainer_is_requeued_once_and_resumes(slurm_cluster, scratch
 
     for name in actions:
         job, log = jobs[name]
-        assert slurm_cluster.wait_job(job, {"COMPLETED"}, timeout=60) == "COMPLETED", name
+        assert slurm_cluster.wait_job(job, {"COMPLETED"}, timeout=TIMEOUT) == "COMPLETED", name
         events = [(e["restart"], e["event"], e.get("signal")) for e in _events(log)]
         signal = "TERM" if name == "admin_requeue" else "USR2"
         assert events == [(0, "start", None), (0, "signal", f"SIG{signal}"), (1, "start", None)], name
