@@ -266,8 +266,8 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
     Raises :class:`EvalInputError` for bad input (no checkpoint, no run).
     """
     from jobs.tracking import get_client, resolve_tracking_uri
-    from rgflow.data import load_split
-    from rgflow.device import choose_device
+    from rgflow.data import CelebAMissing, load_split
+    from rgflow.device import DeviceUnavailable, choose_device
     from rgflow.model import RGFlowModel
 
     run_dir = Path(run_dir)
@@ -281,12 +281,15 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
 
     ev = config.eval
     test_size = ev.test_size or config.data.test_size
-    test = load_split(dataclasses.replace(config.data, test_size=test_size), "test").images
-    test = torch.as_tensor(test)
+    try:
+        test = torch.as_tensor(load_split(dataclasses.replace(config.data, test_size=test_size), "test").images)
+        dev = choose_device(device or config.run.device)
+    except (CelebAMissing, DeviceUnavailable) as err:
+        raise EvalInputError(str(err)) from None
     scorer = None
     if "fid" in selected:
         try:
-            scorer = fid_scorer or FidScorer.inception(ev.fid_weights)
+            scorer = fid_scorer or FidScorer.inception(ev.fid_weights, device=dev)
         except FidUnavailable as err:
             notes.append(str(err))
             log.warning("%s", err)
@@ -303,7 +306,6 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
         log.info("run %s: already evaluated with this protocol (%s); --force recomputes", run_id, protocol_hash(protocol))
         return EvalResult(run_id, {k: run.data.metrics[k] for k in expected}, protocol, eval_dir, True, notes)
 
-    dev = choose_device(device or config.run.device)
     model = RGFlowModel(config.model, config.prior)
     model.load_state_dict(state["model"])
     model = model.to(dev).eval()

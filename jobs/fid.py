@@ -154,24 +154,33 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
 
 @dataclass
 class FidScorer:
-    """A feature network plus what identifies it in the protocol (``network``, ``weights_sha256``)."""
+    """A feature network plus what identifies it in the protocol (``network``, ``weights_sha256``).
 
-    net: nn.Module
+    ``net`` may be ``None`` with ``weights_path`` set: the Inception network is then loaded on the
+    first :meth:`features` call, so a caller can record the protocol without paying for it.
+    """
+
+    net: nn.Module | None
     network: str
     weights_sha256: str | None = None
     batch_size: int = 50
     device: str | torch.device = "cpu"
+    weights_path: Path | None = None
 
     @classmethod
     def inception(cls, configured: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "FidScorer":
-        """The real scorer; raises :class:`FidUnavailable` when the weights are absent."""
+        """The real scorer (loaded lazily); raises :class:`FidUnavailable` when the weights are absent."""
         path = resolve_weights(configured)
-        return cls(load_inception(path), network="inception-v3-fid", weights_sha256=sha256_file(path),
-                   device=device)
+        return cls(None, network="inception-v3-fid", weights_sha256=sha256_file(path), device=device, weights_path=path)
+
+    def network_module(self) -> nn.Module:
+        if self.net is None:
+            self.net = load_inception(self.weights_path)
+        return self.net
 
     def features(self, images: torch.Tensor) -> np.ndarray:
         """Features ``(N, D)`` of images ``(N, C, H, W)``."""
-        return extract_features(self.net, images, self.batch_size, self.device)
+        return extract_features(self.network_module(), images, self.batch_size, self.device)
 
     def fid(self, images: torch.Tensor, reference_feats: np.ndarray) -> float:
         """FID of ``images`` against precomputed reference features."""

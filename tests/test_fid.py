@@ -97,7 +97,7 @@ def test_inception_path_offline_with_test_made_weights(tmp_path, monkeypatch, no
 
     scorer = fid.FidScorer.inception()
     assert scorer.weights_sha256 == fid.sha256_file(weights) and len(scorer.weights_sha256) == 64
-    assert torch.equal(scorer.net.blocks[0][0].conv.weight, donor.Conv2d_1a_3x3.conv.weight)
+    assert torch.equal(scorer.network_module().blocks[0][0].conv.weight, donor.Conv2d_1a_3x3.conv.weight)
     # 32×32 inputs are resized to 299 inside; ≈0.5–2 s per image on this CPU, so only four.
     x = (torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     feats = scorer.features(x)
@@ -106,4 +106,4 @@ def test_inception_path_offline_with_test_made_weights(tmp_path, monkeypatch, no
 
     torch.save({"not": torch.zeros(1)}, tmp_path / "wrong.pth")
     with pytest.raises(RuntimeError, match="state_dict"):
-        fid.FidScorer.inception(tmp_path / "wrong.pth")
+        fid.FidScorer.inception(tmp_path / "wrong.pth").network_module()

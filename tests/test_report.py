@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from PIL import Image
 
 from jobs.config import flatten
