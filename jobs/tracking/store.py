@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
@@ -90,7 +89,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, MlflowException):
         code = exc.get_http_status_code()
         return code >= 500 or code == 429
-    return isinstance(exc, (requests.exceptions.RequestException, OSError, TimeoutError))
+    return isinstance(exc, OSError)  # includes requests' errors, ConnectionError and TimeoutError
 
 
 def retry_transient(fn, *, timeout_s: float, what: str, first_delay_s: float = 1.0):
