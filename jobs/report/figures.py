@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from jobs.report.tables import temperature_of  # noqa: E402
+from jobs.report.verdict import xy  # noqa: E402
 
 AXES = {"epoch": "epoch", "step": "optimizer step", "samples_seen": "samples seen (images)",
         "wall_s": "wall-clock (hours)"}
@@ -68,14 +69,16 @@ def val_bpd_figure(trials: pd.DataFrame, val: pd.DataFrame, axis: str, path: Pat
     if val.empty or val[axis].isna().all():
         return None
     colors = _colors(trials)
+    curves = dict(tuple(val.groupby("run_id", sort=False)))
     fig, cells = _facets(trials)
     for ax, sel in cells:
         for (batch, scaling), group in sel.groupby(["batch_size", "lr_scaling"]):
             pieces = []
             for rid in group.index:
-                c = val[val["run_id"] == rid].dropna(subset=[axis, "val_bpd"]).sort_values(axis)
-                x = c[axis].to_numpy(float) / (3600.0 if axis == "wall_s" else 1.0)
-                pieces.append((x, c["val_bpd"].to_numpy(float)))
+                if rid not in curves:
+                    continue
+                x, y = xy(curves[rid], axis, "val_bpd")
+                pieces.append((x / (3600.0 if axis == "wall_s" else 1.0), y))
             if not any(len(x) for x, _ in pieces):
                 continue
             grid, mean, se = mean_band(pieces)
@@ -128,13 +131,15 @@ def noise_scale_figure(trials: pd.DataFrame, noise: pd.DataFrame, path: Path) ->
     if noise.empty:
         return None
     colors = _colors(trials)
+    series = dict(tuple(noise.groupby("run_id", sort=False)))
     fig, cells = _facets(trials)
     for ax, sel in cells:
         for (batch, scaling), group in sel.groupby(["batch_size", "lr_scaling"]):
             pieces = []
             for rid in group.index:
-                c = noise[noise["run_id"] == rid].dropna(subset=["samples_seen", "noise_scale"]).sort_values("samples_seen")
-                pieces.append((c["samples_seen"].to_numpy(float), c["noise_scale"].to_numpy(float)))
+                if rid not in series:
+                    continue
+                pieces.append(xy(series[rid], "samples_seen", "noise_scale"))
             if not any(len(x) for x, _ in pieces):
                 continue
             grid, mean, se = mean_band(pieces)

@@ -25,6 +25,8 @@ import pandas as pd
 BASELINE_SCALING = "none"
 LATE_FRACTION = 0.1  # slope window: the last 10 % of training (in epochs)
 NOISE_LATE_FRACTION = 0.2  # noise scale: mean over the last 20 % of logged steps
+EMPTY = pd.DataFrame({"run_id": [], "step": [], "epoch": [], "val_bpd": []})
+EMPTY_NOISE = pd.DataFrame({"run_id": [], "step": [], "noise_scale": []})
 MIN_GAIN = 1e-3  # bits/dim: a projected gain per further 10 % of training below this is "flat"
 
 
@@ -79,16 +81,29 @@ def uncertainty_note(*groups: Estimate) -> str:
     return " (one seed in a group: uncertainty unknown)"
 
 
+def xy(curve: pd.DataFrame, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+    """Finite ``(x, y)`` pairs of a curve as float arrays sorted by ``x`` (numpy: this runs per trial)."""
+    xs, ys = curve[x].to_numpy(float), curve[y].to_numpy(float)
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    order = np.argsort(xs[ok], kind="stable")
+    return xs[ok][order], ys[ok][order]
+
+
 def value_at(curve: pd.DataFrame, axis: str, x: float) -> float:
     """``val_bpd`` linearly interpolated at ``axis = x``; NaN outside the curve's range."""
-    c = curve.dropna(subset=[axis, "val_bpd"]).sort_values(axis)
-    if c.empty or x < c[axis].iloc[0] - 1e-9 or x > c[axis].iloc[-1] + 1e-9:
+    xs, ys = xy(curve, axis, "val_bpd")
+    if xs.size == 0 or x < xs[0] - 1e-9 or x > xs[-1] + 1e-9:
         return math.nan
-    return float(np.interp(x, c[axis].to_numpy(float), c["val_bpd"].to_numpy(float)))
+    return float(np.interp(x, xs, ys))
 
 
-def curves_of(val: pd.DataFrame, run_ids) -> dict[str, pd.DataFrame]:
-    return {rid: val[val["run_id"] == rid] for rid in run_ids}
+def by_run(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``{run_id: rows}``, split once (filtering per trial would be quadratic in the sweep size)."""
+    return {rid: rows for rid, rows in frame.groupby("run_id", sort=False)}
+
+
+def curves_of(curves: dict[str, pd.DataFrame], run_ids) -> dict[str, pd.DataFrame]:
+    return {rid: curves.get(rid, EMPTY) for rid in run_ids}
 
 
 def common_horizon(curves: dict[str, pd.DataFrame], axis: str) -> float:
@@ -97,16 +112,16 @@ def common_horizon(curves: dict[str, pd.DataFrame], axis: str) -> float:
     return float(min(ends)) if ends and all(np.isfinite(ends)) else math.nan
 
 
-def estimate_at(val: pd.DataFrame, run_ids, axis: str, x: float) -> Estimate:
-    return Estimate.of([value_at(c, axis, x) for c in curves_of(val, run_ids).values()])
+def estimate_at(curves: dict[str, pd.DataFrame], run_ids, axis: str, x: float) -> Estimate:
+    return Estimate.of([value_at(c, axis, x) for c in curves_of(curves, run_ids).values()])
 
 
-def compare(val: pd.DataFrame, a_ids, b_ids, axis: str) -> tuple[float, Estimate, Estimate] | None:
+def compare(curves: dict[str, pd.DataFrame], a_ids, b_ids, axis: str) -> tuple[float, Estimate, Estimate] | None:
     """(horizon, estimate of A, estimate of B) at the common ``axis`` horizon of both groups."""
-    horizon = common_horizon(curves_of(val, list(a_ids) + list(b_ids)), axis)
+    horizon = common_horizon(curves_of(curves, list(a_ids) + list(b_ids)), axis)
     if not np.isfinite(horizon):
         return None
-    a, b = estimate_at(val, a_ids, axis, horizon), estimate_at(val, b_ids, axis, horizon)
+    a, b = estimate_at(curves, a_ids, axis, horizon), estimate_at(curves, b_ids, axis, horizon)
     if a.n == 0 or b.n == 0:
         return None
     return horizon, a, b
@@ -134,6 +149,7 @@ AXIS_WORDS = {"epoch": ("equal epochs", "epoch {x:.3g}"), "step": ("equal optimi
 
 def batch_gap_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding]:
     """BPD gap of each larger batch size against the smallest, at equal epochs and at equal steps."""
+    curves = by_run(val)
     findings = []
     for (context, prior), group in trials.groupby(["context", "prior"], sort=True):
         base = group[group["lr_scaling"] == BASELINE_SCALING]
@@ -149,7 +165,7 @@ def batch_gap_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding]
         for big_size in sizes[1:]:
             big = base[base["batch_size"] == big_size].index
             for axis, (words, at) in AXIS_WORDS.items():
-                result = compare(val, big, small, axis)
+                result = compare(curves, big, small, axis)
                 if result is None:
                     findings.append(Finding("batch gap", f"[{where}] No validation history to compare batch "
                                             f"{big_size} with {sizes[0]} at {words}.", {"measured": False}))
@@ -168,6 +184,7 @@ def batch_gap_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding]
 
 def lr_scaling_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding]:
     """Does scaling the LR with the batch size close the gap at equal epochs?"""
+    curves = by_run(val)
     findings = []
     for (context, prior), group in trials.groupby(["context", "prior"], sort=True):
         sizes = sorted(group["batch_size"].unique())
@@ -194,17 +211,17 @@ def lr_scaling_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding
                 if scaled.empty:
                     continue
                 ids = list(small) + list(scaled) + list(plain)
-                x = common_horizon(curves_of(val, ids), "epoch")
+                x = common_horizon(curves_of(curves, ids), "epoch")
                 if not np.isfinite(x):
                     continue
-                s = estimate_at(val, small, "epoch", x)
-                gap_scaled = estimate_at(val, scaled, "epoch", x).minus(s)
+                s = estimate_at(curves, small, "epoch", x)
+                gap_scaled = estimate_at(curves, scaled, "epoch", x).minus(s)
                 text = (f"[{where}] With {kind} LR scaling, batch {big_size} at epoch {x:.3g} is "
                         f"{pm(gap_scaled, signed=True)} bits/dim from batch {sizes[0]}")
                 numbers = {"measured": True, "context": context, "prior": prior, "kind": kind,
                            "large": int(big_size), "at": x, "gap_scaled": gap_scaled.mean, "gap_scaled_se": gap_scaled.se}
                 if not plain.empty:
-                    gap_plain = estimate_at(val, plain, "epoch", x).minus(s)
+                    gap_plain = estimate_at(curves, plain, "epoch", x).minus(s)
                     numbers.update(gap_plain=gap_plain.mean, gap_plain_se=gap_plain.se)
                     text += f" (without scaling: {pm(gap_plain, signed=True)})"
                 if not (gap_scaled.known):
@@ -224,14 +241,11 @@ def late_slope(curve: pd.DataFrame, fraction: float = LATE_FRACTION) -> tuple[fl
     """(slope, s.e., from_epoch, to_epoch) of a least-squares line through ``val_bpd`` vs ``epoch``
     over the last ``fraction`` of training (at least the last 3 validations). Units: bits/dim per
     epoch; s.e. NaN with fewer than 3 points."""
-    c = curve.dropna(subset=["epoch", "val_bpd"]).sort_values("epoch")
-    if len(c) < 2:
+    xs, ys = xy(curve, "epoch", "val_bpd")
+    if xs.size < 2:
         return math.nan, math.nan, math.nan, math.nan
-    end = c["epoch"].iloc[-1]
-    window = c[c["epoch"] >= end * (1 - fraction)]
-    if len(window) < 3:
-        window = c.tail(3)
-    x, y = window["epoch"].to_numpy(float), window["val_bpd"].to_numpy(float)
+    start = int(np.searchsorted(xs, xs[-1] * (1 - fraction)))
+    x, y = (xs[start:], ys[start:]) if xs.size - start >= 3 else (xs[-3:], ys[-3:])
     slope, intercept = np.polyfit(x, y, 1)
     se = math.nan
     if len(x) >= 3:
@@ -247,11 +261,12 @@ def still_improving_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Fi
     "Still improving" needs a slope below zero by more than 2 s.e. *and* a projected gain of at
     least :data:`MIN_GAIN` bits/dim over a further 10 % of training; otherwise the curve is flat.
     """
+    curves = by_run(val)
     findings = []
     for (context, prior, scaling), group in trials.groupby(["context", "prior", "lr_scaling"], sort=True):
         big_size = group["batch_size"].max()
         where = label(context, prior=prior, lr_scaling=scaling)
-        fits = [late_slope(val[val["run_id"] == rid]) for rid in group[group["batch_size"] == big_size].index]
+        fits = [late_slope(curves.get(rid, EMPTY)) for rid in group[group["batch_size"] == big_size].index]
         fits = [f for f in fits if np.isfinite(f[0])]
         if not fits:
             findings.append(Finding("still improving", f"[{where}] Batch {big_size}: too few validations to fit "
@@ -284,19 +299,21 @@ def still_improving_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Fi
 
 
 def late_mean(curve: pd.DataFrame, fraction: float = NOISE_LATE_FRACTION) -> float:
-    c = curve.dropna(subset=["step", "noise_scale"]).sort_values("step")
-    if c.empty:
+    """Mean ``noise_scale`` over the last ``fraction`` of the logged steps (NaN without data)."""
+    steps, values = xy(curve, "step", "noise_scale")
+    if steps.size == 0:
         return math.nan
-    start = c["step"].iloc[0] + (c["step"].iloc[-1] - c["step"].iloc[0]) * (1 - fraction)
-    return float(c[c["step"] >= start]["noise_scale"].mean())
+    start = steps[0] + (steps[-1] - steps[0]) * (1 - fraction)
+    return float(values[steps >= start].mean())
 
 
 def noise_scale_findings(trials: pd.DataFrame, noise: pd.DataFrame) -> list[Finding]:
     """Late-training B_simple of each setting against the batch sizes trained there."""
+    series = by_run(noise)
     findings = []
     for context, group in trials.groupby("context", sort=True):
         where = label(context) or "all trials"
-        est = Estimate.of([late_mean(noise[noise["run_id"] == rid]) for rid in group.index])
+        est = Estimate.of([late_mean(series.get(rid, EMPTY_NOISE)) for rid in group.index])
         if est.n == 0:
             findings.append(Finding("noise scale", f"[{where}] No gradient noise scale was logged.", {"measured": False}))
             continue
@@ -320,16 +337,17 @@ def noise_scale_findings(trials: pd.DataFrame, noise: pd.DataFrame) -> list[Find
     return findings
 
 
-def final_values(trials: pd.DataFrame, val: pd.DataFrame, ids) -> tuple[str, list[float]]:
+def final_values(trials: pd.DataFrame, curves: dict[str, pd.DataFrame], ids) -> tuple[str, list[float]]:
     """Per trial: test BPD when every trial has one, else validation BPD at the common final epoch."""
     if "test_bpd" in trials and trials.loc[ids, "test_bpd"].notna().all():
         return "test BPD", list(trials.loc[ids, "test_bpd"].astype(float))
-    x = common_horizon(curves_of(val, ids), "epoch")
-    return f"validation BPD at epoch {x:.3g}", [value_at(val[val["run_id"] == rid], "epoch", x) for rid in ids]
+    x = common_horizon(curves_of(curves, ids), "epoch")
+    return f"validation BPD at epoch {x:.3g}", [value_at(curves.get(rid, EMPTY), "epoch", x) for rid in ids]
 
 
 def prior_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding]:
     """Does the prior matter, at each batch size (and LR scaling)?"""
+    curves = by_run(val)
     findings = []
     for (context, size, scaling), group in trials.groupby(["context", "batch_size", "lr_scaling"], sort=True):
         priors = sorted(group["prior"].unique())
@@ -338,7 +356,7 @@ def prior_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding]:
             findings.append(Finding("priors", f"[{where}] Only one prior ({priors[0]}): priors not compared.",
                                     {"measured": False}))
             continue
-        what, values = final_values(trials, val, list(group.index))
+        what, values = final_values(trials, curves, list(group.index))
         by_id = dict(zip(group.index, values))
         first = priors[0]
         a = Estimate.of([by_id[i] for i in group[group["prior"] == first].index])
