@@ -211,6 +211,27 @@ def test_experiment_creation_is_race_safe(store):
     assert not errors and len(results) == 4 and len(set(results)) == 1
 
 
+def test_sweep_run_creation_is_race_safe(store, exp):
+    results, errors = [], []
+    barrier = threading.Barrier(3)
+
+    def create():
+        try:
+            barrier.wait()
+            results.append(T.ensure_sweep_run(store, exp, "raced", "sid-race", {}))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 3 and len(set(results)) == 1
+    live = T.get_client(store).search_runs([exp], "tags.`rgflow.sweep_id` = 'sid-race'")
+    assert [r.info.run_id for r in live] == results[:1]
+
+
 def test_sweep_run_lifecycle_and_mark_killed(store, exp, tmp_path):
     client = T.get_client(store)
     sweep = T.ensure_sweep_run(store, exp, "bs", "sid-1", {"grid": {"batch_size": [64, 512]}})
@@ -303,3 +324,10 @@ def test_transient_classification():
     assert not is_transient(MlflowException("bad", INVALID_PARAMETER_VALUE))
     assert not is_transient(MlflowException("gone", RESOURCE_DOES_NOT_EXIST))
     assert not is_transient(ValueError("x"))
+
+
+def test_log_text_rejects_paths_outside_the_run(store, exp, tmp_path):
+    trial = _open(store, exp, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"artifact_file='../x.txt': must be a relative path inside the run"):
+        trial.log_text("x", "../x.txt")
+    assert trial.end("finished")

@@ -52,6 +52,9 @@ _HTTP_DEFAULTS = {
 }
 
 
+_SETTLE_S = 1.0
+
+
 class TrackingError(RuntimeError):
     """The tracking store refused an operation for a reason that retrying will not fix."""
 
@@ -185,8 +188,9 @@ def ensure_sweep_run(uri: str, experiment_id: str, sweep_name: str, sweep_id: st
     """The run id of the sweep's parent run (tags ``rgflow.role=sweep``, ``rgflow.sweep_id``),
     created if missing, and set to RUNNING (the sweep launcher ends it with :func:`end_run`).
 
-    ``params`` (nested or flat) are logged where missing. If two launchers create it at once,
-    both keep the oldest run and the other one is deleted.
+    ``params`` (nested or flat) are logged where missing. If launchers create it at once, each
+    waits ``_SETTLE_S`` after creating, then all keep the oldest run (start time, then id) and the
+    others delete their own: race-safe when the concurrent creations commit within that second.
     """
     client = get_client(uri)
     flat = flatten_params(params)
@@ -201,6 +205,7 @@ def ensure_sweep_run(uri: str, experiment_id: str, sweep_name: str, sweep_id: st
         if not runs:
             tags = {ROLE_TAG: "sweep", SWEEP_TAG: sweep_name, SWEEP_ID_TAG: sweep_id, STATE_TAG: "running"}
             mine = client.create_run(experiment_id, tags=tags, run_name=sweep_name).info.run_id
+            time.sleep(_SETTLE_S)  # let a concurrent creator's run become visible before choosing
             runs = search()
             if runs and runs[0].info.run_id != mine:
                 client.delete_run(mine)
