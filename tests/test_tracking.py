@@ -331,3 +331,29 @@ def test_log_text_rejects_paths_outside_the_run(store, exp, tmp_path):
     with pytest.raises(ValueError, match=r"artifact_file='../x.txt': must be a relative path inside the run"):
         trial.log_text("x", "../x.txt")
     assert trial.end("finished")
+
+
+def test_process_killed_before_delivery_then_next_attempt_replays(store, exp, tmp_path):
+    """SIGKILL leaves spooled-but-unsent metrics and a RUNNING run; the next attempt delivers them."""
+    run_dir = tmp_path / "run"
+    child = f"""
+import os, signal
+from jobs import tracking as T
+trial = T.open_trial_run({store!r}, {exp!r}, "t0", "trial-t0", None, {{}}, {{}}, {str(run_dir)!r},
+                         flush_interval_s=3600)
+print(trial.run_id, flush=True)
+for step in range(1, 41):
+    trial.log_metrics({{"train_bpd": 1.0 / step}}, step)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    run_id = done.stdout.split()[0]
+    client = T.get_client(store)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    assert client.get_metric_history(run_id, "train_bpd") == []
+    trial = _open(store, exp, run_dir)
+    assert (trial.run_id, trial.attempt) == (run_id, 2)
+    trial.log_metrics({"train_bpd": 0.5}, 41)
+    assert trial.end("finished")
+    assert _histories(store, run_id, ["train_bpd"]) == {"train_bpd": list(range(1, 42))}
