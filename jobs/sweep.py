@@ -136,6 +136,11 @@ def tasks_of(sweep) -> list[TrialTask]:
     return [TrialTask(t.index, t.trial_id, t.config, str(run_dir_for(t.config, sweep.name))) for t in sweep.trials]
 
 
+def _busy(ctx: SweepContext, state: SweepState) -> bool:
+    """Whether an earlier launch still has jobs (training or evaluation) queued or running."""
+    return get_backend(state.backend).busy(dataclasses.replace(ctx, backend=state.backend), state)
+
+
 def _other_backend_live(ctx: SweepContext, state: SweepState | None) -> dict[str, str]:
     """Live jobs recorded by an earlier launch, whatever its backend."""
     if state is None:
@@ -250,9 +255,9 @@ def _run(args, sweep, console) -> int:
                 result = backend.launch(ctx, tasks, tracker, state, wait=args.wait)
             except KeyboardInterrupt:
                 result = LaunchResult(states={}, interrupted=True)
-    if result.queued:
-        say(f"sweep {sweep.name}: {len(todo)} trials submitted; parent run {parent} stays RUNNING. Follow with: "
-            f"python -m jobs.sweep status {args.sweep}")
+    if result.queued or (not todo and previous is not None and _busy(ctx, previous)):
+        say(f"sweep {sweep.name}: {len(todo)} trials submitted, jobs queued or running; parent run {parent} stays "
+            f"RUNNING. Follow with: python -m jobs.sweep status {args.sweep}")
         return EXIT_OK
     runs = find_trial_runs(uri, experiment_id, trial_ids=ids)
     if result.interrupted:

@@ -110,6 +110,10 @@ class Backend(abc.ABC):
         """Trial id → (job id, scheduler state) for ``status``."""
         return {}
 
+    def busy(self, ctx: SweepContext, state: SweepState | None) -> bool:
+        """Whether any job of the sweep (training or evaluation) is still queued or running."""
+        return bool(self.live_jobs(ctx, state))
+
     def cancel(self, ctx: SweepContext, state: SweepState | None) -> list[str]:
         """Stop the sweep's jobs; returns the job ids signalled."""
         return []

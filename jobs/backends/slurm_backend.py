@@ -243,6 +243,9 @@ class SlurmBackend(Backend):
         return {tid: job_id for tid, (job_id, s) in self.job_states(ctx, state).items()
                 if not tid.startswith("eval:") and s in LIVE_STATES}
 
+    def busy(self, ctx: SweepContext, state: SweepState | None) -> bool:
+        return any(s in LIVE_STATES for _, s in self.job_states(ctx, state).values())
+
     def job_states(self, ctx: SweepContext, state: SweepState | None) -> dict[str, tuple[str, str]]:
         """Trial id → (job id, Slurm state); evaluation jobs under ``eval:<trial id>``."""
         if state is None or state.backend != self.name or not state.trials:
