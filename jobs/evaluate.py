@@ -187,17 +187,28 @@ def write_samples(model, config: TrialConfig, device: torch.device, out: Path) -
 
 def compute_fid(model, scorer: FidScorer, test_images: torch.Tensor, config: TrialConfig,
                 device: torch.device) -> dict[str, float]:
-    """``{fid_T<t>: FID}`` between ``len(test_images)`` samples per temperature and those images."""
+    """``{fid_T<t>: FID}`` between ``len(test_images)`` samples per temperature and those images.
+
+    A temperature whose FID cannot be computed (pytorch-fid's matrix square root fails, typically
+    with fewer images than feature dimensions) is left out with a warning.
+    """
     import numpy as np
 
     from jobs.fid import frechet_distance
 
     ref = scorer.features(test_images)
+    if len(test_images) <= ref.shape[1]:
+        log.warning("FID with %d images per set and %d-dimensional features: the covariances are singular and "
+                    "the value is biased upwards; use eval.fid_samples > %d (10000 is standard)",
+                    len(test_images), ref.shape[1], ref.shape[1])
     out = {}
     for t in config.eval.temperatures:
         feats = [scorer.features(x) for x in sample_batches(model, len(test_images), t, config.eval.fid_batch,
                                                             _generator(device, config.run.seed, 2))]
-        out[f"fid_T{temperature_key(t)}"] = frechet_distance(np.concatenate(feats), ref)
+        try:
+            out[f"fid_T{temperature_key(t)}"] = frechet_distance(np.concatenate(feats), ref)
+        except ValueError as err:
+            log.warning("FID at T=%s not computed: %s", temperature_key(t), err)
     return out
 
 
@@ -227,8 +238,9 @@ def write_receptive_fields(model, config: TrialConfig, device: torch.device, out
 # MLflow
 # ----------------------------------------------------------------------------------------------
 
-def _already_done(run, protocol: dict[str, Any], expected: list[str]) -> bool:
-    return run.data.tags.get(PROTOCOL_TAG) == protocol_hash(protocol) and all(k in run.data.metrics for k in expected)
+def _already_done(run, protocol: dict[str, Any]) -> bool:
+    """The protocol tag is written in the same ``log_batch`` as the metrics: it marks a complete evaluation."""
+    return run.data.tags.get(PROTOCOL_TAG) == protocol_hash(protocol)
 
 
 def log_to_run(client, run_id: str, metrics: dict[str, float], step: int, protocol: dict[str, Any],
@@ -247,8 +259,8 @@ def log_to_run(client, run_id: str, metrics: dict[str, float], step: int, protoc
             new.append(Metric(key, float(value), now, step))
     tags = [RunTag(f"{TAG_PREFIX}{k}", str(v)) for k, v in protocol.items()]
     tags.append(RunTag(PROTOCOL_TAG, protocol_hash(protocol)))
+    client.log_artifacts(run_id, str(eval_dir), EVAL_DIR)  # first: the protocol tag marks a complete evaluation
     client.log_batch(run_id, metrics=new, tags=tags, synchronous=True)
-    client.log_artifacts(run_id, str(eval_dir), EVAL_DIR)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,12 +311,13 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
                      f"{ev.fid_samples}")
         log.warning("%s", notes[-1])
     protocol = make_protocol(config, which, ckpt, state, len(test), fid_images, scorer, selected)
-    expected = (["test_bpd"] if "test_bpd" in selected else []) + (
+    expected = (["test_bpd", "test_bpd_se"] if "test_bpd" in selected else []) + (
         [f"fid_T{temperature_key(t)}" for t in ev.temperatures] if scorer else [])
     eval_dir = run_dir / EVAL_DIR
-    if not force and _already_done(run, protocol, expected):
+    if not force and _already_done(run, protocol):
         log.info("run %s: already evaluated with this protocol (%s); --force recomputes", run_id, protocol_hash(protocol))
-        return EvalResult(run_id, {k: run.data.metrics[k] for k in expected}, protocol, eval_dir, True, notes)
+        done = {k: run.data.metrics[k] for k in expected if k in run.data.metrics}
+        return EvalResult(run_id, done, protocol, eval_dir, True, notes)
 
     model = RGFlowModel(config.model, config.prior)
     model.load_state_dict(state["model"])
