@@ -255,6 +255,8 @@ def _run(args, sweep, console) -> int:
                 result = backend.launch(ctx, tasks, tracker, state, wait=args.wait)
             except KeyboardInterrupt:
                 result = LaunchResult(states={}, interrupted=True)
+    if result.message:
+        say(f"sweep {sweep.name}: {result.message}")
     if result.queued or (not todo and previous is not None and _busy(ctx, previous)):
         say(f"sweep {sweep.name}: {len(todo)} trials submitted, jobs queued or running; parent run {parent} stays "
             f"RUNNING. Follow with: python -m jobs.sweep status {args.sweep}")

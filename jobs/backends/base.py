@@ -83,11 +83,12 @@ class SweepContext:
 class LaunchResult:
     """What a launch ended with: ``states`` trial id → ``finished|failed|preempted|killed|queued|
     running``; ``interrupted`` when the user stopped the driver; ``queued`` when jobs were left to
-    a scheduler (the parent run then stays RUNNING)."""
+    a scheduler (the parent run then stays RUNNING); ``message``: why the launch stopped early."""
 
     states: dict[str, str]
     interrupted: bool = False
     queued: bool = False
+    message: str | None = None
 
 
 class Backend(abc.ABC):

@@ -105,7 +105,8 @@ class LocalBackend(Backend):
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        return LaunchResult(states=states, interrupted=bool(interrupted) or (stop_reason or "").endswith("interrupted"))
+        return LaunchResult(states=states, interrupted=bool(interrupted) or (stop_reason or "").endswith("interrupted"),
+                            message=stop_reason)
 
     def _start(self, ctx: SweepContext, task: TrialTask, env: dict, logs: Path, state: SweepState) -> _Running:
         log = open(logs / f"trial-{task.index:04d}.log", "ab")

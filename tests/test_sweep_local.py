@@ -1,0 +1,50 @@
+"""The smoke sweep, shrunk, on the local backend: trial subprocesses (``python -m jobs.train SWEEP
+--trial N overrides…``) two at a time, tracked like the other backends; a trial rejecting its
+input (exit 2) stops the sweep."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.fixtures.sweep import SMOKE
+
+pytestmark = pytest.mark.slow
+
+
+def test_local_sweep_completes(sweep_env):
+    overrides = sweep_env.overrides("backend=local", "local.parallel=2", "prior.kind=laplace",
+                                    "evaluation.enabled=false")
+    proc = sweep_env.run(SMOKE, *overrides)
+    assert proc.returncode == 0, proc.stderr
+    assert all(line.startswith(("sweep smoke:", "smoke:")) for line in proc.stderr.splitlines() if line.strip())
+    parents = sweep_env.parent_runs()
+    trials = sweep_env.trial_runs()
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["rgflow.backend"] == "local"
+        assert {"train_bpd", "val_bpd"} <= set(run.data.metrics)
+    sweep_dir = sweep_env.runs_dir / "smoke"
+    state = json.loads((sweep_dir / "sweep-state.json").read_text())
+    assert state["backend"] == "local" and state["driver_pid"] is None and len(state["trials"]) == 2
+    for index in (0, 1):
+        assert "[" in (sweep_dir / "logs" / f"trial-{index:04d}.log").read_text()  # the trial's own output
+
+    again = sweep_env.run(SMOKE, *overrides)
+    assert again.returncode == 0 and "2 already finished, 0 skipped, 0 to run" in again.stderr
+
+
+def test_local_trial_rejecting_its_input_stops_the_sweep(sweep_env):
+    missing = sweep_env.root / "no-celeba"
+    proc = sweep_env.run(SMOKE, *sweep_env.overrides("backend=local", "local.parallel=1", "prior.kind=laplace",
+                                                     "data.name=celeba", f"data.celeba_dir={missing}"))
+    assert proc.returncode == 1
+    assert "trial 0 rejected its input (exit 2)" in proc.stderr
+    assert "CelebA not found" in (sweep_env.runs_dir / "smoke" / "logs" / "trial-0000.log").read_text()
+    assert not (sweep_env.runs_dir / "smoke" / "logs" / "trial-0001.log").exists()  # the sweep stopped
+    assert sweep_env.trial_runs() == []
+    parent = sweep_env.parent_runs()[0]
+    assert parent.info.status == "FAILED"
+    assert "rejected its input" in parent.data.tags["rgflow.failure_reason"]
