@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from jobs import tracking as T
 from jobs.tracking.spool import MetricSpool
@@ -209,6 +210,8 @@ def test_experiment_creation_is_race_safe(store):
     for t in threads:
         t.join()
     assert not errors and len(results) == 4 and len(set(results)) == 1
+    tags = MlflowClient(tracking_uri=store).get_experiment(results[0]).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training-runs view
 
 
 def test_sweep_run_creation_is_race_safe(store, exp):

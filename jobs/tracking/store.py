@@ -160,11 +160,16 @@ def log_missing_params(client: MlflowClient, run_id: str, params: Mapping[str, s
         client.log_batch(run_id, params=chunk, synchronous=True)
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
+
 def ensure_experiment(uri: str, name: str) -> str:
     """The id of experiment ``name``, created if missing (restored if deleted).
 
     Race-safe: when two processes create it at once, the loser sees ``RESOURCE_ALREADY_EXISTS``
-    and reads the winner's id.
+    and reads the winner's id. New experiments are tagged as model training
+    (``mlflow.experimentKind``), so the MLflow UI opens them on the training-runs view rather
+    than the GenAI overview.
     """
     client = get_client(uri)
 
@@ -175,7 +180,7 @@ def ensure_experiment(uri: str, name: str) -> str:
                 client.restore_experiment(found.experiment_id)
             return found.experiment_id
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
