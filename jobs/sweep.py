@@ -43,7 +43,8 @@ from typing import Any
 
 from jobs.backends import get_backend
 from jobs.backends.base import (
-    Backend, LaunchResult, ProgressTracker, SweepContext, TrialTask, best_val_bpd, failures_of,
+    LIVE_STATES, Backend, LaunchResult, ProgressTracker, SweepContext, TrialTask, best_val_bpd, failures_of,
+    is_process,
 )
 from jobs.overrides import ConfigError
 from jobs.progress import Progress, console_to_file
@@ -124,8 +125,9 @@ def make_context(sweep, uri: str, experiment_id: str, parent_run_id: str) -> Swe
     return SweepContext(
         name=sweep.name, sweep_path=str(Path(sweep.path).resolve()), overrides=tuple(sweep.overrides),
         sweep_dir=str(sweep_dir_of(sweep)), tracking_uri=uri, experiment_id=experiment_id,
-        parent_run_id=parent_run_id, backend=sweep.backend, sweep_id=sweep.sweep_id, evaluations=tuple(sweep.evaluation.selected),
-        max_failures=max_failures, settings=settings, resources=resources, cwd=os.getcwd(),
+        parent_run_id=parent_run_id, backend=sweep.backend, sweep_id=sweep.sweep_id,
+        evaluations=tuple(sweep.evaluation.selected), max_failures=max_failures, settings=settings,
+        resources=resources, cwd=os.getcwd(),
     )
 
 
@@ -287,8 +289,6 @@ def _run(args, sweep, console) -> int:
 
 def trial_rows(sweep, runs: dict, jobs: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
     """One row per trial: index, trial_id, state, attempts, best val_bpd (bits/dim), job id."""
-    from jobs.backends.slurm_backend import LIVE_STATES
-
     rows = []
     for trial in sweep.trials:
         run = runs.get(trial.trial_id)
@@ -355,9 +355,7 @@ def cmd_status(args) -> int:
         key = row["state"].split(" ")[0]
         counts[key] = counts.get(key, 0) + 1
     print(f"{sweep.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    if state is not None and experiment_id and state.backend == "slurm":
-        from jobs.backends.slurm_backend import LIVE_STATES
-
+    if state is not None and experiment_id and not is_process(state.driver_pid, "jobs.sweep"):
         parent = get_client(uri).get_run(state.parent_run_id)
         if parent.info.status == "RUNNING" and not any(s in LIVE_STATES for _, s in jobs.values()):
             end_state, reason = summarize(sweep, runs)
@@ -372,13 +370,7 @@ def cmd_status(args) -> int:
 
 def _interrupt_driver(pid: int | None) -> bool:
     """SIGINT to the launcher of an in-process sweep if it still runs (checked by its command line)."""
-    if not pid:
-        return False
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    if b"jobs.sweep" not in argv:
+    if not is_process(pid, "jobs.sweep"):
         return False
     os.kill(pid, signal.SIGINT)
     return True
@@ -398,7 +390,8 @@ def cmd_cancel(args) -> int:
     driver = _interrupt_driver(state.driver_pid)
     cancelled = backend.cancel(ctx, state)
     deadline = time.monotonic() + CANCEL_WAIT_S
-    while time.monotonic() < deadline and (backend.live_jobs(ctx, state) or _alive(state.driver_pid)):
+    while time.monotonic() < deadline and (
+            backend.live_jobs(ctx, state) or is_process(state.driver_pid, "jobs.sweep")):
         time.sleep(1.0)
     runs = find_trial_runs(uri, state.experiment_id, trial_ids=[t.trial_id for t in sweep.trials])
     killed = []
@@ -410,15 +403,6 @@ def cmd_cancel(args) -> int:
     print(f"{sweep.name}: cancelled {len(cancelled)} job(s)" + (" and the launcher" if driver else "")
           + f"; {len(killed)} run(s) marked KILLED; parent run {state.parent_run_id} KILLED")
     return EXIT_OK
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        return b"jobs.sweep" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------------------------

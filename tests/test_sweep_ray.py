@@ -88,6 +88,11 @@ def test_killed_driver_then_rerun_completes_without_duplicates(sweep_env):
         sweep_env.kill_leftovers()  # Ray's raylet, GCS and agents left by the killed driver
     parents_before = sweep_env.parent_runs()
     assert [p.info.status for p in parents_before] == ["RUNNING"]  # SIGKILL left it open
+    status = sweep_env.run("status", SMOKE, *overrides)  # the driver is gone: status closes the parent
+    assert status.returncode == 0, status.stderr
+    states = [line.split()[2] for line in status.stdout.splitlines() if line[:1].isdigit()]
+    assert sorted(states)[0] == "finished" and sorted(states)[1] in ("interrupted", "pending"), status.stdout
+    assert [p.info.status for p in sweep_env.parent_runs()] == ["KILLED"]
 
     rerun = sweep_env.run(SMOKE, *overrides)
     assert rerun.returncode == 0, rerun.stderr

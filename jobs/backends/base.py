@@ -21,6 +21,7 @@ import abc
 import os
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from jobs.progress import Counts, Progress, count_states
@@ -33,6 +34,12 @@ STATE_BY_EXIT = {
     EXIT_REQUEUE: "preempted", EXIT_INTERRUPTED: "killed",
 }
 FAILURES_TAG = "rgflow.failures"  # failed attempts of a trial, counted by the sweep launcher
+# Scheduler states of a job that is queued or running (Slurm's names; the in-process backends
+# report RUNNING or EXITED).
+LIVE_STATES = frozenset({
+    "PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+    "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING",
+})
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,18 @@ class ProgressTracker:
 
     def draw(self) -> None:
         self.progress.update(self.counts(), self.best_val_bpd)
+
+
+def is_process(pid: int | None, *needles: str) -> bool:
+    """Whether ``pid`` is a live (non-zombie) process whose command line has every one of
+    ``needles`` as an argument or inside one (PIDs are reused: never signal by PID alone)."""
+    if not pid:
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return all(any(needle in arg for arg in argv) for needle in needles)
 
 
 def best_val_bpd(metrics: dict[str, float]) -> float | None:

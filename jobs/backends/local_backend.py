@@ -27,7 +27,7 @@ from pathlib import Path
 
 from jobs.backends.base import (
     EXIT_BAD_INPUT, EXIT_FAILED, EXIT_FINISHED, EXIT_INTERRUPTED, EXIT_REQUEUE, STATE_BY_EXIT, Backend,
-    LaunchResult, ProgressTracker, SweepContext, TrialTask, count_failure,
+    LaunchResult, ProgressTracker, SweepContext, TrialTask, count_failure, is_process,
 )
 from jobs.sweep_state import SweepState, TrialJob, save_state
 
@@ -140,12 +140,8 @@ class LocalBackend(Backend):
 
 
 def _is_trial_process(pid: int, ctx: SweepContext) -> bool:
-    """True if ``pid`` is alive and is a ``jobs.train`` process of this sweep (PIDs get reused)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"jobs.train" in argv and ctx.sweep_path.encode() in argv
+    """True if ``pid`` is alive and is a ``jobs.train`` process of this sweep."""
+    return is_process(pid, "jobs.train", ctx.sweep_path)
 
 
 def _run_bpd(ctx: SweepContext, trial_id: str) -> float | None:

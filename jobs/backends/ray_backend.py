@@ -30,9 +30,15 @@ from typing import Any
 
 from jobs.backends.base import (
     EXIT_FAILED, EXIT_FINISHED, EXIT_REQUEUE, Backend, LaunchResult, ProgressTracker, SweepContext, TrialTask,
-    execute_trial,
+    execute_trial, is_process,
 )
-from jobs.sweep_state import SweepState
+from jobs.sweep_state import SweepState, TrialJob, save_state
+
+
+def driver_alive(job_id: str) -> bool:
+    """Whether ``pid:N`` names a live ``jobs.sweep`` process other than this one."""
+    pid = int(job_id[4:]) if job_id.startswith("pid:") and job_id[4:].isdigit() else 0
+    return pid != os.getpid() and is_process(pid, "jobs.sweep")
 
 
 class TrialAttemptFailed(RuntimeError):
@@ -101,6 +107,9 @@ class RayBackend(Backend):
         if address == "local":
             init_kw.update(num_cpus=os.cpu_count(), include_dashboard=False)
         by_index = {t.index: t for t in tasks}
+        for task in tasks:
+            state.trials[task.trial_id] = TrialJob(index=task.index, job_id=f"pid:{os.getpid()}", submitted_at=time.time())
+        save_state(ctx.sweep_dir, state)
         ray.init(**init_kw)
         try:
             print(f"sweep {ctx.name}: Ray {address}, resources {ray.cluster_resources()}", flush=True)
@@ -137,6 +146,17 @@ class RayBackend(Backend):
         interrupted = any(tracker.states.get(t.trial_id) in ("running", "pending") for t in tasks) or any(
             s == "killed" for s in states.values())
         return LaunchResult(states=states, interrupted=interrupted)
+
+    def live_jobs(self, ctx: SweepContext, state: SweepState | None) -> dict[str, str]:
+        """Trials handed to a Ray driver (``pid:N``) that is still running."""
+        return {tid: job_id for tid, (job_id, s) in self.job_states(ctx, state).items() if s == "RUNNING"}
+
+    def job_states(self, ctx: SweepContext, state: SweepState | None) -> dict[str, tuple[str, str]]:
+        """Trial id → (``pid:N`` of the driver that ran it last, ``RUNNING`` while that driver lives)."""
+        if state is None or state.backend != self.name:
+            return {}
+        return {tid: (job.job_id, "RUNNING" if driver_alive(job.job_id) else "EXITED")
+                for tid, job in state.trials.items()}
 
     @staticmethod
     def trial_resources(ctx: SweepContext) -> dict[str, float]:

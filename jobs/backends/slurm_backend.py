@@ -38,16 +38,12 @@ import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from jobs.backends.base import (
-    EXIT_FINISHED, EXIT_REQUEUE, Backend, LaunchResult, ProgressTracker, SweepContext, TrialTask, best_val_bpd,
-    child_environment, execute_trial, run_evaluation,
+    EXIT_FINISHED, EXIT_REQUEUE, LIVE_STATES, Backend, LaunchResult, ProgressTracker, SweepContext, TrialTask,
+    best_val_bpd, child_environment, execute_trial, run_evaluation,
 )
 from jobs.overrides import ConfigError
 from jobs.sweep_state import SweepState, TrialJob, save_state
 
-LIVE_STATES = frozenset({
-    "PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-    "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING",
-})
 DEFAULT_MAX_ARRAY = 1000
 POLL_S = 5.0  # --wait: seconds between scheduler + MLflow polls
 SIGNAL_DELAY_S = 120  # as slurm/train.sh: time to checkpoint before the time limit

@@ -1,0 +1,259 @@
+"""What the sweep machinery costs on top of the trials it runs.
+
+1. **Scheduling overhead per trial**, per backend: a 16-trial sweep (``sweeps/smoke.yaml``: batch
+   32/128 × Laplace/Gaussian × seeds 0–3) whose trials each train for one optimizer step on 128
+   MSDS1 images, one trial at a time (``ray.max_concurrent_trials=1``, ``local.parallel=1``,
+   ``slurm.array_parallelism=1``) so that nothing overlaps. Overhead per trial = (wall time of
+   ``python -m jobs.sweep`` − Σ trial work) / 16, where a trial's work is its MLflow run's
+   ``end_time − start_time`` (opening the run, data, model, the step, validation, checkpoint,
+   closing the run). It therefore counts the launcher (imports, MLflow setup), Ray start / Slurm
+   scheduling / process start-up, and the per-trial hand-off. Slurm is followed with ``--wait``.
+2. **1,000-trial sweep**: time of ``load_sweep`` (expansion + validation of every trial config)
+   and of ``format_trials_table`` in-process, and of the whole ``--dry-run`` command; the Slurm
+   submission of its 1,000 trials (``SlurmBackend.launch``: pickling + ``sbatch`` of one held
+   array, timed in-process; and the whole ``python -m jobs.sweep`` command), then ``cancel``.
+3. **MLflow logging overhead per step**: the numbers of ``bench/tracking_bench.py`` from
+   ``bench/results/tracking.json`` (run that bench first; not re-measured here).
+
+Usage: ``.venv/bin/python bench/sweep_bench.py [--backends ray,local,slurm] [--skip-1000]``. Slurm
+parts use the dev cluster (``slurm/devcluster.sh``), started if needed and shared with test sessions
+through their lease files. Prints a
+table and writes ``bench/results/sweep.json``. The machine is shared and noisy: the load average is
+recorded with the numbers; compare runs made on a quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SMOKE = REPO / "sweeps" / "smoke.yaml"
+ONE_STEP = ("seeds=[0,1,2,3]", "data.train_size=128", "data.valid_size=32", "data.test_size=32", "train.epochs=1",
+            "train.steps=1", "train.log_every=1", "train.val_draws=1", "train.sample_count=4",
+            "train.sample_every_epochs=1", "evaluation.enabled=false")
+SERIAL = {"ray": ("ray.max_concurrent_trials=1",), "local": ("local.parallel=1",),
+          "slurm": ("slurm.array_parallelism=1", "resources.time_limit_min=20")}
+SWEEP_1000 = """name: thousand
+base_config: {base}
+base:
+  data: {{train_size: 2000, valid_size: 200, test_size: 200}}
+  run: {{device: cpu}}
+axes:
+  grid:
+    train.lr: [1.0e-4, 2.0e-4, 3.0e-4, 5.0e-4, 7.0e-4, 1.0e-3, 1.5e-3, 2.0e-3, 3.0e-3, 5.0e-3]
+    train.batch_size: [16, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+  seeds: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+resources: {{cpus: 1, gpus: 0, memory_gb: 1, time_limit_min: 30}}
+evaluation: {{enabled: false}}
+"""
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "RAY_AUTH_MODE": "disabled"}
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+def _sweep(args: list[str], env: dict[str, str], timeout: float = 3600) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "jobs.sweep", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    return time.perf_counter() - started, proc
+
+
+@contextlib.contextmanager
+def _slurm_cluster(wanted: bool):
+    """The dev cluster's environment (``{"SLURM_CONF": …}``), or None without Slurm binaries.
+
+    Shares the cluster with test sessions through the lease files of ``tests/fixtures/slurm.py``:
+    starts it if needed and stops it at the end only if this process started it and nobody else
+    holds a lease.
+    """
+    if not wanted or not shutil.which("slurmctld"):
+        yield None
+        return
+    from tests.fixtures.slurm import STARTED_MARKER, _devcluster, _live_leases, _locked
+
+    cluster_dir = Path(os.environ.get("RGFLOW_SLURM_DIR", REPO / ".slurm-dev")).resolve()
+    leases = cluster_dir / "leases"
+    leases.mkdir(parents=True, exist_ok=True)
+    lock = cluster_dir / ".fixture-lock"
+    with _locked(lock):
+        if _devcluster("status", cluster_dir, 30).returncode != 0:
+            started = _devcluster("start", cluster_dir, 180)
+            if started.returncode != 0:
+                raise RuntimeError(f"slurm/devcluster.sh start failed: {started.stderr[-1000:]}")
+            if not _live_leases(leases):
+                (cluster_dir / STARTED_MARKER).touch()
+        (leases / str(os.getpid())).touch()
+    try:
+        yield {"SLURM_CONF": str(cluster_dir / "etc" / "slurm.conf")}
+    finally:
+        with _locked(lock):
+            (leases / str(os.getpid())).unlink(missing_ok=True)
+            if (cluster_dir / STARTED_MARKER).exists() and not _live_leases(leases):
+                _devcluster("stop", cluster_dir, 180)
+                (cluster_dir / STARTED_MARKER).unlink(missing_ok=True)
+
+
+def scheduling_overhead(backend: str, extra_env: dict[str, str]) -> dict:
+    """Part 1 for one backend (see the module docstring)."""
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix=f"sweep-bench-{backend}-") as tmp:
+        root = Path(tmp)
+        env = {**_env(root), **extra_env}
+        args = [str(SMOKE), f"backend={backend}", f"run.out_dir={root / 'runs'}", *ONE_STEP, *SERIAL[backend]]
+        if backend == "slurm":
+            args.append("--wait")
+        wall, proc = _sweep(args, env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{backend} sweep failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        exp = client.get_experiment_by_name("smoke")
+        runs = [r for r in client.search_runs([exp.experiment_id], max_results=100)
+                if r.data.tags.get("rgflow.role") == "trial"]
+        assert len(runs) == 16 and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
+        work = sum((r.info.end_time - r.info.start_time) / 1000 for r in runs)
+    return {"backend": backend, "trials": 16, "wall_s": wall, "trial_work_s": work,
+            "overhead_per_trial_s": (wall - work) / 16, "trial_work_per_trial_s": work / 16}
+
+
+def thousand(slurm_env: dict[str, str] | None) -> dict:
+    """Part 2 (see the module docstring)."""
+    from jobs.dryrun import format_trials_table
+    from jobs.sweep_spec import load_sweep
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="sweep-bench-1000-") as tmp:
+        root = Path(tmp)
+        path = root / "thousand.yaml"
+        path.write_text(SWEEP_1000.format(base=REPO / "configs" / "tiny.yaml"))
+        overrides = [f"run.out_dir={root / 'runs'}"]
+        started = time.perf_counter()
+        sweep = load_sweep(path, overrides)
+        out["expand_s"] = time.perf_counter() - started
+        out["trials"] = len(sweep.trials)
+        started = time.perf_counter()
+        table = format_trials_table(sweep)
+        out["format_table_s"] = time.perf_counter() - started
+        out["table_lines"] = len(table.splitlines())
+        wall, proc = _sweep([str(path), "--dry-run", *overrides], _env(root))
+        assert proc.returncode == 0, proc.stderr
+        out["dry_run_command_s"] = wall
+        if slurm_env is None:
+            out["slurm"] = "skipped: Slurm binaries missing"
+            return out
+        os.environ.update(slurm_env)
+        out.update(_submit_1000(sweep, root, path, overrides, {**_env(root), **slurm_env}))
+    return out
+
+
+def _submit_1000(_, root: Path, path: Path, overrides: list[str], env: dict[str, str]) -> dict:
+    """Submission only (held arrays, then cancelled): in-process launch, then the whole command."""
+    from jobs.backends.base import ProgressTracker
+    from jobs.backends.slurm_backend import SlurmBackend
+    from jobs.progress import Progress
+    from jobs.sweep import make_context, tasks_of
+    from jobs.sweep_state import SweepState
+    from jobs.tracking import ensure_experiment, ensure_sweep_run
+
+    from jobs.sweep_spec import load_sweep
+
+    out: dict = {}
+    held = ["backend=slurm", "slurm.extra_sbatch=[--hold]", *overrides]
+    sweep = load_sweep(path, held)
+    uri = env["MLFLOW_TRACKING_URI"]
+    experiment = ensure_experiment(uri, sweep.name)
+    parent = ensure_sweep_run(uri, experiment, sweep.name, sweep.sweep_id, {})
+    ctx = make_context(sweep, uri, experiment, parent)
+    state = SweepState(sweep.name, "slurm", uri, experiment, parent)
+    tasks = tasks_of(sweep)
+    tracker = ProgressTracker(Progress(sweep.name, enabled=False), {t.trial_id: "pending" for t in tasks})
+    backend = SlurmBackend()
+    started = time.perf_counter()
+    backend.launch(ctx, tasks, tracker, state, wait=False)
+    out["slurm_submit_1000_inprocess_s"] = time.perf_counter() - started
+    out["slurm_arrays"] = len({j.job_id.split("_")[0] for j in state.trials.values()})
+    started = time.perf_counter()
+    cancelled = backend.cancel(ctx, state)
+    out["slurm_cancel_s"] = time.perf_counter() - started
+    out["slurm_cancelled_jobs"] = len(cancelled)
+    other = root / "cmd"
+    wall, proc = _sweep([str(path), *held, f"run.out_dir={other}"], env)
+    assert proc.returncode == 0, proc.stderr
+    out["slurm_submit_1000_command_s"] = wall
+    wall, proc = _sweep(["cancel", str(path), *held, f"run.out_dir={other}"], env)
+    assert proc.returncode == 0, proc.stderr
+    out["slurm_cancel_command_s"] = wall
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="ray,local,slurm")
+    parser.add_argument("--skip-1000", action="store_true")
+    args = parser.parse_args()
+    backends = list(filter(None, args.backends.split(",")))
+    with _slurm_cluster("slurm" in backends or not args.skip_1000) as slurm_env:
+        result = _measure(backends, args.skip_1000, slurm_env)
+    _report(result)
+
+
+def _measure(backends: list[str], skip_1000: bool, slurm_env: dict[str, str] | None) -> dict:
+    result: dict = {"loadavg_start": Path("/proc/loadavg").read_text().split()[:3], "scheduling": []}
+    for backend in backends:
+        if backend == "slurm" and slurm_env is None:
+            result["scheduling"].append({"backend": "slurm", "skipped": "Slurm binaries missing"})
+            continue
+        row = scheduling_overhead(backend, slurm_env if backend == "slurm" else {})
+        result["scheduling"].append(row)
+        print(f"{backend:6s} 16 one-step trials: wall {row['wall_s']:.1f} s, trial work {row['trial_work_s']:.1f} s "
+              f"→ overhead {row['overhead_per_trial_s']:.2f} s/trial", flush=True)
+    if not skip_1000:
+        result["thousand"] = thousand(slurm_env)
+    tracking = REPO / "bench" / "results" / "tracking.json"
+    result["mlflow_logging"] = json.loads(tracking.read_text())["rows"] if tracking.exists() else \
+        "run bench/tracking_bench.py first"
+    result["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    return result
+
+
+def _report(result: dict) -> None:
+
+    print("\n| measure | value |\n|---|---|")
+    for row in result["scheduling"]:
+        if "skipped" in row:
+            print(f"| {row['backend']}: scheduling overhead | skipped ({row['skipped']}) |")
+        else:
+            print(f"| {row['backend']}: scheduling overhead per trial (16 one-step trials, serial) | "
+                  f"{row['overhead_per_trial_s']:.2f} s (wall {row['wall_s']:.1f} s, work {row['trial_work_s']:.1f} s) |")
+    for key, value in (result.get("thousand") or {}).items():
+        print(f"| 1,000-trial sweep: {key} | {value:.2f} |" if isinstance(value, float) else
+              f"| 1,000-trial sweep: {key} | {value} |")
+    if isinstance(result["mlflow_logging"], list):
+        for row in result["mlflow_logging"]:
+            print(f"| MLflow ({row['store']}): log_metrics mean per call (10 metrics) | {row['log_metrics_us_mean']:.0f} µs |")
+            print(f"| MLflow ({row['store']}): delivery CPU per logged step | {row['delivery_cpu_us_per_logged_step']:.0f} µs |")
+            print(f"| MLflow ({row['store']}): step time for < 2 % overhead when logging every step | "
+                  f"{row['step_ms_for_2pct_logging_every_step']:.0f} ms |")
+    print(f"| load average start → end | {' '.join(result['loadavg_start'])} → {' '.join(result['loadavg_end'])} |")
+    out = REPO / "bench" / "results" / "sweep.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
