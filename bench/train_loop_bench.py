@@ -6,6 +6,8 @@
 Measures, in one process and interleaved over ``--rounds`` rounds (the median of all rounds is
 reported, so a noisy neighbour hurts every variant alike):
 
+The variants' order rotates from round to round, so a drifting machine load does not favour one.
+
 * ``bare``: a hand-written step — dequantise, ``nll_per_dim``, backward, clip, AdamW — with no
   logging, no checks, no noise scale;
 * ``loop log_every=K``: :func:`rgflow.train.train` with do-nothing hooks, for each K in
@@ -13,6 +15,10 @@ reported, so a noisy neighbour hurts every variant alike):
   reports metrics; every step syncs for the non-finite checks). Step times come from the
   ``should_stop`` poll that the loop makes before every step. Validation, samples and the final
   checkpoint happen after the last timed step and are not counted.
+* ``noise-scale step / plain step``: forward+backward of one batch as two halves
+  (:func:`rgflow.noise_scale.backward_two_halves`) against one plain forward+backward, alternated
+  ``--steps`` times on the same batch — the one cost the noise scale adds, measured so that load
+  drift cancels (the end-to-end rows above are noisier on a shared machine).
 
 Prints a table (ms/step, overhead vs bare) and writes ``bench/results/train_loop.json``.
 """
@@ -36,6 +42,7 @@ from rgflow.data import EpochBatcher  # noqa: E402
 from rgflow.device import choose_device, configure_runtime, seed_everything  # noqa: E402
 from rgflow.logit import dequantize  # noqa: E402
 from rgflow.model import RGFlowModel  # noqa: E402
+from rgflow.noise_scale import backward_two_halves  # noqa: E402
 from rgflow.train import TrainHooks, make_optimizer, train  # noqa: E402
 
 
@@ -84,6 +91,24 @@ def loop(model, batcher, valid, cfg, steps, device) -> list[float]:
     return gaps[1:]
 
 
+def halves_over_full(model, batcher, steps, device) -> float:
+    """Median time of a two-halves forward+backward over that of a plain one (same batch, alternated)."""
+    batch = next(batcher.batches(0))
+    x = dequantize(batch.x, batch.generator)
+    params = list(model.parameters())
+    full, halves = [], []
+    for _ in range(steps + 1):
+        for times, run in ((full, lambda: model.nll_per_dim(x).backward()),
+                           (halves, lambda: backward_two_halves(lambda sl: model.nll_per_dim(x[sl]), len(x), params))):
+            model.zero_grad(set_to_none=True)
+            _sync(device)
+            t0 = time.perf_counter()
+            run()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(halves[1:]) / statistics.median(full[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny")
@@ -99,10 +124,10 @@ def main() -> None:
     configure_runtime(deterministic=False, threads=args.threads)
     images = torch.randint(0, 256, (args.batch * (args.steps + 2), 3, 32, 32), dtype=torch.uint8)
     valid_images = images[: args.batch]
-    results: dict[str, list[float]] = {}
-    for _ in range(args.rounds):
-        variants = [("bare", None)] + [(f"loop log_every={k}", k) for k in args.log_every]
-        for name, log_every in variants:
+    variants = [("bare", None)] + [(f"loop log_every={k}", k) for k in args.log_every]
+    results: dict[str, list[float]] = {name: [] for name, _ in variants}
+    for r in range(args.rounds):
+        for name, log_every in variants[r % len(variants):] + variants[:r % len(variants)]:  # rotate the order
             seed_everything(0)
             model = RGFlowModel(model_preset(args.preset), PriorConfig()).to(device)
             batcher = EpochBatcher(images, args.batch, 0, device)
@@ -114,7 +139,7 @@ def main() -> None:
                 cfg = TrainConfig(batch_size=args.batch, epochs=1, steps=args.steps + 1, log_every=log_every,
                                   val_draws=1, sample_count=1, sample_temperatures=(1.0,), checkpoint_minutes=1e6)
                 times = loop(model, batcher, valid, cfg, args.steps, device)
-            results.setdefault(name, []).extend(times)
+            results[name].extend(times)
 
     base = statistics.median(results["bare"])
     rows = []
@@ -127,11 +152,16 @@ def main() -> None:
         rows.append({"variant": name, "median_ms": median * 1e3, "mean_ms": mean * 1e3, "overhead_of_mean": over,
                      "steps": len(times)})
         print(f"{name:<22}{median * 1e3:>16.1f}{mean * 1e3:>14.1f}{over:>+10.1%}")
+    seed_everything(0)
+    model = RGFlowModel(model_preset(args.preset), PriorConfig()).to(device)
+    ratio = halves_over_full(model, EpochBatcher(images, args.batch, 0, device), args.steps, device)
+    print(f"noise-scale step / plain step (forward+backward): {ratio:.3f} → at log_every=K the noise scale "
+          f"adds ≈ {ratio - 1:.1%}/K of the training time")
     out = Path(__file__).resolve().parent / "results" / "train_loop.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": str(device), "preset": args.preset, "batch": args.batch,
                                "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
-                               "bare_median_ms": base * 1e3, "rows": rows}, indent=1))
+                               "bare_median_ms": base * 1e3, "rows": rows, "halves_over_full": ratio}, indent=1))
     print(f"wrote {out}")
 
 
