@@ -148,7 +148,7 @@ def _generator(device: torch.device, seed: int, *parts: int) -> torch.Generator:
 
 @torch.no_grad()
 def measure_test_bpd(model, images: torch.Tensor, draws: int, batch_size: int, seed: int,
-             device: torch.device) -> tuple[float, float]:
+                     device: torch.device) -> tuple[float, float]:
     """(mean, s.e.) in bits/dim over ``draws`` dequantisation draws; s.e. NaN for one draw."""
     from rgflow.data.batching import EpochBatcher
     from rgflow.train import validation_bpd
@@ -301,7 +301,7 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
     scorer = None
     if "fid" in selected:
         try:
-            scorer = fid_scorer or FidScorer.inception(ev.fid_weights, device=dev)
+            scorer = fid_scorer or FidScorer.inception(ev.fid_weights, device=dev, batch_size=ev.fid_batch)
         except FidUnavailable as err:
             notes.append(str(err))
             log.warning("%s", err)
@@ -494,7 +494,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"error: [{ref.label}] evaluation failed: {type(err).__name__}: {err}", file=sys.stderr)
             code = max(code, 1)
             continue
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
+        shown = ", ".join(f"{k}={v:.5g}" for k, v in result.metrics.items())
         print(f"[{ref.label}] {'already evaluated' if result.skipped else 'evaluated'} run {result.run_id}: "
               f"{shown or 'no metrics'} ({result.eval_dir})")
     return code

@@ -168,10 +168,12 @@ class FidScorer:
     weights_path: Path | None = None
 
     @classmethod
-    def inception(cls, configured: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "FidScorer":
+    def inception(cls, configured: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                  batch_size: int = 50) -> "FidScorer":
         """The real scorer (loaded lazily); raises :class:`FidUnavailable` when the weights are absent."""
         path = resolve_weights(configured)
-        return cls(None, network="inception-v3-fid", weights_sha256=sha256_file(path), device=device, weights_path=path)
+        return cls(None, network="inception-v3-fid", weights_sha256=sha256_file(path), batch_size=batch_size,
+                   device=device, weights_path=path)
 
     def network_module(self) -> nn.Module:
         if self.net is None:

@@ -47,8 +47,15 @@ def _by_topic(findings: list[Finding]) -> dict[str, list[Finding]]:
     return out
 
 
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return f"{value:.5g}" if isinstance(value, float) else str(value)
+
+
 def _shown(table: pd.DataFrame) -> pd.DataFrame:
-    return table.head(TABLE_ROWS).round(4)
+    """The first rows as strings: floats with 5 significant digits (a BPD to 4 decimals, a tiny s.e. readable)."""
+    return table.head(TABLE_ROWS).map(_cell)
 
 
 def markdown(report: Report) -> str:
@@ -60,7 +67,7 @@ def markdown(report: Report) -> str:
     lines.append("| " + " | ".join(map(str, shown.columns)) + " |")
     lines.append("|" + "---|" * len(shown.columns))
     for _, row in shown.iterrows():
-        lines.append("| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |")
+        lines.append("| " + " | ".join(row) + " |")
     if len(report.table) > TABLE_ROWS:
         lines.append(f"\n{len(report.table) - TABLE_ROWS} more rows in `trials.csv`.")
     lines += ["", "## Figures", ""]
@@ -88,7 +95,7 @@ def html_document(report: Report) -> str:
         parts += [f"<li>{esc(f.text)}</li>" for f in items]
         parts.append("</ul>")
     parts.append("<h2>Trials</h2><div class='table'>")
-    parts.append(_shown(report.table).to_html(index=False, na_rep="", escape=True))
+    parts.append(_shown(report.table).to_html(index=False, escape=True))
     parts.append("</div>")
     if len(report.table) > TABLE_ROWS:
         parts.append(f"<p>{len(report.table) - TABLE_ROWS} more rows in trials.csv.</p>")

@@ -91,9 +91,9 @@ def trial_table(data: SweepRuns, resources: dict[str, float] | None = None) -> p
         hist = data.histories.get(run.run_id, {})
         final, best = last_and_best(hist.get("val_bpd"))
         steps = max((int(f["step"].max()) for f in hist.values() if not f.empty), default=None)
-        epoch_hist = hist.get("val_epoch")
-        epochs = run.metrics.get("epoch", float(epoch_hist["value"].max()) if epoch_hist is not None and not epoch_hist.empty
-                                 else math.nan)
+        epoch_hist = hist.get("val_epoch")  # validation runs at the end: its last epoch is the final one
+        val_epochs = float(epoch_hist["value"].max()) if epoch_hist is not None and not epoch_hist.empty else math.nan
+        epochs = max((v for v in (run.metrics.get("epoch", math.nan), val_epochs) if v == v), default=math.nan)
         wall = run.metrics.get("wall_s", math.nan)
         gpus, cpus = devices(run, resources)
         row = {"run_id": run.run_id, "trial_id": run.trial_id, "trial_index": run.tags.get("rgflow.trial_index", ""),

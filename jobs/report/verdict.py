@@ -69,16 +69,21 @@ def pm(est: Estimate, digits: int = 3, signed: bool = False) -> str:
     return f"{value} ± {est.se:.{digits}f}" if est.known else value
 
 
+def count(value: float) -> str:
+    """A positive quantity with 3 significant digits, without exponent below a million."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def seeds_phrase(*groups: Estimate) -> str:
     ns = sorted({g.n for g in groups})
     seeds = "/".join(str(n) for n in ns)
     return f"{seeds} seed{'s' if ns != [1] else ''} per group"
 
 
-def uncertainty_note(*groups: Estimate) -> str:
-    if all(g.n >= 2 for g in groups):
-        return ""
-    return " (one seed in a group: uncertainty unknown)"
+def seeds_note(*groups: Estimate) -> str:
+    """``" (3 seeds per group)"``, or ``" (1 seed per group: uncertainty unknown)"``."""
+    unknown = "" if all(g.n >= 2 for g in groups) else ": uncertainty unknown"
+    return f" ({seeds_phrase(*groups)}{unknown})"
 
 
 def xy(curve: pd.DataFrame, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
@@ -167,15 +172,17 @@ def batch_gap_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding]
             for axis, (words, at) in AXIS_WORDS.items():
                 result = compare(curves, big, small, axis)
                 if result is None:
-                    findings.append(Finding("batch gap", f"[{where}] No validation history to compare batch "
-                                            f"{big_size} with {sizes[0]} at {words}.", {"measured": False}))
+                    horizon = common_horizon(curves_of(curves, list(big) + list(small)), axis)
+                    why = (f"not every trial has a validation at or before {at.format(x=horizon)}, the furthest "
+                           "point all of them reached" if np.isfinite(horizon) else "no validation history")
+                    findings.append(Finding("batch gap", f"[{where}] Batch {big_size} vs {sizes[0]} at {words}: not "
+                                            f"compared ({why}).", {"measured": False, "axis": axis}))
                     continue
                 x, b, s = result
                 diff = b.minus(s)
                 verdict = judge(diff, "worse", "better", f"batch {big_size} is", f"batches {big_size} and {sizes[0]}")
                 text = (f"[{where}] At {words} ({at.format(x=x)}), batch {big_size} reaches validation BPD {pm(b)} "
-                        f"vs {pm(s)} at batch {sizes[0]}: {verdict}{uncertainty_note(b, s)} "
-                        f"({seeds_phrase(b, s)}).")
+                        f"vs {pm(s)} at batch {sizes[0]}: {verdict}{seeds_note(b, s)}.")
                 findings.append(Finding("batch gap", text, {
                     "measured": True, "context": context, "prior": prior, "axis": axis, "at": x,
                     "small": int(sizes[0]), "large": int(big_size), "gap": diff.mean, "gap_se": diff.se}))
@@ -280,7 +287,7 @@ def still_improving_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Fi
         rate = f"{slopes.mean:+.2e}" + (f" ± {slopes.se:.1e}" if slopes.known else "")
         gain = -slopes.mean * LATE_FRACTION * max(f[3] for f in fits)  # bits/dim per further 10 % of training
         if not slopes.known:
-            state, improving = "trend uncertain (too few points for an error bar)", None
+            state, improving = "its trend is uncertain", None
         elif slopes.mean < -2 * slopes.se and gain >= MIN_GAIN:
             state, improving = (f"still improving at the end (≈{gain:.3f} bits/dim more per further 10 % of "
                                 "training if the trend held)"), True
@@ -289,10 +296,11 @@ def still_improving_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Fi
         else:
             state, improving = (f"flat at the end (slope within 2 s.e. of zero, or under {MIN_GAIN} bits/dim per "
                                 "further 10 % of training)"), False
-        source = "across seeds" if len(fits) > 1 else "from the linear fit, one seed"
+        source = ("s.e. across seeds" if len(fits) > 1 else "s.e. from the linear fit, one seed") if slopes.known \
+            else "no s.e.: fewer than 3 validations in the window"
         findings.append(Finding("still improving", (
             f"[{where}] Batch {big_size}: validation BPD slope over the last 10 % of training ({span}) is {rate} "
-            f"bits/dim per epoch (s.e. {source}): {state}."),
+            f"bits/dim per epoch ({source}): {state}."),
             {"measured": True, "context": context, "prior": prior, "lr_scaling": scaling, "batch_size": int(big_size),
              "slope": slopes.mean, "slope_se": slopes.se, "improving": improving}))
     return findings
@@ -332,7 +340,8 @@ def noise_scale_findings(trials: pd.DataFrame, noise: pd.DataFrame) -> list[Find
         unc = "" if est.known else " (uncertainty unknown: one trial)"
         findings.append(Finding("noise scale", (
             f"[{where}] The measured gradient noise scale B_simple (late-training mean over {est.n} "
-            f"trial{'s' if est.n > 1 else ''}) is {pm(est, digits=0)} images{unc}; " + "; ".join(parts) + "."),
+            f"trial{'s' if est.n > 1 else ''}) is {count(est.mean)}{f' ± {count(est.se)}' if est.known else ''} "
+            f"images{unc}; " + "; ".join(parts) + "."),
             {"measured": True, "context": context, "b_simple": est.mean, "b_simple_se": est.se}))
     return findings
 
@@ -365,8 +374,7 @@ def prior_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding]:
             diff = b.minus(a)
             verdict = judge(diff, f"worse than {first}", f"better than {first}", f"{other} is", f"{other} and {first}")
             findings.append(Finding("priors", (
-                f"[{where}] {what}: {other} {pm(b)} vs {first} {pm(a)}; {verdict}{uncertainty_note(a, b)} "
-                f"({seeds_phrase(a, b)})."),
+                f"[{where}] {what}: {other} {pm(b)} vs {first} {pm(a)}; {verdict}{seeds_note(a, b)}."),
                 {"measured": True, "context": context, "batch_size": int(size), "lr_scaling": scaling,
                  "diff": diff.mean, "diff_se": diff.se,
                  "indistinguishable": bool(diff.known and abs(diff.mean) < 2 * diff.se)}))
