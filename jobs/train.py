@@ -73,7 +73,8 @@ class TrialOutcome:
     """How :func:`run_trial` ended. ``state``: finished | failed | preempted | killed; ``exit_code``:
     the ``python -m jobs.train`` exit code for it (2 for bad input, with state ``failed`` and no
     run); ``reason``: one line for anything but ``finished``; ``best_val_bpd`` / ``val_bpd``: bits
-    per dim on the validation images (best over the run, and at the end), when known."""
+    per dim on the validation images (best over the run, and at the end), when known; ``step``:
+    optimizer steps completed (the last good step after a non-finite failure), when known."""
 
     state: str
     exit_code: int
@@ -355,7 +356,7 @@ def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tra
 
     run_id = tracked.run_id if tracked is not None else None
     attempt = tracked.attempt if tracked is not None else int((previous or {}).get("attempt", 0)) + 1
-    state, reason, result = "failed", None, None
+    state, reason, result, step = "failed", None, None, None
     try:
         write_state(run_dir, trial_id=tid, run_id=run_id, state="running", attempt=attempt, reason=None)
         _write_atomic(run_dir / "config.yaml", to_yaml(config))
@@ -377,9 +378,11 @@ def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tra
         state = "finished"
         _say(label, f"finished at step {result.step} · val {result.val_bpd} bpd · best {result.best_val_bpd} bpd")
     except Interrupted as stop:
+        step = stop.step
         state, reason = stops.request[0] if stops.request else "preempted", stop.reason
         _say(label, f"{state}: {stop.reason}; checkpoint {stop.checkpoint.name} at step {stop.step}")
     except NonFiniteError as err:
+        step = err.step - 1  # the last good step
         reason = f"non-finite values at step {err.step}: {err.reason}"
         log.error("%s", reason)
         print(f"[{label}] failed: {reason}", file=sys.stderr, flush=True)
@@ -406,7 +409,7 @@ def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tra
     write_state(run_dir, **fields)
     return TrialOutcome(state, EXIT_CODES[state], tid, run_dir, fields["run_id"], attempt, reason,
                         best_val_bpd=best, val_bpd=result.val_bpd if result else None,
-                        step=result.step if result else None)
+                        step=result.step if result else step)
 
 
 # ----------------------------------------------------------------------------------------------

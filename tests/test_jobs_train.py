@@ -113,7 +113,7 @@ def test_nan_fails_the_run_with_the_step_and_keeps_the_last_checkpoint(tmp_path,
     cfg = load_trial_config(tiny_trial(tmp_path / "t.yaml", trial_data_root, tmp_path / "runs", trial_sqlite_uri))
     outcome = run_trial(cfg)
     assert (outcome.state, outcome.exit_code) == ("failed", 1)
-    assert outcome.reason == "non-finite values at step 9: training loss is nan (nats/dim)"
+    assert outcome.reason == "non-finite values at step 9: training loss is nan (nats/dim)" and outcome.step == 8
     run = MlflowClient(trial_sqlite_uri).get_run(outcome.run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["rgflow.state"] == "failed" and run.data.tags["rgflow.failure_reason"] == outcome.reason
