@@ -323,8 +323,9 @@ def _open_tracking(config: TrialConfig, run_dir: Path, tid: str, sweep: str | No
 
     uri = resolve_tracking_uri(tracking_uri or config.tracking.resolved_uri)
     existing = None
-    if prepared.resume is not None:
-        existing = prepared.resume[1].get("meta", {}).get("run_id")
+    if prepared.resume is not None:  # the checkpoint's run, if it lives in this store
+        meta = prepared.resume[1].get("meta", {})
+        existing = meta.get("run_id") if meta.get("tracking_uri") == uri else None
     tags = {"rgflow.sweep": sweep or SINGLE, "rgflow.backend": backend}
     if trial_index is not None:
         tags["rgflow.trial_index"] = trial_index
@@ -372,7 +373,8 @@ def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tra
         batcher = EpochBatcher(prepared.train_set.images, cfg.batch_size, config.run.seed, device,
                                flip=config.data.flip_train)
         valid = EpochBatcher(prepared.valid_set.images, cfg.batch_size, config.run.seed, device, drop_last=False)
-        meta = {"run_id": run_id, "trial_id": tid, "config": resolved_dict(config)}
+        meta = {"run_id": run_id, "tracking_uri": tracked.uri if tracked is not None else None, "trial_id": tid,
+                "config": resolved_dict(config)}
         hooks = _make_hooks(label, tracked, stops)
         result = train(model, batcher, valid, cfg, run_dir, hooks, seed=config.run.seed, resume=resume, meta=meta)
         state = "finished"
