@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,11 +15,11 @@ from jobs.config import load_trial_config
 from rgflow.checkpoint import load_checkpoint
 from rgflow.model import RGFlowModel
 
-TEMPS = (0.5, 1.0)
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
-def overrides(tmp) -> list[str]:
-    return ["data.train_size=64", "data.valid_size=32", "data.test_size=32", "train.batch_size=16", "train.epochs=1",
+def overrides(tmp, data_root) -> list[str]:
+    return [f"data.root={data_root}", "data.train_size=64", "data.valid_size=32", "data.test_size=32", "train.batch_size=16", "train.epochs=1",
             "train.log_every=2", "train.sample_every_epochs=1", "train.sample_count=4", f"run.out_dir={tmp}/runs",
             f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=evaltest", "run.device=cpu",
             "eval.test_draws=2", "eval.fid_samples=16", "eval.fid_batch=8", "eval.receptive_field_samples=1",
@@ -26,11 +27,11 @@ def overrides(tmp) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, trial_data_root):
     from jobs.train import run_trial
 
     tmp = tmp_path_factory.mktemp("evaluate")
-    config = load_trial_config("configs/tiny.yaml", overrides(tmp))
+    config = load_trial_config(TINY, overrides(tmp, trial_data_root))
     outcome = run_trial(config)
     assert outcome.state == "finished", outcome.reason
     uri = f"sqlite:///{tmp}/mlflow.db"

@@ -85,7 +85,7 @@ def synth(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     sweep_file = tmp / "synth.yaml"
-    sweep_file.write_text(SWEEP.format(config=Path("configs/tiny.yaml").resolve(), uri=uri))
+    sweep_file.write_text(SWEEP.format(config=Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", uri=uri))
     sweep = load_sweep(sweep_file)
     client = MlflowClient(uri)
     exp = client.create_experiment("synth")
