@@ -26,11 +26,6 @@ def choose_device(spec: str) -> torch.device:
     return device
 
 
-def device_name(device: torch.device) -> str:
-    """A human-readable name: the GPU model for CUDA, ``cpu`` otherwise."""
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
 def configure_runtime(*, deterministic: bool, threads: int | None) -> None:
     """Set torch's intra-op thread count (``None``: leave the default) and, when ``deterministic``,
     deterministic kernels only (``torch.use_deterministic_algorithms``, no cuDNN autotuning, the
@@ -51,4 +46,4 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-__all__ = ["DeviceUnavailable", "choose_device", "configure_runtime", "device_name", "seed_everything"]
+__all__ = ["DeviceUnavailable", "choose_device", "configure_runtime", "seed_everything"]
