@@ -483,6 +483,8 @@ def _run(args: argparse.Namespace) -> int:
                   "train it first", file=sys.stderr)
             code = max(code, 2)
             continue
+        if ref.config.run.threads:  # as jobs.train does: the trial's CPU share
+            torch.set_num_threads(ref.config.run.threads)
         try:
             result = evaluate_trial(ref.config, ref.run_dir, ref.run_id, tracking_uri=ref.tracking_uri,
                                     force=args.force, device=args.device, selected=ref.selected)
