@@ -10,12 +10,13 @@
    scheduling / process start-up, and the per-trial hand-off. Slurm is followed with ``--wait``.
 2. **1,000-trial sweep**: time of ``load_sweep`` (expansion + validation of every trial config)
    and of ``format_trials_table`` in-process, and of the whole ``--dry-run`` command; the Slurm
-   submission of its 1,000 trials (``SlurmBackend.launch``: pickling + ``sbatch`` of one held
-   array, timed in-process; and the whole ``python -m jobs.sweep`` command), then ``cancel``.
+   submission of its 1,000 trials (``SlurmBackend.launch``: pickling + ``sbatch`` of held arrays
+   of at most :data:`MAX_ARRAY` tasks, timed in-process; and the whole ``python -m jobs.sweep``
+   command), then ``cancel``.
 3. **MLflow logging overhead per step**: the numbers of ``bench/tracking_bench.py`` from
    ``bench/results/tracking.json`` (run that bench first; not re-measured here).
 
-Usage: ``.venv/bin/python bench/sweep_bench.py [--backends ray,local,slurm] [--skip-1000]``. Slurm
+Usage: ``.venv/bin/python bench/sweep_bench.py [--backends ray,local,slurm] [--skip-1000] [--merge]``. Slurm
 parts use the dev cluster (``slurm/devcluster.sh``), started if needed and shared with test sessions
 through their lease files. Prints a
 table and writes ``bench/results/sweep.json``. The machine is shared and noisy: the load average is
@@ -38,11 +39,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SMOKE = REPO / "sweeps" / "smoke.yaml"
+RESULTS = REPO / "bench" / "results" / "sweep.json"
 ONE_STEP = ("seeds=[0,1,2,3]", "data.train_size=128", "data.valid_size=32", "data.test_size=32", "train.epochs=1",
             "train.steps=1", "train.log_every=1", "train.val_draws=1", "train.sample_count=4",
             "train.sample_every_epochs=1", "evaluation.enabled=false")
 SERIAL = {"ray": ("ray.max_concurrent_trials=1",), "local": ("local.parallel=1",),
           "slurm": ("slurm.array_parallelism=1", "resources.time_limit_min=20")}
+MAX_ARRAY = 400  # the 1,000-trial submission is split into 3 arrays
 SWEEP_1000 = """name: thousand
 base_config: {base}
 base:
@@ -172,7 +175,7 @@ def _submit_1000(_, root: Path, path: Path, overrides: list[str], env: dict[str,
     from jobs.sweep_spec import load_sweep
 
     out: dict = {}
-    held = ["backend=slurm", "slurm.extra_sbatch=[--hold]", *overrides]
+    held = ["backend=slurm", "slurm.extra_sbatch=[--hold]", f"slurm.max_array_size={MAX_ARRAY}", *overrides]
     sweep = load_sweep(path, held)
     uri = env["MLFLOW_TRACKING_URI"]
     experiment = ensure_experiment(uri, sweep.name)
@@ -204,10 +207,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="ray,local,slurm")
     parser.add_argument("--skip-1000", action="store_true")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other parts of an existing bench/results/sweep.json (re-measure some backends)")
     args = parser.parse_args()
     backends = list(filter(None, args.backends.split(",")))
     with _slurm_cluster("slurm" in backends or not args.skip_1000) as slurm_env:
         result = _measure(backends, args.skip_1000, slurm_env)
+    if args.merge and RESULTS.exists():
+        old = json.loads(RESULTS.read_text())
+        result["scheduling"] = [r for r in old.get("scheduling", []) if r["backend"] not in backends] + result["scheduling"]
+        if args.skip_1000 and "thousand" in old:
+            result["thousand"] = old["thousand"]
     _report(result)
 
 
@@ -249,10 +259,9 @@ def _report(result: dict) -> None:
             print(f"| MLflow ({row['store']}): step time for < 2 % overhead when logging every step | "
                   f"{row['step_ms_for_2pct_logging_every_step']:.0f} ms |")
     print(f"| load average start → end | {' '.join(result['loadavg_start'])} → {' '.join(result['loadavg_end'])} |")
-    out = REPO / "bench" / "results" / "sweep.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"\nwrote {out}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {RESULTS}")
 
 
 if __name__ == "__main__":

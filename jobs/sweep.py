@@ -2,9 +2,13 @@
 
 Usage::
 
-    python -m jobs.sweep [run] SWEEP.yaml [--dry-run] [--wait] [overrides…]
+    python -m jobs.sweep [run] SWEEP.yaml [--dry-run] [--wait] [--quiet] [--verbose] [overrides…]
     python -m jobs.sweep status SWEEP.yaml [overrides…]
     python -m jobs.sweep cancel SWEEP.yaml [overrides…]
+
+``--wait``: Slurm only, follow the jobs with the progress line until they end (Ray and local
+launches always run to the end). ``--quiet``: no progress line. ``--verbose``: let Ray/MLflow
+output through to the console instead of ``logs/driver.log``.
 
 Overrides are Hydra-style, as in ``jobs.sweep_spec`` (``train.epochs=1``,
 ``'train.batch_size=[64,512]'``, ``backend=slurm``, ``ray.max_concurrent_trials=4``).
@@ -14,11 +18,12 @@ without touching anything. Otherwise: the MLflow experiment (= sweep name) and t
 run are created first; existing trial runs are looked up by trial id in that experiment:
 FINISHED trials are skipped, unfinished ones resume from their checkpoint (same run folder, same
 MLflow run), FAILED ones are retried while their failure count (tag ``rgflow.failures``) is at
-most ``ray.max_failures``, and trials whose Slurm job or local process is still alive are left
-alone. Changing an axis value therefore runs only the new trials. A live progress line goes to
+most ``ray.max_failures``, and trials whose Slurm job, local process or Ray launcher is still
+alive are left alone. Changing an axis value therefore runs only the new trials. A live progress line goes to
 stderr; Ray and MLflow logs go to ``<run.out_dir>/<sweep>/logs/``. At the end the parent run is
 FINISHED (all trials finished), FAILED (tag ``rgflow.failure_reason`` says which failed) or KILLED
-(interrupted) — or stays RUNNING while Slurm jobs are queued (``status`` ends it once they are done).
+(interrupted) — or stays RUNNING while Slurm jobs are queued (``status`` closes it once no job and
+no launcher of the sweep is left, e.g. also after a launcher was killed).
 
 **status** — one row per trial: index, trial id, state (pending, running, finished,
 failed (reason), preempted, killed, interrupted), attempts, best val_bpd, job id, from MLflow and

@@ -10,7 +10,8 @@ experiment folder; default ``<sweep run folder>/tune``).
 Per-trial resources come from the sweep's ``resources`` (``cpus``, ``gpus`` — fractional GPUs let
 several small trials share one —, ``mem_gb``).
 
-Each launch is one Tune experiment, ``<storage path>/launch-<time>``. A
+Each launch is one Tune experiment, ``<storage path>/launch-<time>``, whose workers are reused
+from trial to trial (``reuse_actors``: a worker process and its imports cost seconds). A
 function trainable runs ``jobs.train.run_trial`` (through :func:`~jobs.backends.base.execute_trial`)
 in the worker, with the parent run id passed explicitly; a retry or a later launch resumes the
 trial from its own checkpoint because its run folder is the same. Interrupted drivers are
@@ -121,6 +122,7 @@ class RayBackend(Backend):
                 param_space={"index": tune.grid_search(sorted(by_index))},
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=settings.get("max_concurrent_trials"),
+                    reuse_actors=True,  # no new worker process (and torch import) per trial
                     trial_name_creator=lambda t: f"{t.config['index']:04d}-{by_index[t.config['index']].trial_id}",
                     trial_dirname_creator=lambda t: f"{t.config['index']:04d}-{by_index[t.config['index']].trial_id}",
                 ),
