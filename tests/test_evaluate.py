@@ -94,7 +94,7 @@ def tiny_scorer() -> fid.FidScorer:
 def test_fid_with_fixed_seed_feature_net(trained, no_weights):
     client, run_id, config = trained["client"], trained["outcome"].run_id, trained["config"]
     result = E.evaluate_trial(config, trained["outcome"].run_dir, run_id, tracking_uri=trained["uri"],
-                              fid_scorer=tiny_scorer())
+                              fid_scorer=tiny_scorer(), selected=("test_bpd", "fid"))
     assert not result.skipped and set(result.metrics) >= {"fid_T0.5", "fid_T1"}
     run = client.get_run(run_id)
     assert run.data.tags["rgflow.eval.fid_network"] == "test-convnet" and run.data.tags["rgflow.eval.fid_images"] == "16"
