@@ -114,7 +114,7 @@ class ResidualMLP(nn.Module):
         for block in self.blocks:
             for act, lin in zip(block.acts, block.linears):
                 beta = _away_from_zero(act.beta)
-                out += [beta, lin.weight() / beta, lin.bias]
+                out += [beta, _FoldedWeight.apply(lin.weight_v, lin.weight_g, 1.0 / beta), lin.bias]
         return out
 
     def forward(self, x: torch.Tensor, params: list[torch.Tensor] | None = None,
@@ -131,6 +131,28 @@ class ResidualMLP(nn.Module):
             with gemm_precision(precision):
                 return _impl(compiled, "forward")(x, self.gain, params, spec, False)[0]
         return _ResidualMLPFunction.apply(x, self.gain, spec, *params)
+
+
+class _FoldedWeight(torch.autograd.Function):
+    """``Ŵ = (g ⊙ v / ‖v‖) ⊙ cᵀ``: weight norm with a column scale ``c`` folded in, in one op that
+    keeps no intermediate matrix alive for the backward (only the row norms)."""
+
+    @staticmethod
+    def forward(ctx, v, g, col):
+        norm = v.norm(dim=1, keepdim=True)
+        ctx.save_for_backward(v, g, col, norm)
+        return (v * (g / norm)).mul_(col)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        v, g, col, norm = ctx.saved_tensors
+        row = g / norm
+        g_col = (grad * v).mul_(row).sum(0)
+        gw = grad * col  # gradient w.r.t. the weight-normalised matrix W = row ⊙ v
+        dot = (gw * v).sum(1, keepdim=True)
+        gv = gw.sub_(v * (dot / norm**2)).mul_(row)
+        return gv, dot / norm, g_col
 
 
 def _away_from_zero(beta: torch.Tensor, tiny: float = 1e-12) -> torch.Tensor:
