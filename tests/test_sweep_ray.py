@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -73,14 +74,18 @@ def test_ray_sweep_runs_skips_and_adds_only_new_trials(sweep_env):
 
 def test_killed_driver_then_rerun_completes_without_duplicates(sweep_env):
     overrides = sweep_env.overrides(*TWO, "ray.max_concurrent_trials=1", "evaluation.enabled=false")
-    driver = sweep_env.popen(SMOKE, *overrides, stdout=open(os.devnull, "w"), stderr=open(os.devnull, "w"))
+    console = sweep_env.root / "driver-console.txt"
+    driver = sweep_env.popen(SMOKE, *overrides, stdout=subprocess.DEVNULL, stderr=console.open("w"))
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and driver.poll() is None:
+            if "to run on ray" not in console.read_text():  # MLflow store not created yet: do not race it
+                time.sleep(0.5)
+                continue
             if any(r.info.status == "FINISHED" for r in sweep_env.trial_runs()):
                 break
             time.sleep(0.5)
-        assert driver.poll() is None, "the sweep ended before it could be killed"
+        assert driver.poll() is None, f"the sweep ended before it could be killed: {console.read_text()}"
         assert sum(r.info.status == "FINISHED" for r in sweep_env.trial_runs()) == 1
     finally:
         os.kill(driver.pid, signal.SIGKILL)
