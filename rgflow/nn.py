@@ -4,9 +4,10 @@ residual MLP ``R`` with its zero-initialised output gain.
 The residual MLP runs through one fused autograd function (:class:`_ResidualMLPFunction`) with a
 hand-written backward. Compared with module-by-module autograd it
 
-* saves only what the backward needs: the (β-scaled) input of every Swish (all of them, or —
-  with ``checkpointing`` — all but the output of the cheap first ``C·m²→nhidden`` layer, which the
-  backward recomputes: ≈3 % more FLOPs for ≈half the activation memory);
+* saves only what the backward needs. Without ``checkpointing``: the (β-scaled) input and the
+  output of every Swish, nothing is recomputed. With ``checkpointing``: only the Swish inputs,
+  and not the output of the cheap first ``C·m²→nhidden`` layer; the backward recomputes that
+  layer (≈3 % more FLOPs) and the Swish outputs, for ≈¼ of the activation memory;
 * evaluates Swish as a fused ``silu`` (see :meth:`ResidualMLP.effective_params`), fuses bias
   additions into the GEMMs (``addmm``), and recomputes activations instead of storing them;
 * receives the weight-normalised matrices from the caller, so weight norm runs once per forward
@@ -198,8 +199,8 @@ def _mm(a: torch.Tensor, b: torch.Tensor, precision: str) -> torch.Tensor:
 
 def _forward_impl(x: torch.Tensor, gain: torch.Tensor, params: list[torch.Tensor], spec: _Spec, save: bool):
     """Forward pass. Returns ``(y, saved)``; ``saved`` (when ``save``) lists, per block, the scaled
-    Swish inputs ``v = β ⊙ u`` of the block's first layer and of the kept hidden layers, then the
-    pre-gain stream."""
+    Swish inputs ``v = β ⊙ u`` (interleaved with the Swish outputs when ``spec.keep_all``; else
+    only those of the first and of the ``nhidden→nhidden`` layers), then the pre-gain stream."""
     nl, prec = spec.nlayers, spec.precision
     saved: list[torch.Tensor] = []
     stream = x
@@ -208,9 +209,12 @@ def _forward_impl(x: torch.Tensor, gain: torch.Tensor, params: list[torch.Tensor
         for i in range(nl):
             beta, w, b = params[3 * (r * nl + i): 3 * (r * nl + i) + 3]
             v = u * beta
+            a = F.silu(v)
             if save and (i == 0 or spec.keep_all or i >= 2):
                 saved.append(v)
-            u = _linear(F.silu(v), w, b, prec)
+            if save and spec.keep_all:
+                saved.append(a)
+            u = _linear(a, w, b, prec)
         stream = (stream + u).mul_(INV_SQRT2)
     y = gain * stream
     if spec.final_tanh:
@@ -225,23 +229,26 @@ def _backward_impl(gy: torch.Tensor, y: torch.Tensor, gain: torch.Tensor, params
     """Gradients ``(gx, g_gain, [gβ, gŴ, gb] per layer)`` from the tensors saved by the forward."""
     nl, prec = spec.nlayers, spec.precision
     nblocks = len(params) // (3 * nl)
-    kept = nl if spec.keep_all else nl - 1  # saved Swish inputs per block
+    kept = 2 * nl if spec.keep_all else nl - 1  # saved tensors per block
     g = gy * (1.0 - y * y) if spec.final_tanh else gy
     g_gain = (g * saved[-1]).sum(0)
     g = g * gain
     grads: list[torch.Tensor] = [gy] * len(params)  # placeholders, all overwritten below
     for r in reversed(range(nblocks)):
-        vs = saved[r * kept: (r + 1) * kept]
-        if not spec.keep_all:  # recompute the cheap first layer's output
+        block = saved[r * kept: (r + 1) * kept]
+        if spec.keep_all:  # Swish inputs and outputs of every layer
+            vs, acts = block[0::2], block[1::2]
+        else:  # recompute the cheap first layer's output, and every Swish output
             beta0, w0, b0 = params[3 * r * nl: 3 * r * nl + 3]
-            vs.insert(1, _linear(F.silu(vs[0]), w0, b0, prec).mul_(params[3 * (r * nl + 1)]))
+            vs = [block[0], _linear(F.silu(block[0]), w0, b0, prec).mul_(params[3 * (r * nl + 1)]), *block[1:]]
+            acts = [None] * nl
         go = g * INV_SQRT2
         gh = go
         for i in reversed(range(nl)):
             j = 3 * (r * nl + i)
             beta, w = params[j], params[j + 1]
             v = vs[i]
-            grads[j + 1] = _mm(gh.t(), F.silu(v), prec)
+            grads[j + 1] = _mm(gh.t(), F.silu(v) if acts[i] is None else acts[i], prec)
             grads[j + 2] = gh.sum(0)
             gv = torch.ops.aten.silu_backward(_mm(gh, w, prec), v)
             grads[j] = (gv * v).sum(0).div_(beta)  # Σ gv ⊙ u, since v = β ⊙ u
