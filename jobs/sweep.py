@@ -232,7 +232,8 @@ def _run(args, sweep, console) -> int:
     experiment_id = ensure_experiment(uri, sweep.name)
     parent = ensure_sweep_run(uri, experiment_id, sweep.name, sweep.sweep_id, {
         "sweep": {"path": str(Path(sweep.path).resolve()), "trials": len(sweep.trials),
-                  "varying": ",".join(sweep.varying_keys) or "-"}})
+                  "varying": ",".join(sweep.varying_keys) or "-"},
+        "resources": {"gpus": sweep.resources.gpus, "cpus": sweep.resources.cpus}})
     log_tags(get_client(uri), parent, {"rgflow.backend": sweep.backend, "rgflow.sweep_overrides": " ".join(sweep.overrides)})
     ctx = make_context(sweep, uri, experiment_id, parent)
     ids = [t.trial_id for t in sweep.trials]

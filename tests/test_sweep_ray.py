@@ -37,6 +37,7 @@ def test_ray_sweep_runs_skips_and_adds_only_new_trials(sweep_env):
     parents = sweep_env.parent_runs()
     trials = sweep_env.trial_runs()
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.params["resources.cpus"] == "1"  # GPU/CPU-hours for a report by name
     assert len(trials) == 2
     for run in trials:
         assert run.info.status == "FINISHED"
