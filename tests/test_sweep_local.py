@@ -1,5 +1,5 @@
 """The smoke sweep, shrunk, on the local backend: trial subprocesses (``python -m jobs.train SWEEP
---trial N overrides…``) two at a time, tracked like the other backends; a trial rejecting its
+--trial N overrides…``) two at a time, tracked and evaluated like the other backends; a trial rejecting its
 input (exit 2) stops the sweep."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_local_sweep_completes(sweep_env):
     overrides = sweep_env.overrides("backend=local", "local.parallel=2", "prior.kind=laplace",
-                                    "evaluation.enabled=false")
+                                    "evaluation.samples=false", "evaluation.receptive_fields=false")
     proc = sweep_env.run(SMOKE, *overrides)
     assert proc.returncode == 0, proc.stderr
     assert all(line.startswith(("sweep smoke:", "smoke:")) for line in proc.stderr.splitlines() if line.strip())
@@ -25,7 +25,7 @@ def test_local_sweep_completes(sweep_env):
     for run in trials:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.tags["rgflow.backend"] == "local"
-        assert {"train_bpd", "val_bpd"} <= set(run.data.metrics)
+        assert {"train_bpd", "val_bpd", "test_bpd"} <= set(run.data.metrics)  # evaluated after training
     sweep_dir = sweep_env.runs_dir / "smoke"
     state = json.loads((sweep_dir / "sweep-state.json").read_text())
     assert state["backend"] == "local" and state["driver_pid"] is None and len(state["trials"]) == 2

@@ -9,7 +9,9 @@ Each trial is ``python -m jobs.train SWEEP.yaml --trial N [overrides…]`` (the 
 the sweep command, so the child expands the same trial), with ``MLFLOW_RUN_ID`` removed from its
 environment and the tracking URI passed explicitly; the child attaches its run to the sweep's
 parent run, found by the sweep id. Its output goes to
-``<sweep run folder>/logs/trial-NNNN.log``. Exit codes (``jobs.train``): ``0`` finished; ``1``
+``<sweep run folder>/logs/trial-NNNN.log``. When the sweep's evaluation is enabled, a finished trial is
+evaluated (``jobs.evaluate.evaluate_trial``) by the launcher right after its process exits.
+Exit codes (``jobs.train``): ``0`` finished; ``1``
 failed — restarted (it resumes from its checkpoint) while the run's failure count allows; ``2``
 bad input — the sweep stops launching, since every trial shares the same files; ``75`` preempted —
 restarted at once; ``130`` interrupted — the sweep stops. Ctrl-C (or SIGINT/SIGTERM to the
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from jobs.backends.base import (
     EXIT_BAD_INPUT, EXIT_FAILED, EXIT_FINISHED, EXIT_INTERRUPTED, EXIT_REQUEUE, STATE_BY_EXIT, Backend,
-    LaunchResult, ProgressTracker, SweepContext, TrialTask, count_failure, is_process,
+    LaunchResult, ProgressTracker, SweepContext, TrialTask, count_failure, is_process, run_evaluation,
 )
 from jobs.sweep_state import SweepState, TrialJob, save_state
 
@@ -95,6 +97,8 @@ class LocalBackend(Backend):
                         queue.insert(0, r.task)
                         continue
                     states[tid] = STATE_BY_EXIT.get(code, "failed")
+                    if code == EXIT_FINISHED and ctx.evaluations:
+                        _evaluate_into_log(ctx, r.task, logs)
                     tracker.set(tid, states[tid], _run_bpd(ctx, tid) if code == EXIT_FINISHED else None)
                     if code == EXIT_BAD_INPUT:
                         stop_reason = f"trial {r.task.index} rejected its input (exit 2): see {r.log.name}"
@@ -137,6 +141,15 @@ class LocalBackend(Backend):
             except ProcessLookupError:
                 pass
         return signalled
+
+
+def _evaluate_into_log(ctx: SweepContext, task: TrialTask, logs: Path) -> None:
+    """Chain the sweep's evaluations after a finished trial, in this process (the trial's own
+    subprocess has exited); an evaluation error is written to the trial's log, never fatal."""
+    error = run_evaluation(ctx, task)
+    if error:
+        with open(logs / f"trial-{task.index:04d}.log", "a") as log:
+            log.write(f"evaluation failed: {error}\n")
 
 
 def _is_trial_process(pid: int, ctx: SweepContext) -> bool:
