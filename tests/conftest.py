@@ -7,6 +7,11 @@ needs a service which is not installed on this machine is skipped, unless
 from __future__ import annotations
 
 import os
+
+# Before anything imports torch: OpenMP threads that wait passively instead of spinning. On
+# shared, oversubscribed cores (the test session, its trial subprocesses and services together)
+# spinning waiters made the flow's kernels several times slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 
 import pytest
