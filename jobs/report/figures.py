@@ -64,6 +64,19 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _plot_band(ax, histories: list[pd.DataFrame], x_key: str, y_key: str, style: str, color, label: str,
+               x_scale: float = 1.0) -> None:
+    """One line: the mean of ``y_key`` over the trials' ``histories`` against ``x_key`` (times
+    ``x_scale``), with a ±1 s.e. band when there are several; nothing when no history has points."""
+    pieces = [(x * x_scale, y) for x, y in (xy(h, x_key, y_key) for h in histories)]
+    if not any(len(x) for x, _ in pieces):
+        return
+    grid, mean, se = mean_band(pieces)
+    ax.plot(grid, mean, style, color=color, label=label)
+    if se is not None:
+        ax.fill_between(grid, mean - se, mean + se, color=color, alpha=0.25, linewidth=0)
+
+
 def val_bpd_figure(trials: pd.DataFrame, val: pd.DataFrame, axis: str, path: Path) -> Path | None:
     """Validation BPD (bits/dim) against ``axis`` (``epoch|step|samples_seen|wall_s``)."""
     if val.empty or val[axis].isna().all():
@@ -73,20 +86,9 @@ def val_bpd_figure(trials: pd.DataFrame, val: pd.DataFrame, axis: str, path: Pat
     fig, cells = _facets(trials)
     for ax, sel in cells:
         for (batch, scaling), group in sel.groupby(["batch_size", "lr_scaling"]):
-            pieces = []
-            for rid in group.index:
-                if rid not in curves:
-                    continue
-                x, y = xy(curves[rid], axis, "val_bpd")
-                pieces.append((x / (3600.0 if axis == "wall_s" else 1.0), y))
-            if not any(len(x) for x, _ in pieces):
-                continue
-            grid, mean, se = mean_band(pieces)
-            n = len(group)
-            ax.plot(grid, mean, LINESTYLES.get(scaling, "-."), color=colors[batch],
-                    label=f"B={batch}, lr {scaling} (n={n})")
-            if se is not None:
-                ax.fill_between(grid, mean - se, mean + se, color=colors[batch], alpha=0.25, linewidth=0)
+            _plot_band(ax, [curves[rid] for rid in group.index if rid in curves], axis, "val_bpd",
+                       LINESTYLES.get(scaling, "-."), colors[batch], f"B={batch}, lr {scaling} (n={len(group)})",
+                       x_scale=1 / 3600.0 if axis == "wall_s" else 1.0)
         ax.set_xlabel(AXES[axis])
         ax.set_ylabel("validation BPD (bits/dim)")
         ax.grid(alpha=0.3)
@@ -135,17 +137,8 @@ def noise_scale_figure(trials: pd.DataFrame, noise: pd.DataFrame, path: Path) ->
     fig, cells = _facets(trials)
     for ax, sel in cells:
         for (batch, scaling), group in sel.groupby(["batch_size", "lr_scaling"]):
-            pieces = []
-            for rid in group.index:
-                if rid not in series:
-                    continue
-                pieces.append(xy(series[rid], "samples_seen", "noise_scale"))
-            if not any(len(x) for x, _ in pieces):
-                continue
-            grid, mean, se = mean_band(pieces)
-            ax.plot(grid, mean, LINESTYLES.get(scaling, "-."), color=colors[batch], label=f"B_simple, B={batch}, lr {scaling}")
-            if se is not None:
-                ax.fill_between(grid, mean - se, mean + se, color=colors[batch], alpha=0.25, linewidth=0)
+            _plot_band(ax, [series[rid] for rid in group.index if rid in series], "samples_seen", "noise_scale",
+                       LINESTYLES.get(scaling, "-."), colors[batch], f"B_simple, B={batch}, lr {scaling}")
         for batch, color in colors.items():
             ax.axhline(batch, color=color, linewidth=1, linestyle=(0, (1, 2)), label=f"batch size {batch}")
         ax.set_yscale("log")
