@@ -103,19 +103,26 @@ class ResidualMLP(nn.Module):
         self.nlayers = nmlp + 1
 
     def effective_params(self) -> list[torch.Tensor]:
-        """Flat list ``[β, Ŵ, b]`` per layer, block-major, differentiable in the parameters.
+        """Flat list, per block, ``[β₀, Ŵ₀, b̂₀, …, Ŵₙ₋₁, b̂ₙ₋₁]``, differentiable in the parameters.
 
-        Swish is evaluated as ``u·σ(βu) = silu(βu)/β`` with the ``1/β`` folded into the columns of
-        the weight-normalised matrix, ``Ŵ = W ⊙ (1/β)ᵀ``, computed once per forward: the network
-        then needs one fused ``silu`` (and one ``silu_backward``) per layer instead of a chain of
-        element-wise ops. ``β`` is kept at least ``1e-12`` away from 0 (β = 0 exactly would make the
-        fold singular; the function differs by < 1e-12 relative there).
+        Every Swish ``u·σ(βu) = silu(βu)/β`` is split across its neighbours: the ``1/β`` is folded
+        into the columns of the next matrix and, for the hidden Swishes, the ``β`` into the rows
+        (and bias) of the previous one, ``Ŵᵢ = diag(βᵢ₊₁) · Wᵢ · diag(1/βᵢ)``, ``b̂ᵢ = βᵢ₊₁ ⊙ bᵢ``.
+        Each GEMM then produces the next Swish's scaled input ``v = βu`` directly, so a layer is one
+        ``addmm`` and one ``silu`` (and, backward, one ``silu_backward`` and one row sum): no
+        activation-sized ``β`` multiplications. Only the block's first ``β₀`` (it acts on the
+        residual stream, which has no preceding matrix) stays explicit. ``β`` is kept at least
+        ``1e-12`` away from 0 (β = 0 exactly would make the fold singular; the function differs by
+        < 1e-12 relative there).
         """
         out: list[torch.Tensor] = []
         for block in self.blocks:
-            for act, lin in zip(block.acts, block.linears):
-                beta = _away_from_zero(act.beta)
-                out += [beta, _FoldedWeight.apply(lin.weight_v, lin.weight_g, 1.0 / beta), lin.bias]
+            betas = [_away_from_zero(act.beta) for act in block.acts]
+            out.append(betas[0])
+            for i, lin in enumerate(block.linears):
+                row = betas[i + 1] if i + 1 < len(betas) else None
+                out += [_FoldedWeight.apply(lin.weight_v, lin.weight_g, row, 1.0 / betas[i]),
+                        lin.bias if row is None else lin.bias * row]
         return out
 
     def forward(self, x: torch.Tensor, params: list[torch.Tensor] | None = None,
@@ -135,25 +142,32 @@ class ResidualMLP(nn.Module):
 
 
 class _FoldedWeight(torch.autograd.Function):
-    """``Ŵ = (g ⊙ v / ‖v‖) ⊙ cᵀ``: weight norm with a column scale ``c`` folded in, in one op that
-    keeps no intermediate matrix alive for the backward (only the row norms)."""
+    """``Ŵ = diag(r) · (g ⊙ v / ‖v‖) · diag(c)``: weight norm with a row scale ``r`` (or ``None``)
+    and a column scale ``c`` folded in, in one op that keeps no intermediate matrix alive for the
+    backward (only the row norms)."""
 
     @staticmethod
-    def forward(ctx, v, g, col):
+    def forward(ctx, v, g, row, col):
         norm = v.norm(dim=1, keepdim=True)
-        ctx.save_for_backward(v, g, col, norm)
-        return (v * (g / norm)).mul_(col)
+        scale = g / norm if row is None else (g / norm).mul_(row[:, None])
+        ctx.save_for_backward(v, g, row, col, norm)
+        return (v * scale).mul_(col)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        v, g, col, norm = ctx.saved_tensors
-        row = g / norm
-        g_col = (grad * v).mul_(row).sum(0)
-        gw = grad * col  # gradient w.r.t. the weight-normalised matrix W = row ⊙ v
-        dot = (gw * v).sum(1, keepdim=True)
-        gv = gw.sub_(v * (dot / norm**2)).mul_(row)
-        return gv, dot / norm, g_col
+        v, g, row, col, norm = ctx.saved_tensors
+        unit = g / norm  # W = unit ⊙ v, the weight-normalised matrix
+        scale = unit if row is None else unit * row[:, None]
+        g_col = (grad * v).mul_(scale).sum(0)
+        gc = grad * col
+        dot_v = (gc * v).sum(1, keepdim=True)  # Σ_in G ⊙ c ⊙ v, per row
+        g_row = None if row is None else (dot_v * unit).squeeze(1)
+        if row is not None:
+            gc.mul_(row[:, None])
+            dot_v.mul_(row[:, None])
+        gv = gc.sub_(v * (dot_v / norm**2)).mul_(unit)
+        return gv, dot_v / norm, g_row, g_col
 
 
 def _away_from_zero(beta: torch.Tensor, tiny: float = 1e-12) -> torch.Tensor:
@@ -198,24 +212,27 @@ def _mm(a: torch.Tensor, b: torch.Tensor, precision: str) -> torch.Tensor:
 
 
 def _forward_impl(x: torch.Tensor, gain: torch.Tensor, params: list[torch.Tensor], spec: _Spec, save: bool):
-    """Forward pass. Returns ``(y, saved)``; ``saved`` (when ``save``) lists, per block, the scaled
-    Swish inputs ``v = β ⊙ u`` (interleaved with the Swish outputs when ``spec.keep_all``; else
-    only those of the first and of the ``nhidden→nhidden`` layers), then the pre-gain stream."""
+    """Forward pass over the folded parameters of :meth:`ResidualMLP.effective_params`.
+
+    Returns ``(y, saved)``; ``saved`` (when ``save``) lists, per block, the scaled Swish inputs
+    ``vᵢ`` of every layer (interleaved with the Swish outputs ``silu(vᵢ)`` when ``spec.keep_all``;
+    otherwise all but ``v₁``, which the backward recomputes with the cheap first layer), then the
+    pre-gain stream."""
     nl, prec = spec.nlayers, spec.precision
+    per_block = 1 + 2 * nl
     saved: list[torch.Tensor] = []
     stream = x
-    for r in range(len(params) // (3 * nl)):
-        u = stream
+    for r in range(len(params) // per_block):
+        block = params[r * per_block: (r + 1) * per_block]
+        v = stream * block[0]
         for i in range(nl):
-            beta, w, b = params[3 * (r * nl + i): 3 * (r * nl + i) + 3]
-            v = u * beta
             a = F.silu(v)
-            if save and (i == 0 or spec.keep_all or i >= 2):
+            if save and (spec.keep_all or i != 1):
                 saved.append(v)
             if save and spec.keep_all:
                 saved.append(a)
-            u = _linear(a, w, b, prec)
-        stream = (stream + u).mul_(INV_SQRT2)
+            v = _linear(a, block[1 + 2 * i], block[2 + 2 * i], prec)
+        stream = (stream + v).mul_(INV_SQRT2)
     y = gain * stream
     if spec.final_tanh:
         y = torch.tanh(y)
@@ -226,34 +243,35 @@ def _forward_impl(x: torch.Tensor, gain: torch.Tensor, params: list[torch.Tensor
 
 def _backward_impl(gy: torch.Tensor, y: torch.Tensor, gain: torch.Tensor, params: list[torch.Tensor],
                    saved: list[torch.Tensor], spec: _Spec):
-    """Gradients ``(gx, g_gain, [gβ, gŴ, gb] per layer)`` from the tensors saved by the forward."""
+    """Gradients ``(gx, g_gain, grads)`` from the tensors saved by the forward; ``grads`` is laid
+    out like ``params``: per block ``[gβ₀, gŴ₀, gb̂₀, …]``."""
     nl, prec = spec.nlayers, spec.precision
-    nblocks = len(params) // (3 * nl)
+    per_block = 1 + 2 * nl
+    nblocks = len(params) // per_block
     kept = 2 * nl if spec.keep_all else nl - 1  # saved tensors per block
     g = gy * (1.0 - y * y) if spec.final_tanh else gy
     g_gain = (g * saved[-1]).sum(0)
     g = g * gain
     grads: list[torch.Tensor] = [gy] * len(params)  # placeholders, all overwritten below
     for r in reversed(range(nblocks)):
-        block = saved[r * kept: (r + 1) * kept]
+        block = params[r * per_block: (r + 1) * per_block]
+        kept_r = saved[r * kept: (r + 1) * kept]
         if spec.keep_all:  # Swish inputs and outputs of every layer
-            vs, acts = block[0::2], block[1::2]
+            vs, acts = kept_r[0::2], kept_r[1::2]
         else:  # recompute the cheap first layer's output, and every Swish output
-            beta0, w0, b0 = params[3 * r * nl: 3 * r * nl + 3]
-            vs = [block[0], _linear(F.silu(block[0]), w0, b0, prec).mul_(params[3 * (r * nl + 1)]), *block[1:]]
+            vs = [kept_r[0], _linear(F.silu(kept_r[0]), block[1], block[2], prec), *kept_r[1:]]
             acts = [None] * nl
         go = g * INV_SQRT2
-        gh = go
+        gh = go  # gradient w.r.t. the current layer's output
         for i in reversed(range(nl)):
-            j = 3 * (r * nl + i)
-            beta, w = params[j], params[j + 1]
+            j = r * per_block + 1 + 2 * i
             v = vs[i]
-            grads[j + 1] = _mm(gh.t(), F.silu(v) if acts[i] is None else acts[i], prec)
-            grads[j + 2] = gh.sum(0)
-            gv = torch.ops.aten.silu_backward(_mm(gh, w, prec), v)
-            grads[j] = (gv * v).sum(0).div_(beta)  # Σ gv ⊙ u, since v = β ⊙ u
-            gh = gv.mul_(beta)
-        g = go + gh
+            grads[j] = _mm(gh.t(), F.silu(v) if acts[i] is None else acts[i], prec)
+            grads[j + 1] = gh.sum(0)
+            gh = torch.ops.aten.silu_backward(_mm(gh, block[1 + 2 * i], prec), v)
+        beta0 = block[0]
+        grads[r * per_block] = (gh * vs[0]).sum(0).div_(beta0)  # Σ gv ⊙ u, since v = β ⊙ u
+        g = torch.addcmul(go, gh, beta0)
     return g, g_gain, grads
 
 
