@@ -144,30 +144,30 @@ class ResidualMLP(nn.Module):
 class _FoldedWeight(torch.autograd.Function):
     """``Ŵ = diag(r) · (g ⊙ v / ‖v‖) · diag(c)``: weight norm with a row scale ``r`` (or ``None``)
     and a column scale ``c`` folded in, in one op that keeps no intermediate matrix alive for the
-    backward (only the row norms)."""
+    backward (only the row norms). Both directions make few passes over the matrix: the backward's
+    row and column reductions are matrix-vector products of one element-wise product."""
 
     @staticmethod
     def forward(ctx, v, g, row, col):
-        norm = v.norm(dim=1, keepdim=True)
+        norm = torch.linalg.vector_norm(v, dim=1, keepdim=True)
         scale = g / norm if row is None else (g / norm).mul_(row[:, None])
         ctx.save_for_backward(v, g, row, col, norm)
-        return (v * scale).mul_(col)
+        return torch.mul(v, scale).mul_(col)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         v, g, row, col, norm = ctx.saved_tensors
-        unit = g / norm  # W = unit ⊙ v, the weight-normalised matrix
+        unit = g / norm  # W = unit ⊙ v is the weight-normalised matrix
         scale = unit if row is None else unit * row[:, None]
-        g_col = (grad * v).mul_(scale).sum(0)
-        gc = grad * col
-        dot_v = (gc * v).sum(1, keepdim=True)  # Σ_in G ⊙ c ⊙ v, per row
+        gv_ = grad * v
+        g_col = torch.mv(gv_.t(), scale.squeeze(1))
+        dot_v = torch.mv(gv_, col).unsqueeze(1)  # Σ_in G ⊙ c ⊙ v, per row
         g_row = None if row is None else (dot_v * unit).squeeze(1)
-        if row is not None:
-            gc.mul_(row[:, None])
-            dot_v.mul_(row[:, None])
-        gv = gc.sub_(v * (dot_v / norm**2)).mul_(unit)
-        return gv, dot_v / norm, g_row, g_col
+        dot_w = dot_v if row is None else dot_v * row[:, None]  # Σ_in ∂L/∂W ⊙ v, per row
+        gv = torch.mul(grad, col).mul_(scale)  # ∂L/∂W ⊙ unit
+        gv.addcmul_(v, dot_w * unit / norm**2, value=-1.0)
+        return gv, dot_w / norm, g_row, g_col
 
 
 def _away_from_zero(beta: torch.Tensor, tiny: float = 1e-12) -> torch.Tensor:
@@ -221,13 +221,15 @@ def _forward_impl(x: torch.Tensor, gain: torch.Tensor, params: list[torch.Tensor
     nl, prec = spec.nlayers, spec.precision
     per_block = 1 + 2 * nl
     saved: list[torch.Tensor] = []
+    reuse = not torch.is_grad_enabled()  # Swish in place where nothing else needs its input
     stream = x
     for r in range(len(params) // per_block):
         block = params[r * per_block: (r + 1) * per_block]
         v = stream * block[0]
         for i in range(nl):
-            a = F.silu(v)
-            if save and (spec.keep_all or i != 1):
+            keep_v = save and (spec.keep_all or i != 1)
+            a = F.silu(v, inplace=reuse and not keep_v)
+            if keep_v:
                 saved.append(v)
             if save and spec.keep_all:
                 saved.append(a)
