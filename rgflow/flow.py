@@ -36,12 +36,19 @@ class Coupling(nn.Module):
         self.t = ResidualMLP(f, cfg.nhidden, cfg.nmlp, cfg.nresblocks, final_tanh=False)
         self._opts = dict(checkpointing=cfg.checkpointing, precision=cfg.precision, compiled=cfg.compile)
 
-    def _st(self, c: torch.Tensor, ps: list, pt: list, move: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _st(self, c: torch.Tensor, ps: list | None, pt: list | None, move: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.s(c, ps, **self._opts) * move, self.t(c, pt, **self._opts) * move
+
+    def _params(self) -> tuple[list | None, list | None]:
+        """Folded S and T parameters shared by both half-steps; ``None`` (each call folds its own,
+        and the backward folds again) when checkpointing under autograd, to save memory."""
+        if self._opts["checkpointing"] and torch.is_grad_enabled():
+            return None, None
+        return self.s.effective_params(), self.t.effective_params()
 
     def forward(self, x: torch.Tensor, even: torch.Tensor, odd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x (N, F)`` → ``(x', logdet (N,))``: ``x' = x ⊙ exp(s) + t`` on the moving sites."""
-        ps, pt = self.s.effective_params(), self.t.effective_params()
+        ps, pt = self._params()
         logdet = None
         for cond, move in ((even, odd), (odd, even)):
             s, t = self._st(x * cond, ps, pt, move)
@@ -52,7 +59,7 @@ class Coupling(nn.Module):
 
     def inverse(self, z: torch.Tensor, even: torch.Tensor, odd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Undo :meth:`forward`: ``(x, logdet (N,))`` with logdet = −(forward logdet)."""
-        ps, pt = self.s.effective_params(), self.t.effective_params()
+        ps, pt = self._params()
         logdet = None
         for cond, move in ((odd, even), (even, odd)):
             s, t = self._st(z * cond, ps, pt, move)

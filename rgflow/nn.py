@@ -115,21 +115,29 @@ class ResidualMLP(nn.Module):
         ``1e-12`` away from 0 (β = 0 exactly would make the fold singular; the function differs by
         < 1e-12 relative there).
         """
+        return _fold(self.raw_params(), self.nlayers)
+
+    def raw_params(self) -> list[torch.Tensor]:
+        """The parameters :func:`_fold` reads, per block ``[β₀…βₙ₋₁, v₀, g₀, b₀, …, vₙ₋₁, gₙ₋₁, bₙ₋₁]``."""
         out: list[torch.Tensor] = []
         for block in self.blocks:
-            betas = [_away_from_zero(act.beta) for act in block.acts]
-            out.append(betas[0])
-            for i, lin in enumerate(block.linears):
-                row = betas[i + 1] if i + 1 < len(betas) else None
-                out += [_FoldedWeight.apply(lin.weight_v, lin.weight_g, row, 1.0 / betas[i]),
-                        lin.bias if row is None else lin.bias * row]
+            out += [act.beta for act in block.acts]
+            for lin in block.linears:
+                out += [lin.weight_v, lin.weight_g, lin.bias]
         return out
 
     def forward(self, x: torch.Tensor, params: list[torch.Tensor] | None = None,
                 checkpointing: bool = False, precision: str = "fp32", compiled: bool = False) -> torch.Tensor:
-        """``(N, F)`` → ``(N, F)``. ``params`` from :meth:`effective_params` (computed here if ``None``)."""
-        params = self.effective_params() if params is None else params
+        """``(N, F)`` → ``(N, F)``. ``params`` from :meth:`effective_params` (computed here if ``None``).
+
+        With ``checkpointing``, no ``params`` and autograd recording, the folded matrices are not
+        kept for the backward either: it folds them again from the parameters (a few passes over
+        the weights) instead of holding a second copy of every matrix between forward and backward.
+        """
         spec = _Spec(self.nlayers, self.final_tanh, not checkpointing, precision, compiled)
+        if params is None and checkpointing and torch.is_grad_enabled() and not _PLAIN.get():
+            return _RefoldingMLPFunction.apply(x, self.gain, spec, *self.raw_params())
+        params = self.effective_params() if params is None else params
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or self.gain.requires_grad or any(p.requires_grad for p in params))
         if _PLAIN.get():
@@ -168,6 +176,22 @@ class _FoldedWeight(torch.autograd.Function):
         gv = torch.mul(grad, col).mul_(scale)  # ∂L/∂W ⊙ unit
         gv.addcmul_(v, dot_w * unit / norm**2, value=-1.0)
         return gv, dot_w / norm, g_row, g_col
+
+
+def _fold(raw: list[torch.Tensor], nlayers: int) -> list[torch.Tensor]:
+    """:meth:`ResidualMLP.effective_params` from :meth:`ResidualMLP.raw_params` (``nlayers``
+    Swish/Linear pairs per block); differentiable in ``raw``."""
+    out: list[torch.Tensor] = []
+    per_block = 4 * nlayers
+    for r in range(len(raw) // per_block):
+        block = raw[r * per_block: (r + 1) * per_block]
+        betas = [_away_from_zero(b) for b in block[:nlayers]]
+        out.append(betas[0])
+        for i in range(nlayers):
+            v, g, bias = block[nlayers + 3 * i: nlayers + 3 * i + 3]
+            row = betas[i + 1] if i + 1 < nlayers else None
+            out += [_FoldedWeight.apply(v, g, row, 1.0 / betas[i]), bias if row is None else bias * row]
+    return out
 
 
 def _away_from_zero(beta: torch.Tensor, tiny: float = 1e-12) -> torch.Tensor:
@@ -308,6 +332,37 @@ class _ResidualMLPFunction(torch.autograd.Function):
         with gemm_precision(ctx.spec.precision):
             gx, g_gain, grads = _impl(ctx.spec.compiled, "backward")(gy.contiguous(), y, gain, list(params), list(saved), ctx.spec)
         return (gx, g_gain, None, *grads)
+
+
+class _RefoldingMLPFunction(torch.autograd.Function):
+    """The checkpointing kernel over the raw parameters: folds them (no autograd) for the forward,
+    and again, differentiably, in the backward, where the gradients of the folded parameters are
+    pulled back through the fold."""
+
+    @staticmethod
+    def forward(ctx, x, gain, spec, *raw):
+        params = _fold(list(raw), spec.nlayers)
+        with gemm_precision(spec.precision):
+            y, saved = _impl(spec.compiled, "forward")(x, gain, params, spec, True)
+        del params
+        ctx.spec = spec
+        ctx.n_saved = len(saved)
+        ctx.save_for_backward(y, gain, *saved, *raw)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        y, gain, *rest = ctx.saved_tensors
+        saved, raw = rest[: ctx.n_saved], rest[ctx.n_saved:]
+        with torch.enable_grad():
+            leaves = [p.detach().requires_grad_() for p in raw]
+            params = _fold(leaves, ctx.spec.nlayers)
+        with gemm_precision(ctx.spec.precision):
+            gx, g_gain, grads = _impl(ctx.spec.compiled, "backward")(
+                gy.contiguous(), y, gain, [p.detach() for p in params], list(saved), ctx.spec)
+        g_raw = torch.autograd.grad(params, leaves, grads)
+        return (gx, g_gain, None, *g_raw)
 
 
 __all__ = ["Swish", "WNLinear", "ResidualBlock", "ResidualMLP", "gemm_precision", "plain_autograd"]
