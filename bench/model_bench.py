@@ -147,8 +147,8 @@ def configs(args) -> list[dict]:
     specs = []
     for preset in args.presets:
         for batch in args.batches:
-            for ck in (False, True):
-                specs.append(dict(kind="train", preset=preset, batch=batch, checkpointing=ck,
+            for ck in args.ckpt:
+                specs.append(dict(kind="train", preset=preset, batch=batch, checkpointing=ck == "on",
                                   precision=args.precision, steps=args.steps, device=args.device))
     specs.append(dict(kind="sample", preset=args.presets[0], n=64, precision=args.precision, device=args.device))
     return specs
@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--presets", nargs="+", default=["celeba32", "msds"])
     p.add_argument("--batches", nargs="+", type=int, default=[16, 64])
     p.add_argument("--steps", type=int, default=3, help="timed steps per configuration (after one warm-up)")
+    p.add_argument("--ckpt", nargs="+", choices=["off", "on"], default=["off", "on"],
+                   help="checkpointing settings to measure")
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
