@@ -4,14 +4,16 @@ residual MLP ``R`` with its zero-initialised output gain.
 The residual MLP runs through one fused autograd function (:class:`_ResidualMLPFunction`) with a
 hand-written backward. Compared with module-by-module autograd it
 
-* saves only what the backward needs. Without ``checkpointing``: the (β-scaled) input and the
-  output of every Swish, nothing is recomputed. With ``checkpointing``: only the Swish inputs,
-  and not the output of the cheap first ``C·m²→nhidden`` layer; the backward recomputes that
-  layer (≈3 % more FLOPs) and the Swish outputs, for ≈¼ of the activation memory;
-* evaluates Swish as a fused ``silu`` (see :meth:`ResidualMLP.effective_params`), fuses bias
-  additions into the GEMMs (``addmm``), and recomputes activations instead of storing them;
-* receives the weight-normalised matrices from the caller, so weight norm runs once per forward
-  per network, not once per use (each network is used by both half-steps of its coupling).
+* saves only what the backward needs. Without ``checkpointing``: the scaled input and the output
+  of every Swish, nothing is recomputed. With ``checkpointing``: only the Swish inputs, and not
+  the output of the cheap first ``C·m²→nhidden`` layer; the backward recomputes that layer (≈3 %
+  more FLOPs) and the Swish outputs, for ≈¼ of the activation memory. It does not keep the folded
+  matrices either (:class:`_RefoldingMLPFunction` folds them again in the backward);
+* folds every Swish ``β`` into its neighbouring matrices (see :meth:`ResidualMLP.effective_params`),
+  so a layer is one ``addmm`` (bias fused) and one ``silu``, in place where its input is not kept;
+* otherwise receives the folded, weight-normalised matrices from the caller, so weight norm runs
+  once per forward per network, not once per use (each network is used by both half-steps of its
+  coupling).
 
 Shapes: every network maps ``(N, F)`` → ``(N, F)`` with ``F = C·m²`` and ``N = B·patches``.
 """
