@@ -316,23 +316,39 @@ def _impl(compiled: bool, which: str):
     return _COMPILED[which]
 
 
+def _kernel_forward(ctx, x, gain, spec: _Spec, params: list[torch.Tensor], keep: Sequence[torch.Tensor]):
+    """Run the forward kernel and save what its backward needs, plus ``keep`` (after them)."""
+    with gemm_precision(spec.precision):
+        y, saved = _impl(spec.compiled, "forward")(x, gain, params, spec, True)
+    ctx.spec = spec
+    ctx.n_saved = len(saved)
+    ctx.save_for_backward(y, gain, *saved, *keep)
+    return y
+
+
+def _kernel_backward(ctx, gy, params_of_keep):
+    """``(gx, g_gain, grads of the folded params, kept tensors)``; ``params_of_keep`` maps the
+    tensors kept by :func:`_kernel_forward` to the folded parameters."""
+    y, gain, *rest = ctx.saved_tensors
+    saved, keep = rest[: ctx.n_saved], rest[ctx.n_saved:]
+    params = params_of_keep(keep)
+    with gemm_precision(ctx.spec.precision):
+        gx, g_gain, grads = _impl(ctx.spec.compiled, "backward")(
+            gy.contiguous(), y, gain, [p.detach() for p in params], list(saved), ctx.spec)
+    return gx, g_gain, grads, params
+
+
 class _ResidualMLPFunction(torch.autograd.Function):
+    """The kernel over folded parameters (:meth:`ResidualMLP.effective_params`)."""
+
     @staticmethod
     def forward(ctx, x, gain, spec, *params):
-        with gemm_precision(spec.precision):
-            y, saved = _impl(spec.compiled, "forward")(x, gain, list(params), spec, True)
-        ctx.spec = spec
-        ctx.n_saved = len(saved)
-        ctx.save_for_backward(y, gain, *saved, *params)
-        return y
+        return _kernel_forward(ctx, x, gain, spec, list(params), params)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
-        y, gain, *rest = ctx.saved_tensors
-        saved, params = rest[: ctx.n_saved], rest[ctx.n_saved:]
-        with gemm_precision(ctx.spec.precision):
-            gx, g_gain, grads = _impl(ctx.spec.compiled, "backward")(gy.contiguous(), y, gain, list(params), list(saved), ctx.spec)
+        gx, g_gain, grads, _ = _kernel_backward(ctx, gy, list)
         return (gx, g_gain, None, *grads)
 
 
@@ -343,28 +359,20 @@ class _RefoldingMLPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gain, spec, *raw):
-        params = _fold(list(raw), spec.nlayers)
-        with gemm_precision(spec.precision):
-            y, saved = _impl(spec.compiled, "forward")(x, gain, params, spec, True)
-        del params
-        ctx.spec = spec
-        ctx.n_saved = len(saved)
-        ctx.save_for_backward(y, gain, *saved, *raw)
-        return y
+        return _kernel_forward(ctx, x, gain, spec, _fold(list(raw), spec.nlayers), raw)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
-        y, gain, *rest = ctx.saved_tensors
-        saved, raw = rest[: ctx.n_saved], rest[ctx.n_saved:]
-        with torch.enable_grad():
-            leaves = [p.detach().requires_grad_() for p in raw]
-            params = _fold(leaves, ctx.spec.nlayers)
-        with gemm_precision(ctx.spec.precision):
-            gx, g_gain, grads = _impl(ctx.spec.compiled, "backward")(
-                gy.contiguous(), y, gain, [p.detach() for p in params], list(saved), ctx.spec)
-        g_raw = torch.autograd.grad(params, leaves, grads)
-        return (gx, g_gain, None, *g_raw)
+        leaves: list[torch.Tensor] = []
+
+        def refold(raw):
+            leaves.extend(p.detach().requires_grad_() for p in raw)
+            with torch.enable_grad():
+                return _fold(leaves, ctx.spec.nlayers)
+
+        gx, g_gain, grads, params = _kernel_backward(ctx, gy, refold)
+        return (gx, g_gain, None, *torch.autograd.grad(params, leaves, grads))
 
 
 __all__ = ["Swish", "WNLinear", "ResidualBlock", "ResidualMLP", "gemm_precision", "plain_autograd"]
