@@ -408,25 +408,22 @@ def _f(entry: dict, key: str, fmt: str) -> str:
 
 def table(summary: list[dict]) -> str:
     lines = []
-    train = [e for e in summary if e["kind"] == "train"]
-    sample = [e for e in summary if e["kind"] == "sample"]
-    if train:
-        head = (f"{'training step':<28} {'ref img/s':>9} {'ours img/s':>10} {'speed-up':>8} {'cpu speed-up':>12} "
-                f"{'ref RSS GB':>10} {'ours RSS GB':>11} {'mm ref/ours':>11}")
-        lines += [head, "-" * len(head)]
-        for e in train:
-            lines.append(f"{e['what'] + ' vs ' + e['ours']:<28} {_f(e, 'ref_img_per_s', '.3f'):>9} "
-                         f"{_f(e, 'ours_img_per_s', '.3f'):>10} {_f(e, 'speedup', '.2f'):>8} "
-                         f"{_f(e, 'cpu_speedup', '.2f'):>12} {_f(e, 'ref_rss_gb', '.2f'):>10} "
-                         f"{_f(e, 'ours_rss_gb', '.2f'):>11} {_f(e, 'matmul_ref_over_ours', '.2f'):>11}")
-    if sample:
+    sections = (  # (kind, title, ref column, ours column, value keys, number format, row label)
+        ("train", "training step", "ref img/s", "ours img/s", ("ref_img_per_s", "ours_img_per_s"), ".3f",
+         lambda e: e["what"] + " vs " + e["ours"]),
+        ("sample", "sampling", "ref s", "ours s", ("ref_sample_s", "ours_sample_s"), ".2f", lambda e: e["what"]),
+    )
+    for kind, title, ref_col, ours_col, (ref_key, ours_key), fmt, label in sections:
+        rows = [e for e in summary if e["kind"] == kind]
+        if not rows:
+            continue
         if lines:
             lines.append("")
-        head = (f"{'sampling':<28} {'ref s':>9} {'ours s':>10} {'speed-up':>8} {'cpu speed-up':>12} "
+        head = (f"{title:<28} {ref_col:>9} {ours_col:>10} {'speed-up':>8} {'cpu speed-up':>12} "
                 f"{'ref RSS GB':>10} {'ours RSS GB':>11} {'mm ref/ours':>11}")
         lines += [head, "-" * len(head)]
-        for e in sample:
-            lines.append(f"{e['what']:<28} {_f(e, 'ref_sample_s', '.2f'):>9} {_f(e, 'ours_sample_s', '.2f'):>10} "
+        for e in rows:
+            lines.append(f"{label(e):<28} {_f(e, ref_key, fmt):>9} {_f(e, ours_key, fmt):>10} "
                          f"{_f(e, 'speedup', '.2f'):>8} {_f(e, 'cpu_speedup', '.2f'):>12} "
                          f"{_f(e, 'ref_rss_gb', '.2f'):>10} {_f(e, 'ours_rss_gb', '.2f'):>11} "
                          f"{_f(e, 'matmul_ref_over_ours', '.2f'):>11}")
