@@ -37,9 +37,7 @@ import json
 import logging
 import math
 import re
-import shutil
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +47,7 @@ import torch
 
 from jobs.config import TrialConfig, load_trial_config
 from jobs.fid import FidScorer, FidUnavailable
+from jobs.staging import staged_dir
 from rgflow.checkpoint import BEST_NAME, InvalidCheckpoint, load_checkpoint, load_latest, sidecar_path
 
 log = logging.getLogger("jobs.evaluate")
@@ -323,8 +322,7 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
     model.load_state_dict(state["model"])
     model = model.to(dev).eval()
     metrics: dict[str, float] = {}
-    work = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{EVAL_DIR}.tmp-"))
-    try:
+    with staged_dir(eval_dir) as work:
         if "test_bpd" in selected:
             mean, se = measure_test_bpd(model, test, ev.test_draws, config.train.batch_size, config.run.seed, dev)
             metrics["test_bpd"] = mean
@@ -338,12 +336,6 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
             write_receptive_fields(model, config, dev, work)
         (work / "metrics.json").write_text(json.dumps({"metrics": metrics, "protocol": protocol,
                                                        "warnings": notes}, indent=1))
-        if eval_dir.exists():
-            shutil.rmtree(eval_dir)
-        work.rename(eval_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     log_to_run(client, run_id, metrics, protocol["checkpoint_step"], protocol, eval_dir)
     return EvalResult(run_id, metrics, protocol, eval_dir, False, notes)
 

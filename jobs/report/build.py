@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import re
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from jobs.report.query import ReportInputError, SweepRuns, load_sweep_runs
 from jobs.report.render import Report, write_atomic, write_documents
 from jobs.report.tables import csv_columns, curves, parse_param, trial_table, varying_params
 from jobs.report.verdict import verdict
+from jobs.staging import staged_dir
 from jobs.tracking import get_client
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,7 @@ def build_report(target: str | None = None, *, experiment: str | None = None, ou
     findings = verdict(finished, val[val["run_id"].isin(finished.index)], noise[noise["run_id"].isin(finished.index)])
 
     final = Path(out_dir) if out_dir else Path("reports") / spec["experiment"]
-    final.parent.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-    try:
+    with staged_dir(final) as out:
         made, fig_notes = make_figures(data, table, val, noise, out)
         varying = varying_params(data.runs)
         table.reset_index()[csv_columns(table, varying)].to_csv(out / "trials.csv", index=False)
@@ -165,12 +163,6 @@ def build_report(target: str | None = None, *, experiment: str | None = None, ou
         report = Report(f"Sweep report: {spec['experiment']}", meta_lines(data, table), findings, shown, made,
                         notes + fig_notes)
         write_documents(report, out)
-        if final.exists():
-            shutil.rmtree(final)
-        out.rename(final)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
     if log_to_parent:
         if data.parent_run_id:
             get_client(data.uri).log_artifacts(data.parent_run_id, str(final), artifact_path="report")
