@@ -195,41 +195,35 @@ def test_foreign_spool_is_moved_aside(store, exp, tmp_path):
     assert _histories(store, second.run_id, ["a"]) == {"a": [1]}
 
 
-def test_experiment_creation_is_race_safe(store):
+def _race(create, n: int) -> tuple[list, list]:
+    """Call ``create`` from ``n`` threads released together; ``(results, errors)``."""
     results, errors = [], []
+    barrier = threading.Barrier(n)
 
-    def create():
+    def worker():
         try:
-            results.append(T.ensure_experiment(store, "raced"))
+            barrier.wait()
+            results.append(create())
         except Exception as exc:  # noqa: BLE001 - collected for the assertion
             errors.append(exc)
 
-    threads = [threading.Thread(target=create) for _ in range(4)]
+    threads = [threading.Thread(target=worker) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return results, errors
+
+
+def test_experiment_creation_is_race_safe(store):
+    results, errors = _race(lambda: T.ensure_experiment(store, "raced"), 4)
     assert not errors and len(results) == 4 and len(set(results)) == 1
     tags = MlflowClient(tracking_uri=store).get_experiment(results[0]).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training-runs view
 
 
 def test_sweep_run_creation_is_race_safe(store, exp):
-    results, errors = [], []
-    barrier = threading.Barrier(3)
-
-    def create():
-        try:
-            barrier.wait()
-            results.append(T.ensure_sweep_run(store, exp, "raced", "sid-race", {}))
-        except Exception as exc:  # noqa: BLE001 - collected for the assertion
-            errors.append(exc)
-
-    threads = [threading.Thread(target=create) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = _race(lambda: T.ensure_sweep_run(store, exp, "raced", "sid-race", {}), 3)
     assert not errors and len(results) == 3 and len(set(results)) == 1
     live = T.get_client(store).search_runs([exp], "tags.`rgflow.sweep_id` = 'sid-race'")
     assert [r.info.run_id for r in live] == results[:1]
