@@ -54,6 +54,7 @@ from jobs.overrides import ConfigError, did_you_mean, load_yaml_file, nest, pars
 DEFAULT_PRESET = "msds"
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
 EVAL_CHECKPOINTS = ("best", "last")
+RECEPTIVE_FIELD_SPACES = ("image", "logit")  # rgflow.receptive.SPACES (not imported here: it imports torch)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SWEEP_MARKERS = ("name", "axes", "base", "base_config")  # top-level keys only a sweep file has
 
@@ -62,11 +63,13 @@ SWEEP_MARKERS = ("name", "axes", "base", "base_config")  # top-level keys only a
 class RunConfig:
     """Where and how a trial runs.
 
-    ``seed`` seeds initialisation, batch order and dequantisation (``data.seed`` is the MSDS
-    generation seed). ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or
-    ``cuda:N``. ``out_dir`` is the root of run folders ``<out_dir>/<sweep or single>/<trial id>/``.
-    ``deterministic`` asks for deterministic kernels (bitwise resume on CPU). ``threads``: torch
-    intra-op threads (``None``: torch's default).
+    ``seed`` seeds initialisation, batch order and the training dequantisation noise (validation
+    noise: one fixed seed for every trial, ``jobs.train.VALIDATION_NOISE_SEED``; test noise:
+    ``eval.noise_seed``; ``data.seed`` is the MSDS generation seed). ``device``:
+    ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``. ``out_dir`` is the
+    root of run folders ``<out_dir>/<sweep or single>/<trial id>/``. ``deterministic`` asks for
+    deterministic kernels (bitwise resume on CPU). ``threads``: torch intra-op threads (``None``:
+    torch's default).
     """
 
     seed: int = 0
@@ -112,22 +115,28 @@ class EvalConfig:
     """What ``jobs.evaluate`` computes for a trained trial.
 
     ``temperatures``: sampling temperatures for sample grids and FID. ``test_draws``: dequantisation
-    draws averaged for the test BPD (mean and standard error); ``test_size``: first N test images
-    (``None``: ``data.test_size``, else all). ``fid_samples`` generated images per temperature,
-    in batches of ``fid_batch``; ``fid_weights``: path of the pytorch-fid Inception weights
-    (``None``: env ``RGFLOW_FID_WEIGHTS``, else the torch hub cache; resolved by ``jobs.fid``, never
-    downloaded). ``receptive_field_samples``: prior samples averaged per receptive field (spec §8).
-    ``mixed_levels``: also draw mixed-temperature samples at every level. ``checkpoint``: evaluate the
-    ``best`` (lowest validation BPD) or the ``last`` checkpoint.
+    draws averaged for the test BPD (mean; standard errors over images and over draws);
+    ``test_size``: first N test images (``None``: ``data.test_size``, else all). ``noise_seed``: seed
+    of the dequantisation noise of the test BPD, one value for every trial so that trials are
+    compared on identical noise image by image (validation uses a fixed seed of its own). ``fid_samples`` generated images per temperature, in batches of ``fid_batch``;
+    ``fid_weights``: path of the pytorch-fid Inception weights (``None``: env
+    ``RGFLOW_FID_WEIGHTS``, else the torch hub cache; resolved by ``jobs.fid``, never downloaded).
+    ``receptive_field_samples``: prior samples averaged per receptive field (spec §8);
+    ``receptive_field_space``: differentiate the generator into ``image`` space (the paper's ``G``,
+    through the logit inverse) or into ``logit`` space. ``mixed_levels``: also draw
+    mixed-temperature samples at every level. ``checkpoint``: evaluate the ``best`` (lowest
+    validation BPD) or the ``last`` checkpoint.
     """
 
     temperatures: tuple[float, ...] = (0.5, 0.75, 1.0)
     test_draws: int = 4
     test_size: int | None = None
+    noise_seed: int = 0
     fid_samples: int = 10000
     fid_weights: str | None = None
     fid_batch: int = 200
     receptive_field_samples: int = 8
+    receptive_field_space: str = "image"
     mixed_levels: bool = True
     checkpoint: str = "best"
 
@@ -141,7 +150,9 @@ class EvalConfig:
             lib._check_positive(f"eval.{key}", getattr(self, key))
         if self.test_size is not None:
             lib._check_positive("eval.test_size", self.test_size)
+        lib._check_positive("eval.noise_seed", self.noise_seed, allow_zero=True)
         lib._check_choice("eval.checkpoint", self.checkpoint, EVAL_CHECKPOINTS)
+        lib._check_choice("eval.receptive_field_space", self.receptive_field_space, RECEPTIVE_FIELD_SPACES)
 
 
 @dataclass(frozen=True)
@@ -181,6 +192,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prior.kind": lib.PRIOR_KINDS, "prior.laplace_scale": lib.LAPLACE_SCALES,
     "data.name": lib.DATASETS, "data.interpolation": lib.INTERPOLATIONS,
     "train.lr_scaling": lib.LR_SCALINGS, "eval.checkpoint": EVAL_CHECKPOINTS,
+    "eval.receptive_field_space": RECEPTIVE_FIELD_SPACES,
 }
 
 

@@ -7,13 +7,22 @@ For one trial (config from its run folder's ``config.yaml`` or the sweep expansi
 ``eval.checkpoint``: ``best.ckpt``, falling back to the newest step checkpoint with a warning, or
 ``last``):
 
-* ``test_bpd`` / ``test_bpd_se`` (bits/dim): mean over ``eval.test_draws`` dequantisation draws of
-  the mean BPD of the test split (``eval.test_size`` first images, else ``data.test_size``, else
-  all), and the standard error across draws (Monte-Carlo noise of the dequantisation only);
+* ``test_bpd`` (bits/dim): BPD of the N test images (``eval.test_size`` first images, else
+  ``data.test_size``, else all), mean over images and ``eval.test_draws`` dequantisation draws;
+  ``test_bpd_se``: its standard error over images (sample s.d. over the images of the per-image BPD
+  averaged over the draws, / √N: how precisely N images pin down the model's expected BPD; quote
+  this one); ``test_bpd_se_draws``: its standard error over draws (s.d. of the per-draw means /
+  √draws: the Monte-Carlo noise of the dequantisation only, far smaller); each ``_se`` omitted when
+  undefined (N = 1, one draw). ``eval/test_bpd_per_image.npy``: the per-image BPD averaged over the
+  draws, float64 ``(N,)`` in test-set order. The noise of image ``i`` in draw ``d`` depends on
+  ``(eval.noise_seed, d, i)`` only — the same for every trial, so that two trials' per-image BPDs
+  are paired (their difference has no dequantisation noise of its own);
 * ``eval/samples_T<t>.png`` per temperature ``t`` of ``eval.temperatures``; ``fid_T<t>``: FID
-  between ``eval.fid_samples`` samples and as many test images (:mod:`jobs.fid`; skipped with a
-  warning that says how to provide the Inception weights when they are absent);
-* ``eval/receptive_fields.png`` (+ ``.npz``): ``E|∂G(z)/∂z_l|`` per RG level (spec §8);
+  between ``eval.fid_samples`` samples, quantised to 8 bits as a PNG file stores them, and the first
+  as many test images (:mod:`jobs.fid`; skipped with a warning that says how to provide the
+  Inception weights when they are absent);
+* ``eval/receptive_fields.png`` (+ ``.npz``): ``E|∂G(z)/∂z_l|`` per RG level at T = 1 (spec §8),
+  ``G`` into image space (the paper's) or logit space per ``eval.receptive_field_space``;
   ``eval/mixed_temperature.png``: one row per level ``h``, latents at the lowest temperature with
   levels ≥ h redrawn at the highest (:meth:`RGFlowModel.sample_mixed`).
 
@@ -41,8 +50,9 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from jobs.config import TrialConfig, load_trial_config
@@ -50,12 +60,16 @@ from jobs.fid import FidScorer, FidUnavailable
 from jobs.staging import staged_dir
 from rgflow.checkpoint import BEST_NAME, InvalidCheckpoint, load_checkpoint, load_latest, sidecar_path
 
+if TYPE_CHECKING:
+    from rgflow.train import HeldOutBpd
+
 log = logging.getLogger("jobs.evaluate")
 
 EVALUATIONS = ("test_bpd", "samples", "fid", "receptive_fields")
 PROTOCOL_TAG = "rgflow.eval.protocol"
 TAG_PREFIX = "rgflow.eval."
 EVAL_DIR = "eval"
+PER_IMAGE_FILE = "test_bpd_per_image.npy"  # in EVAL_DIR: float64 (N,) per-image test BPD, test-set order
 _STREAM = 2000  # derive_seed tag of evaluation sampling (distinct from training streams)
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 TRIAL_ID = re.compile(r"^[0-9a-f]{12}$")
@@ -119,15 +133,21 @@ def choose_checkpoint(run_dir: Path, which: str) -> tuple[str, Path, dict[str, A
 
 def make_protocol(config: TrialConfig, which: str, path: Path, state: dict, test_images: int, fid_images: int,
                   scorer: FidScorer | None, selected: tuple[str, ...]) -> dict[str, Any]:
+    """What an evaluation's numbers depend on (flat ``str``/number values, logged as tags): a change
+    of any value, e.g. of the dequantisation scheme, makes :func:`evaluate_trial` recompute.
+    ``seed``: the run seed (sampling latents); ``noise_seed``: the dequantisation noise."""
     ev = config.eval
     digest = sidecar_path(path).read_text().split()[0]
     return {
         "checkpoint": which, "checkpoint_step": int(state["loop"]["step"]), "checkpoint_sha256": digest,
         "evaluations": ",".join(selected), "seed": config.run.seed, "test_images": test_images,
-        "test_draws": ev.test_draws, "temperatures": ",".join(temperature_key(t) for t in ev.temperatures),
+        "test_draws": ev.test_draws, "noise_seed": ev.noise_seed, "dequantisation": "per-image",
+        "temperatures": ",".join(temperature_key(t) for t in ev.temperatures),
         "fid_images": fid_images if scorer else 0, "fid_network": scorer.network if scorer else "none",
         "fid_weights_sha256": (scorer.weights_sha256 or "none") if scorer else "none",
-        "receptive_field_samples": ev.receptive_field_samples,
+        "fid_reference": f"first {fid_images} images of the {config.data.name} test split" if scorer else "none",
+        "fid_samples_quantisation": "8-bit" if scorer else "none",
+        "receptive_field_samples": ev.receptive_field_samples, "receptive_field_space": ev.receptive_field_space,
     }
 
 
@@ -146,15 +166,16 @@ def _generator(device: torch.device, seed: int, *parts: int) -> torch.Generator:
 
 
 @torch.no_grad()
-def measure_test_bpd(model, images: torch.Tensor, draws: int, batch_size: int, seed: int,
-                     device: torch.device) -> tuple[float, float]:
-    """(mean, s.e.) in bits/dim over ``draws`` dequantisation draws; s.e. NaN for one draw."""
+def measure_test_bpd(model, images: torch.Tensor, draws: int, batch_size: int, noise_seed: int,
+                     device: torch.device) -> HeldOutBpd:
+    """BPD (bits/dim) of uint8 ``images`` ``(N, C, L, L)`` over ``draws`` dequantisation draws, as
+    a :class:`rgflow.train.HeldOutBpd` (mean, standard errors over images and over draws, per-image
+    values). Image ``i``'s noise in draw ``d`` depends on ``(noise_seed, d, i)`` only."""
     from rgflow.data.batching import EpochBatcher
     from rgflow.train import validation_bpd
 
-    batcher = EpochBatcher(images, batch_size, seed, device, drop_last=False)
-    mean, se, _ = validation_bpd(model, batcher, draws, batch_size)
-    return mean, se
+    return validation_bpd(model, EpochBatcher(images, batch_size, noise_seed, device, drop_last=False), draws,
+                          batch_size)
 
 
 @torch.no_grad()
@@ -186,15 +207,18 @@ def write_samples(model, config: TrialConfig, device: torch.device, out: Path) -
 
 def compute_fid(model, scorer: FidScorer, test_images: torch.Tensor, config: TrialConfig,
                 device: torch.device) -> dict[str, float]:
-    """``{fid_T<t>: FID}`` between ``len(test_images)`` samples per temperature and those images.
+    """``{fid_T<t>: FID}`` between ``len(test_images)`` samples per temperature and those uint8
+    images ``(N, C, L, L)``. Both reach the feature network as ``k / 255`` for 8-bit ``k``: the
+    samples are quantised as a PNG file would store them (:func:`jobs.fid.to_uint8`), as
+    pytorch-fid, which reads image files, sees them.
 
     A temperature whose FID cannot be computed (pytorch-fid's matrix square root fails, typically
     with fewer images than feature dimensions) is left out with a warning.
     """
-    import numpy as np
+    from jobs.fid import frechet_distance, to_uint8
 
-    from jobs.fid import frechet_distance
-
+    if test_images.dtype != torch.uint8:
+        raise TypeError(f"compute_fid: the reference images must be the uint8 test images, got {test_images.dtype}")
     ref = scorer.features(test_images)
     if len(test_images) <= ref.shape[1]:
         log.warning("FID with %d images per set and %d-dimensional features: the covariances are singular and "
@@ -202,8 +226,9 @@ def compute_fid(model, scorer: FidScorer, test_images: torch.Tensor, config: Tri
                     len(test_images), ref.shape[1], ref.shape[1])
     out = {}
     for t in config.eval.temperatures:
-        feats = [scorer.features(x) for x in sample_batches(model, len(test_images), t, config.eval.fid_batch,
-                                                            _generator(device, config.run.seed, 2))]
+        samples = sample_batches(model, len(test_images), t, config.eval.fid_batch,
+                                 _generator(device, config.run.seed, 2))
+        feats = [scorer.features(to_uint8(x)) for x in samples]
         try:
             out[f"fid_T{temperature_key(t)}"] = frechet_distance(np.concatenate(feats), ref)
         except ValueError as err:
@@ -212,22 +237,27 @@ def compute_fid(model, scorer: FidScorer, test_images: torch.Tensor, config: Tri
 
 
 def write_receptive_fields(model, config: TrialConfig, device: torch.device, out: Path) -> None:
+    """``receptive_fields.npz`` (``level<h>``: ``(L, L)`` float32 map of ``E|∂G(z)/∂z_l|`` at T = 1,
+    summed over colour channels, in ``eval.receptive_field_space`` units per unit latent) and
+    ``receptive_fields.png`` (one panel per level, each with its own colour bar)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     from rgflow.receptive import receptive_fields
 
-    fields = receptive_fields(model, config.eval.receptive_field_samples, 1.0, _generator(device, config.run.seed, 3))
+    ev, temperature = config.eval, 1.0
+    fields = receptive_fields(model, ev.receptive_field_samples, temperature, _generator(device, config.run.seed, 3),
+                              space=ev.receptive_field_space)
     np.savez(out / "receptive_fields.npz", **{f"level{h}": m.numpy() for h, m in fields.items()})
-    fig, axes = plt.subplots(1, len(fields), figsize=(2.6 * len(fields), 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(fields), figsize=(3.1 * len(fields), 3.0), squeeze=False)
     for ax, (h, m) in zip(axes[0], sorted(fields.items())):
-        ax.imshow(m.numpy(), cmap="magma")
+        fig.colorbar(ax.imshow(m.numpy(), cmap="magma"), ax=ax, fraction=0.046, pad=0.04)
         ax.set_title(f"level {h}", fontsize=9)
         ax.axis("off")
-    fig.suptitle("receptive fields E|∂G(z)/∂z_l| (T = 1), one latent per level", fontsize=9)
+    fig.suptitle(f"receptive fields E|∂G(z)/∂z_l|, G into {ev.receptive_field_space} space, T = {temperature:g}, "
+                 f"{ev.receptive_field_samples} prior samples, one central latent per level", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "receptive_fields.png", dpi=110)
     plt.close(fig)
@@ -310,7 +340,7 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
                      f"{ev.fid_samples}")
         log.warning("%s", notes[-1])
     protocol = make_protocol(config, which, ckpt, state, len(test), fid_images, scorer, selected)
-    expected = (["test_bpd", "test_bpd_se"] if "test_bpd" in selected else []) + (
+    expected = (["test_bpd", "test_bpd_se", "test_bpd_se_draws"] if "test_bpd" in selected else []) + (
         [f"fid_T{temperature_key(t)}" for t in ev.temperatures] if scorer else [])
     eval_dir = run_dir / EVAL_DIR
     if not force and _already_done(run, protocol):
@@ -324,10 +354,12 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
     metrics: dict[str, float] = {}
     with staged_dir(eval_dir) as work:
         if "test_bpd" in selected:
-            mean, se = measure_test_bpd(model, test, ev.test_draws, config.train.batch_size, config.run.seed, dev)
-            metrics["test_bpd"] = mean
-            if math.isfinite(se):
-                metrics["test_bpd_se"] = se
+            bpd = measure_test_bpd(model, test, ev.test_draws, config.train.batch_size, ev.noise_seed, dev)
+            metrics["test_bpd"] = bpd.mean
+            for name, value in (("test_bpd_se", bpd.se_images), ("test_bpd_se_draws", bpd.se_draws)):
+                if math.isfinite(value):
+                    metrics[name] = value
+            np.save(work / PER_IMAGE_FILE, bpd.per_image)
         if "samples" in selected:
             write_samples(model, config, dev, work)
         if scorer:

@@ -10,6 +10,10 @@ Features are taken from any module that maps images ``(N, 3, H, W)`` in ``[0, 1]
 ``(N, D, 1, 1)`` (or a list whose first element is that, pytorch-fid's convention), so tests can
 use a small fixed-seed network instead of Inception. FID is in units of squared feature
 distance (no per-dim normalisation), as in pytorch-fid.
+
+pytorch-fid scores image files, i.e. 8-bit images: generated float images go through
+:func:`to_uint8` (what ``torchvision.utils.save_image`` writes to a PNG) before the network, so
+that they are scored as the uint8 real images are (``k / 255``).
 """
 from __future__ import annotations
 
@@ -104,6 +108,14 @@ def load_inception(weights: str | os.PathLike) -> nn.Module:
     return net.eval()
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in ``[0, 1]`` → ``uint8`` ``floor(clamp(255·x + 0.5, 0, 255))``, shape kept:
+    the pixels ``torchvision.utils.save_image`` writes to a PNG file (reading it back gives them)."""
+    if images.dtype == torch.uint8:
+        raise TypeError("to_uint8: the images are uint8 already")
+    return images.mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+
+
 def as_unit_float(images: torch.Tensor) -> torch.Tensor:
     """``uint8`` images → float in ``[0, 1]``; float images are clamped to ``[0, 1]``. Shape kept."""
     if images.dtype == torch.uint8:
@@ -192,4 +204,5 @@ class FidScorer:
 __all__ = [
     "FidUnavailable", "FidScorer", "WEIGHTS_FILE", "WEIGHTS_URL", "WEIGHTS_ENV", "default_weights_path", "resolve_weights",
     "sha256_file", "load_inception", "extract_features", "feature_stats", "frechet_distance", "as_unit_float",
+    "to_uint8",
 ]

@@ -55,6 +55,9 @@ log = logging.getLogger("jobs.train")
 EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_KILLED = 0, 1, 2, 75, 130
 EXIT_CODES = {"finished": EXIT_FINISHED, "failed": EXIT_FAILED, "preempted": EXIT_PREEMPTED, "killed": EXIT_KILLED}
 STATE_FILE = "state.json"
+#: Dequantisation noise seed of validation, the same for every trial (and not a setting, so that it
+#: cannot differ between trials of one id): validation curves of any two trials are paired image by image.
+VALIDATION_NOISE_SEED = 0
 LOG_FILE = "train.log"
 SINGLE = "single"
 
@@ -372,7 +375,8 @@ def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tra
         model = RGFlowModel(config.model, config.prior).to(device)
         batcher = EpochBatcher(prepared.train_set.images, cfg.batch_size, config.run.seed, device,
                                flip=config.data.flip_train)
-        valid = EpochBatcher(prepared.valid_set.images, cfg.batch_size, config.run.seed, device, drop_last=False)
+        valid = EpochBatcher(prepared.valid_set.images, cfg.batch_size, VALIDATION_NOISE_SEED, device,
+                             drop_last=False)
         meta = {"run_id": run_id, "tracking_uri": tracked.uri if tracked is not None else None, "trial_id": tid,
                 "config": resolved_dict(config)}
         hooks = _make_hooks(label, tracked, stops)

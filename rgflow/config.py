@@ -209,7 +209,9 @@ class TrainConfig:
     The effective learning rate is ``lr`` scaled by ``batch_size / reference_batch`` according to
     ``lr_scaling`` (``none``, ``linear`` or ``sqrt``), reached after ``warmup_steps`` linear
     warm-up. Training stops after ``epochs`` epochs or ``steps`` optimizer steps, whichever comes
-    first (``steps: null`` means no step cap).
+    first (``steps: null`` means no step cap). ``noise_scale_ema_steps`` is the time constant, in
+    optimizer steps, of the moving average of the logged gradient noise scale
+    (:mod:`rgflow.noise_scale`); it does not affect training.
     """
 
     batch_size: int = 64
@@ -231,13 +233,13 @@ class TrainConfig:
     sample_count: int = 64
     checkpoint_minutes: float = 10.0
     keep_last: int = 2
-    noise_scale_ema: float = 0.95
+    noise_scale_ema_steps: int = 500
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
         object.__setattr__(self, "sample_temperatures", tuple(self.sample_temperatures))
         for key in ("batch_size", "epochs", "reference_batch", "log_every", "val_every_epochs",
-                    "val_draws", "sample_every_epochs", "sample_count", "keep_last"):
+                    "val_draws", "sample_every_epochs", "sample_count", "keep_last", "noise_scale_ema_steps"):
             _check_positive(f"train.{key}", getattr(self, key))
         if self.steps is not None:
             _check_positive("train.steps", self.steps)
@@ -247,8 +249,6 @@ class TrainConfig:
         _check_positive("train.weight_decay", self.weight_decay, allow_zero=True, integer=False)
         if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
             raise ConfigError("train.betas", list(self.betas), "must be two numbers in [0, 1)")
-        if not 0 <= self.noise_scale_ema < 1:
-            raise ConfigError("train.noise_scale_ema", self.noise_scale_ema, "must be in [0, 1)")
         _check_choice("train.lr_scaling", self.lr_scaling, LR_SCALINGS)
         for t in self.sample_temperatures:
             _check_positive("train.sample_temperatures", t, integer=False)

@@ -15,15 +15,24 @@ ALPHA = 0.05  # p = ALPHA + (1 − 2·ALPHA)·x̃
 _LOG_SCALE = math.log(1.0 - 2.0 * ALPHA)
 
 
-def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def dequantize(x: torch.Tensor, generator: torch.Generator | None = None, *,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
     """``uint8`` images ``(B, C, L, L)`` → ``x̃ = (x + u)/256 ∈ [0, 1)``, float32 on ``x``'s device.
 
-    ``u ~ U[0, 1)`` per dim from ``generator`` (which must live on ``x``'s device).
+    ``u ~ U[0, 1)`` per dim: ``noise`` when given (float32, ``x``'s shape and device, values in
+    ``[0, 1)``, e.g. :meth:`rgflow.data.EpochBatcher.eval_batches`' per-image noise; not
+    modified), else drawn from ``generator`` (which must live on ``x``'s device).
     """
     if x.dtype != torch.uint8:
         raise TypeError(f"dequantize: expected uint8 images, got dtype {x.dtype}; pass the raw 8-bit tensor")
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-    return u.add_(x).mul_(1.0 / 256.0)
+    if noise is None:
+        shifted = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32).add_(x)
+    elif noise.shape != x.shape or noise.dtype != torch.float32:
+        raise ValueError(f"dequantize: noise must be float32 of shape {tuple(x.shape)}, "
+                         f"got {noise.dtype} {tuple(noise.shape)}")
+    else:
+        shifted = noise.add(x)
+    return shifted.mul_(1.0 / 256.0)
 
 
 def to_logit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +44,11 @@ def to_logit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def from_logit(y: torch.Tensor) -> torch.Tensor:
-    """Logit-space ``y`` → display image ``clamp((sigmoid(y) − 0.05)/0.9, 0, 1)``."""
+    """Logit-space ``y`` → image ``x = clamp((sigmoid(y) − 0.05)/0.9, 0, 1)``, same shape.
+
+    Differentiable (forward and reverse mode): ``dx/dy = σ(y)(1 − σ(y))/0.9`` where ``0 < x < 1``,
+    0 where clamped (the image-space receptive fields of :mod:`rgflow.receptive` go through it).
+    """
     return ((torch.sigmoid(y) - ALPHA) / (1.0 - 2.0 * ALPHA)).clamp_(0.0, 1.0)
 
 

@@ -10,16 +10,27 @@ every ``train.log_every`` steps
     this step), ``lr``, ``images_per_s`` (training images per second of step time since the last
     log), ``samples_seen`` (step × batch size), ``wall_s`` (seconds of wall time in the loop,
     summed over attempts: a resumed run continues from the value in its checkpoint), ``epoch``
-    (epochs completed, fractional), ``noise_scale`` / ``noise_scale_raw`` (B_simple in images, EMA
-    and single estimate, see :mod:`rgflow.noise_scale`; omitted while undefined, i.e. while the
-    |G|² estimate is not positive);
+    (epochs completed, fractional); the gradient noise scale of this step's batch
+    (:mod:`rgflow.noise_scale`, measured before clipping): ``noise_grad_sq`` and ``noise_trace``
+    (the unbiased single estimates of |G|² and tr(Σ), (nats/dim)² as squared parameter-space norms
+    of the loss gradient; |G|² may be negative), ``noise_scale_raw`` (their ratio, B_simple in
+    images) and ``noise_scale`` (ratio of their moving averages, time constant
+    ``train.noise_scale_ema_steps`` steps), and the same four in Adam's preconditioned metric
+    ``noise_grad_sq_adam``, ``noise_trace_adam`` (dimensionless), ``noise_scale_adam_raw``,
+    ``noise_scale_adam`` (images; not at the first step, before the optimizer has state). A ratio
+    is omitted while undefined (its |G|² estimate not positive); the B_simple of a run is
+    Σ ``noise_trace`` / Σ ``noise_grad_sq`` over a late window;
 every ``train.val_every_epochs`` epochs and once at the end
-    ``val_bpd`` (bits/dim on the held-out images, mean over ``train.val_draws`` dequantisation
-    draws of the per-draw mean over images), ``val_bpd_se`` (standard error of that mean across
-    draws: sample std of the per-draw means / √draws; it measures the dequantisation Monte-Carlo
-    noise only, not the finite size of the held-out set; omitted with one draw), ``val_epoch``
-    (epochs completed). Draw ``d`` uses the same noise at every validation (common random numbers),
-    so successive values differ only through the weights.
+    ``val_bpd`` (bits/dim on the N held-out images, mean over images and ``train.val_draws``
+    dequantisation draws), ``val_bpd_se`` (its standard error over images: sample s.d. over the
+    images of the per-image BPD averaged over the draws, / √N — the precision of ``val_bpd`` given
+    the finite held-out set; omitted for N = 1), ``val_bpd_se_draws`` (standard error over draws:
+    sample s.d. of the per-draw means / √draws — the dequantisation Monte-Carlo noise only, usually
+    orders of magnitude smaller; omitted with one draw), ``val_epoch`` (epochs completed). The noise
+    of image ``i`` in draw ``d`` depends on (the validation batcher's seed, ``d``, ``i``) only
+    (:meth:`~rgflow.data.batching.EpochBatcher.eval_noise`): every validation sees the same noise
+    (common random numbers), so successive values differ only through the weights, and runs whose
+    validation batchers share a seed are paired image by image.
 
 Sample grids at ``train.sample_temperatures`` are written every ``train.sample_every_epochs`` epochs
 and at the end to ``run_dir/samples/step-<step>_T<t>.png`` (same latent noise every time).
@@ -44,6 +55,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torchvision.utils import save_image
 
@@ -52,11 +64,11 @@ from rgflow.config import TrainConfig
 from rgflow.data.batching import Batch, EpochBatcher, derive_seed
 from rgflow.logit import dequantize
 from rgflow.model import RGFlowModel
-from rgflow.noise_scale import NoiseScaleEstimator, backward_two_halves
+from rgflow.noise_scale import GradientNorms, NoiseScaleEstimator, adam_weights, backward_two_halves
 
 _LOG2 = math.log(2.0)
 _SAMPLE_STREAM = 1000  # derive_seed tag of the sample-grid latents (distinct from the data streams)
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: noise-scale estimators keyed by optimizer steps, plain and Adam
 
 
 class NonFiniteError(RuntimeError):
@@ -96,7 +108,8 @@ class TrainHooks:
 @dataclass
 class TrainResult:
     """How a call to :func:`train` ended: optimizer steps, epochs completed (fractional), the last
-    and the best validation BPD (bits/dim), the final and the best checkpoint."""
+    validation BPD and its standard error over images, the best validation BPD (bits/dim), the
+    final and the best checkpoint."""
 
     step: int
     epoch: float
@@ -145,31 +158,56 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
                              weight_decay=cfg.weight_decay, fused=True)
 
 
+@dataclass(frozen=True)
+class HeldOutBpd:
+    """BPD (bits/dim) of N held-out images over ``draws`` dequantisation draws.
+
+    ``per_image``: float64 ``(N,)`` in image order, each image's BPD averaged over the draws;
+    ``per_draw``: float64 ``(draws,)``, each draw's mean over the images; ``mean``: the mean over
+    images and draws. ``se_images``: sample s.d. of ``per_image`` / √N, the standard error of
+    ``mean`` as an estimate of the expected BPD given the finite set of images (NaN for N = 1);
+    ``se_draws``: sample s.d. of ``per_draw`` / √draws, the Monte-Carlo noise of the
+    dequantisation only (NaN for one draw).
+    """
+
+    mean: float
+    se_images: float
+    se_draws: float
+    per_image: np.ndarray
+    per_draw: np.ndarray
+
+
+def _standard_error(values: np.ndarray) -> float:
+    """Sample s.d. (ddof 1) / √n of ``values`` ``(n,)``; NaN for n = 1."""
+    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+
+
 @torch.no_grad()
 def validation_bpd(model: RGFlowModel, batcher: EpochBatcher, draws: int, batch_size: int,
-                   should_stop: Callable[[], str | None] | None = None) -> tuple[float, float, list[float]] | None:
-    """BPD (bits/dim) of ``batcher``'s images: (mean over draws, standard error, per-draw means).
+                   should_stop: Callable[[], str | None] | None = None) -> HeldOutBpd | None:
+    """BPD (bits/dim) of ``batcher``'s images, image by image, over ``draws`` dequantisation draws.
 
-    Draw ``d`` dequantises with :meth:`EpochBatcher.eval_batches` noise ``(seed, d, index)``. The
-    standard error is the sample std of the per-draw means over √draws (NaN for one draw).
-    Returns ``None`` if ``should_stop()`` asks to stop part-way (checked before every batch).
+    Draw ``d`` dequantises image ``i`` with :meth:`EpochBatcher.eval_noise` noise ``(seed, d, i)``,
+    whatever ``batch_size`` (images per forward pass). Returns a :class:`HeldOutBpd`, or ``None``
+    if ``should_stop()`` asks to stop part-way (checked before every batch).
     """
     was_training = model.training
     model.eval()
     try:
-        per_draw = []
+        rows = []
         for draw in range(draws):
-            total = torch.zeros((), dtype=torch.float64, device=batcher.device)
+            row = torch.empty(len(batcher), dtype=torch.float64, device=batcher.device)
             for batch in batcher.eval_batches(batch_size, draw=draw):
                 if should_stop is not None and should_stop():
                     return None
-                total += model.bpd(dequantize(batch.x, batch.generator)).double().sum()
-            per_draw.append(total.item() / len(batcher))
+                row[batch.start:batch.start + len(batch.x)] = model.bpd(dequantize(batch.x, noise=batch.noise))
+            rows.append(row)
     finally:
         model.train(was_training)
-    mean = math.fsum(per_draw) / draws
-    se = math.sqrt(math.fsum((v - mean) ** 2 for v in per_draw) / (draws - 1) / draws) if draws > 1 else math.nan
-    return mean, se, per_draw
+    table = torch.stack(rows).cpu().numpy()  # (draws, N)
+    per_image, per_draw = table.mean(0), table.mean(1)
+    return HeldOutBpd(float(per_image.mean()), _standard_error(per_image), _standard_error(per_draw),
+                      per_image, per_draw)
 
 
 class _Trainer:
@@ -180,7 +218,8 @@ class _Trainer:
         self.device = next(model.parameters()).device
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(model, cfg)
-        self.noise = NoiseScaleEstimator(cfg.noise_scale_ema)
+        self.noise = NoiseScaleEstimator(cfg.noise_scale_ema_steps)
+        self.noise_adam = NoiseScaleEstimator(cfg.noise_scale_ema_steps)
         self.state = LoopState()
         self.checkpoints = CheckpointManager(run_dir / "checkpoints", cfg.keep_last)
         self.samples_dir = run_dir / "samples"
@@ -205,6 +244,7 @@ class _Trainer:
             "lr_schedule": {"effective_lr": self.cfg.effective_lr, "warmup_steps": self.cfg.warmup_steps},
             "rng": capture_rng_state(),
             "noise_scale": self.noise.state_dict(),
+            "noise_scale_adam": self.noise_adam.state_dict(),
             "loop": loop,
             "meta": self.meta,
         }
@@ -216,6 +256,7 @@ class _Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         restore_rng_state(state["rng"])
         self.noise.load_state_dict(state["noise_scale"])
+        self.noise_adam.load_state_dict(state["noise_scale_adam"])
         self.state = LoopState(**state["loop"])
         self.meta = {**state.get("meta", {}), **self.meta}
         self.last_checkpoint, self.saved_loop = path, self.loop_key()
@@ -260,13 +301,14 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         log_now = attempt % cfg.log_every == 0
         if log_now and len(x) >= 2:
-            loss, norms = backward_two_halves(lambda sl: self.model.nll_per_dim(x[sl]), len(x), self.params)
+            loss, norms, norms_adam = backward_two_halves(lambda sl: self.model.nll_per_dim(x[sl]), len(x),
+                                                          self.params, adam_weights(self.optimizer, self.params))
         else:
             loss_t = self.model.nll_per_dim(x)
             loss = loss_t.item()
             if math.isfinite(loss):
                 loss_t.backward()
-            norms = None
+            norms = norms_adam = None
         if not math.isfinite(loss):
             raise NonFiniteError(attempt, f"training loss is {loss} (nats/dim)")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad_norm).item()
@@ -280,9 +322,10 @@ class _Trainer:
         st.window_loss += loss
         st.window_steps += 1
         if log_now:
-            self.log_train(lr, grad_norm, norms)
+            self.log_train(lr, grad_norm, norms, norms_adam)
 
-    def log_train(self, lr: float, grad_norm: float, norms) -> None:
+    def log_train(self, lr: float, grad_norm: float, norms: GradientNorms | None,
+                  norms_adam: GradientNorms | None) -> None:
         st = self.state
         metrics = {
             "train_bpd": st.window_loss / st.window_steps / _LOG2 + 8.0,
@@ -293,9 +336,14 @@ class _Trainer:
             "wall_s": self.wall_s(),
             "epoch": st.epoch + st.index / self.batcher.batches_per_epoch,
         }
-        if norms is not None:
-            estimate = self.noise.update(norms)
-            for name, value in (("noise_scale", estimate.smoothed), ("noise_scale_raw", estimate.raw)):
+        for estimator, measured, suffix in ((self.noise, norms, ""), (self.noise_adam, norms_adam, "_adam")):
+            if measured is None:
+                continue
+            estimate = estimator.update(measured, st.step)
+            for name, value in ((f"noise_grad_sq{suffix}", estimate.grad_sq),
+                                (f"noise_trace{suffix}", estimate.trace),
+                                (f"noise_scale{suffix}_raw", estimate.raw),
+                                (f"noise_scale{suffix}", estimate.smoothed)):
                 if math.isfinite(value):
                     metrics[name] = value
         st.window_loss, st.window_steps = 0.0, 0
@@ -310,11 +358,12 @@ class _Trainer:
         result = validation_bpd(self.model, self.valid, self.cfg.val_draws, self.cfg.batch_size, self.should_stop)
         if result is None:
             return False
-        st.val_bpd, st.val_bpd_se, _ = result
+        st.val_bpd, st.val_bpd_se = result.mean, result.se_images
         st.last_val_step = st.step
         metrics = {"val_bpd": st.val_bpd, "val_epoch": st.epoch + st.index / self.batcher.batches_per_epoch}
-        if math.isfinite(st.val_bpd_se):
-            metrics["val_bpd_se"] = st.val_bpd_se
+        for name, value in (("val_bpd_se", result.se_images), ("val_bpd_se_draws", result.se_draws)):
+            if math.isfinite(value):
+                metrics[name] = value
         self.hooks.on_metrics(st.step, metrics)
         if st.val_bpd < st.best_val_bpd:
             st.best_val_bpd = st.val_bpd
@@ -387,8 +436,9 @@ def train(model: RGFlowModel, batcher: EpochBatcher, valid: EpochBatcher, cfg: T
 
     ``batcher``: the training :class:`EpochBatcher` (its seed fixes the batch order and the
     dequantisation noise); ``valid``: an :class:`EpochBatcher` of the held-out images (only
-    :meth:`~EpochBatcher.eval_batches` is used). ``run_dir``: the trial's folder, which receives
-    ``checkpoints/`` and ``samples/``. ``seed``: the run seed (sample-grid latents). ``resume``:
+    :meth:`~EpochBatcher.eval_batches` is used; its seed fixes the validation noise).
+    ``run_dir``: the trial's folder, which receives ``checkpoints/`` and ``samples/``. ``seed``:
+    the run seed (sample-grid latents). ``resume``:
     ``(path, state)`` of a checkpoint (as :func:`rgflow.checkpoint.load_latest` returns it) to
     continue from, ``None`` to start afresh; a finished checkpoint returns at once. ``meta``: plain
     data (str/number/list/dict) stored in every checkpoint under ``meta`` (e.g. the tracking run id
@@ -405,6 +455,6 @@ def train(model: RGFlowModel, batcher: EpochBatcher, valid: EpochBatcher, cfg: T
 
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "Interrupted", "LoopState", "NonFiniteError", "TrainHooks", "TrainResult", "lr_at",
-    "make_optimizer", "train", "validation_bpd",
+    "CHECKPOINT_FORMAT", "HeldOutBpd", "Interrupted", "LoopState", "NonFiniteError", "TrainHooks", "TrainResult",
+    "lr_at", "make_optimizer", "train", "validation_bpd",
 ]

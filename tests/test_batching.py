@@ -74,10 +74,12 @@ def test_eval_batches_are_ordered_complete_and_reproducible():
     batches = list(batcher.eval_batches(batch_size=25))
     assert [len(b.x) for b in batches] == [25, 25, 25, 25, 3]
     assert torch.equal(torch.cat([b.x for b in batches]), images)
+    assert [b.start for b in batches] == [0, 25, 50, 75, 100] and [b.index for b in batches] == [0, 1, 2, 3, 4]
+    assert all(b.noise.shape == b.x.shape and b.noise.dtype == torch.float32 for b in batches)
     again = list(batcher.eval_batches(batch_size=25))
-    assert all(torch.equal(_draws(x), _draws(y)) for x, y in zip(batches, again))
+    assert all(torch.equal(x.noise, y.noise) for x, y in zip(batches, again))
     other = list(batcher.eval_batches(batch_size=25, draw=1))
-    assert not torch.equal(_draws(batches[0]), _draws(other[0]))
+    assert not torch.equal(batches[0].noise, other[0].noise)
 
 
 def test_keep_last_and_bad_input():

@@ -1,9 +1,11 @@
 """jobs.evaluate on a tiny trial trained by jobs.train, tracked in a real sqlite MLflow store."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -23,7 +25,7 @@ def overrides(tmp, data_root) -> list[str]:
             "train.log_every=2", "train.sample_every_epochs=1", "train.sample_count=4", f"run.out_dir={tmp}/runs",
             f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.experiment=evaltest", "run.device=cpu",
             "eval.test_draws=2", "eval.fid_samples=16", "eval.fid_batch=8", "eval.receptive_field_samples=1",
-            "eval.temperatures=[0.5,1.0]"]
+            "eval.temperatures=[0.5,1.0]", "eval.noise_seed=3", "run.seed=1"]  # three distinct seeds: tests tell them apart
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +64,25 @@ def test_evaluate_writes_into_run_status_unchanged_fid_skipped(trained, no_weigh
     assert after.data.tags["rgflow.state"] == before.data.tags["rgflow.state"]
     m, tags = after.data.metrics, after.data.tags
     # the model barely trained: test BPD is near its validation BPD (same data distribution)
-    assert abs(m["test_bpd"] - trained["outcome"].val_bpd) < 0.5 and 0 < m["test_bpd_se"] < 0.1
+    assert abs(m["test_bpd"] - trained["outcome"].val_bpd) < 0.5 and 0.005 < m["test_bpd_se"] < 0.1
+    # the s.e. over the 32 images is the honest error bar; the dequantisation noise is far smaller
+    assert 0 < 20 * m["test_bpd_se_draws"] < m["test_bpd_se"]
+    per_image = np.load(trained["outcome"].run_dir / "eval" / E.PER_IMAGE_FILE)
+    assert per_image.shape == (32,) and per_image.dtype == np.float64
+    assert m["test_bpd"] == pytest.approx(per_image.mean(), rel=1e-12)
+    assert m["test_bpd_se"] == pytest.approx(per_image.std(ddof=1) / math.sqrt(32), rel=1e-12)
     assert not any(k.startswith("fid_T") for k in m)
     step = int(tags["rgflow.eval.checkpoint_step"])
     assert step == trained["outcome"].step and history(client, run_id, "test_bpd")[0].step == step
     assert tags["rgflow.eval.checkpoint"] == "best" and tags["rgflow.eval.test_images"] == "32"
     assert tags["rgflow.eval.test_draws"] == "2" and tags["rgflow.eval.temperatures"] == "0.5,1"
     assert tags["rgflow.eval.fid_network"] == "none" and len(tags[E.PROTOCOL_TAG]) == 16
+    assert tags["rgflow.eval.noise_seed"] == "3" and tags["rgflow.eval.dequantisation"] == "per-image"
+    assert tags["rgflow.eval.seed"] == "1" and tags["rgflow.eval.fid_reference"] == "none"
+    assert tags["rgflow.eval.receptive_field_space"] == "image"
     names = {a.path for a in client.list_artifacts(run_id, "eval")}
     assert {"eval/samples_T0.5.png", "eval/samples_T1.png", "eval/receptive_fields.png",
-            "eval/mixed_temperature.png", "eval/metrics.json"} <= names
+            "eval/mixed_temperature.png", "eval/metrics.json", f"eval/{E.PER_IMAGE_FILE}"} <= names
     assert not list(trained["outcome"].run_dir.glob(".eval.tmp-*"))
 
     # idempotent: same protocol and checkpoint → nothing recomputed, nothing logged twice
@@ -98,6 +109,8 @@ def test_fid_with_fixed_seed_feature_net(trained, no_weights):
     assert not result.skipped and set(result.metrics) >= {"fid_T0.5", "fid_T1"}
     run = client.get_run(run_id)
     assert run.data.tags["rgflow.eval.fid_network"] == "test-convnet" and run.data.tags["rgflow.eval.fid_images"] == "16"
+    assert run.data.tags["rgflow.eval.fid_reference"] == "first 16 images of the msds1 test split"
+    assert run.data.tags["rgflow.eval.fid_samples_quantisation"] == "8-bit"
     for t in ("0.5", "1"):
         assert math.isfinite(run.data.metrics[f"fid_T{t}"]) and run.data.metrics[f"fid_T{t}"] > 0
     # the logged number is the FID of the same samples and test images, recomputed here
@@ -110,6 +123,68 @@ def test_fid_with_fixed_seed_feature_net(trained, no_weights):
     assert again["fid_T0.5"] == pytest.approx(run.data.metrics["fid_T0.5"], rel=1e-6)
     assert len(history(client, run_id, "test_bpd")) == 1  # unchanged value at the same step: not re-logged
     assert run.info.status == "FINISHED"
+
+
+class Recording(nn.Module):
+    """A feature network that keeps every input batch it is given."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.inputs = net, []
+
+    def forward(self, x):
+        self.inputs.append(x.clone())
+        return self.net(x)
+
+
+def test_fid_scores_samples_and_test_images_as_8_bit_images(trained):
+    config = trained["config"]
+    model = RGFlowModel(config.model, config.prior)
+    model.load_state_dict(load_checkpoint(trained["outcome"].run_dir / "checkpoints" / "best.ckpt")["model"])
+    test = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    net = Recording(tiny_scorer().net)
+    E.compute_fid(model.eval(), fid.FidScorer(net, network="recording"), test, config, torch.device("cpu"))
+    assert torch.equal(net.inputs[0], test.float() / 255)  # the reference: the uint8 images / 255
+    samples = torch.cat(net.inputs[1:])
+    assert samples.shape == (2 * 16, 3, 32, 32)  # 16 samples at each of the two temperatures
+    assert torch.equal(samples, (samples * 255).round() / 255)  # k / 255: as read back from a PNG
+    assert len(torch.unique(samples)) > 50
+    with pytest.raises(TypeError, match="uint8 test images"):
+        E.compute_fid(model, fid.FidScorer(net, network="recording"), test.float() / 255, config, torch.device("cpu"))
+
+
+def test_validation_and_test_noise_do_not_depend_on_the_run_seed(trained):
+    """Trials with different run seeds are paired: validation noise comes from one fixed seed, test
+    noise from eval.noise_seed."""
+    from jobs.train import VALIDATION_NOISE_SEED
+    from rgflow.data import EpochBatcher, load_split
+    from rgflow.train import validation_bpd
+
+    config, outcome = trained["config"], trained["outcome"]
+    model = RGFlowModel(config.model, config.prior)
+    model.load_state_dict(load_checkpoint(outcome.run_dir / "checkpoints" / "best.ckpt")["model"])
+    valid = torch.as_tensor(load_split(config.data, "valid").images)
+    again = {seed: validation_bpd(model, EpochBatcher(valid, 16, seed, drop_last=False), config.train.val_draws, 16)
+             for seed in (VALIDATION_NOISE_SEED, config.run.seed, config.eval.noise_seed)}
+    assert config.run.seed != VALIDATION_NOISE_SEED != config.eval.noise_seed
+    assert again[VALIDATION_NOISE_SEED].mean == pytest.approx(outcome.val_bpd, rel=1e-9)
+    assert again[config.run.seed].mean != pytest.approx(outcome.val_bpd, rel=1e-9)
+    run_dir = outcome.run_dir
+    E.evaluate_trial(config, run_dir, outcome.run_id, tracking_uri=trained["uri"], selected=("test_bpd",), force=True)
+    first = np.load(run_dir / "eval" / E.PER_IMAGE_FILE)
+    reseeded = dataclasses.replace(config, run=dataclasses.replace(config.run, seed=7))
+    result = E.evaluate_trial(reseeded, run_dir, outcome.run_id, tracking_uri=trained["uri"], selected=("test_bpd",))
+    assert result.protocol["seed"] == 7 and not result.skipped
+    assert np.array_equal(np.load(run_dir / "eval" / E.PER_IMAGE_FILE), first)
+    assert result.metrics["test_bpd"] == pytest.approx(first.mean(), rel=1e-12)
+    assert len(history(trained["client"], outcome.run_id, "test_bpd")) == 1  # the same value: not logged again
+    # the saved values are measure_test_bpd's with eval.noise_seed; another noise seed moves them slightly
+    test = torch.as_tensor(load_split(config.data, "test").images)
+    ours, other = (E.measure_test_bpd(model, test, config.eval.test_draws, 16, seed, torch.device("cpu"))
+                   for seed in (3, 4))
+    np.testing.assert_allclose(ours.per_image, first, rtol=1e-9)
+    assert not np.array_equal(other.per_image, ours.per_image)
+    assert abs(other.mean - ours.mean) < 10 * result.metrics["test_bpd_se_draws"]
 
 
 def test_trial_id_and_config_targets_resolve_to_the_run(trained, tmp_path):

@@ -107,3 +107,21 @@ def test_inception_path_offline_with_test_made_weights(tmp_path, monkeypatch, no
     torch.save({"not": torch.zeros(1)}, tmp_path / "wrong.pth")
     with pytest.raises(RuntimeError, match="state_dict"):
         fid.FidScorer.inception(tmp_path / "wrong.pth").network_module()
+
+
+def test_to_uint8_is_the_png_round_trip_of_save_image_and_idempotent(tmp_path):
+    from PIL import Image
+    from torchvision.utils import save_image
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 16, 16, generator=g) * 1.2 - 0.1  # some values outside [0, 1]
+    x[0, 0, 0, :3] = torch.tensor([0.5 / 255, 1.5 / 255 - 1e-6, 254.5 / 255])  # rounding edges
+    save_image(x, tmp_path / "x.png")
+    read = torch.from_numpy(np.array(Image.open(tmp_path / "x.png").convert("RGB"))).permute(2, 0, 1)[None]
+    q = fid.to_uint8(x)
+    assert q.dtype == torch.uint8 and q.shape == x.shape
+    assert torch.equal(q, read)
+    assert q[0, 0, 0, :3].tolist() == [1, 1, 255] and int(q.min()) == 0 and int(q.max()) == 255
+    assert torch.equal(fid.to_uint8(q.float() / 255), q)  # quantised images are fixed points
+    with pytest.raises(TypeError, match="uint8 already"):
+        fid.to_uint8(q)

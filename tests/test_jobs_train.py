@@ -14,9 +14,10 @@ from rgflow.checkpoint import load_latest
 from rgflow.model import RGFlowModel
 from tests.fixtures.trial import run_train, tiny_trial
 
-CONTRACT_TRAIN = {"train_bpd", "grad_norm", "lr", "images_per_s", "samples_seen", "wall_s", "epoch", "noise_scale",
-                  "noise_scale_raw"}
-CONTRACT_VAL = {"val_bpd", "val_bpd_se", "val_epoch"}
+CONTRACT_TRAIN = {"train_bpd", "grad_norm", "lr", "images_per_s", "samples_seen", "wall_s", "epoch",
+                  "noise_grad_sq", "noise_trace", "noise_scale_raw", "noise_scale",
+                  "noise_grad_sq_adam", "noise_trace_adam", "noise_scale_adam_raw", "noise_scale_adam"}
+CONTRACT_VAL = {"val_bpd", "val_bpd_se", "val_bpd_se_draws", "val_epoch"}
 
 
 def _run_of(uri: str, experiment: str, tid: str):

@@ -15,8 +15,9 @@ from rgflow.device import configure_runtime, seed_everything
 from rgflow.model import RGFlowModel
 from rgflow.train import Interrupted, NonFiniteError, TrainHooks, train, validation_bpd
 
-TRAIN_KEYS = {"train_bpd", "grad_norm", "lr", "images_per_s", "samples_seen", "wall_s", "epoch", "noise_scale",
-              "noise_scale_raw"}
+TRAIN_KEYS = {"train_bpd", "grad_norm", "lr", "images_per_s", "samples_seen", "wall_s", "epoch",
+              "noise_grad_sq", "noise_trace", "noise_scale_raw", "noise_scale",
+              "noise_grad_sq_adam", "noise_trace_adam", "noise_scale_adam_raw", "noise_scale_adam"}
 TIMING_KEYS = {"images_per_s", "wall_s"}
 N_TRAIN, PER_EPOCH = 128, 8  # batch 16
 CFG = TrainConfig(batch_size=16, epochs=2, lr=2e-3, weight_decay=5e-5, log_every=4, val_every_epochs=1, val_draws=3,
@@ -90,6 +91,11 @@ def test_bpd_falls_and_metrics_follow_the_contract(images, reference):
         assert m["samples_seen"] == step * 16 and m["epoch"] == pytest.approx(step / PER_EPOCH)
         assert all(math.isfinite(v) for v in m.values())
         assert m["noise_scale"] > 0
+        for s in ("", "_adam"):
+            assert m[f"noise_scale{s}_raw"] == pytest.approx(m[f"noise_trace{s}"] / m[f"noise_grad_sq{s}"], rel=1e-12)
+    first = train_points[0][1]  # the average of a single measurement is that measurement
+    assert first["noise_scale"] == first["noise_scale_raw"]
+    assert first["noise_scale_adam"] == first["noise_scale_adam_raw"]
     assert [m["lr"] for _, m in train_points] == [2e-3] * 4  # warm-up (3 steps) is over by step 4
     assert train_points[-1][1]["wall_s"] > train_points[0][1]["wall_s"] > 0
     first, last = train_points[0][1]["train_bpd"], train_points[-1][1]["train_bpd"]
@@ -98,7 +104,9 @@ def test_bpd_falls_and_metrics_follow_the_contract(images, reference):
     vals = [(s, m) for s, m in hooks.metrics if "val_bpd" in m]
     assert [(s, m["val_epoch"]) for s, m in vals] == [(8, 1.0), (16, 2.0)]
     assert vals[1][1]["val_bpd"] < vals[0][1]["val_bpd"]
-    assert all(0 <= m["val_bpd_se"] < 0.01 for _, m in vals)
+    # the s.e. over the 48 images is far larger than the dequantisation noise (s.e. over 3 draws)
+    assert all(0 < 20 * m["val_bpd_se_draws"] < m["val_bpd_se"] < 0.5 for _, m in vals)
+    assert result.val_bpd_se == vals[1][1]["val_bpd_se"]
     assert result.val_bpd == vals[1][1]["val_bpd"] == result.best_val_bpd
 
     # The untrained model (the identity flow at init) is worse than the trained one on the same draws.
@@ -106,9 +114,14 @@ def test_bpd_falls_and_metrics_follow_the_contract(images, reference):
     seed_everything(0)
     fresh = RGFlowModel(model_preset("tiny"), PriorConfig())
     valid = EpochBatcher(images[N_TRAIN:], 16, 7, "cpu", drop_last=False)
-    mean0, se0, draws0 = validation_bpd(fresh, valid, 3, 16)
-    assert mean0 > result.val_bpd + 0.05 and len(draws0) == 3
-    assert se0 == pytest.approx(torch.tensor(draws0, dtype=torch.float64).std().item() / math.sqrt(3), rel=1e-6)
+    held = validation_bpd(fresh, valid, 3, 16)
+    assert held.mean > result.val_bpd + 0.05 and held.per_image.shape == (48,) and held.per_draw.shape == (3,)
+    assert held.se_draws == pytest.approx(held.per_draw.std(ddof=1) / math.sqrt(3), rel=1e-9)
+    assert held.se_images == pytest.approx(held.per_image.std(ddof=1) / math.sqrt(48), rel=1e-9)
+    # the trained model's validation, recomputed from the last weights on the same noise
+    again = validation_bpd(model, valid, 3, 16)
+    assert again.mean == pytest.approx(result.val_bpd, rel=1e-9)
+    assert again.se_images == pytest.approx(result.val_bpd_se, rel=1e-9)
 
     assert sorted(hooks.artifacts) == [("step-00000016_T0.5.png", "samples"), ("step-00000016_T1.png", "samples")]
     assert (run_dir / "samples" / "step-00000016_T1.png").stat().st_size > 100

@@ -5,9 +5,15 @@ so no data loader runs per step. The epoch order is a permutation drawn on the C
 ``(seed, epoch)`` alone (identical on every device), so ``batches(epoch, start=k)`` yields exactly
 batches ``k…`` of the uninterrupted epoch — resuming mid-epoch continues the same order.
 
-Every batch carries a ``torch.Generator`` on the device seeded from ``(seed, epoch, index)``: it
-first draws the horizontal flips (when enabled, p = 0.5 per image) and is then handed to the
-training loop for the dequantisation noise (``rgflow.logit.dequantize(x, generator)``).
+Every training batch carries a ``torch.Generator`` on the device seeded from ``(seed, epoch,
+index)``: it first draws the horizontal flips (when enabled, p = 0.5 per image) and is then handed
+to the training loop for the dequantisation noise (``rgflow.logit.dequantize(x, generator)``).
+
+Evaluation batches carry their dequantisation noise instead (common random numbers per image):
+``u`` of image ``i`` in evaluation pass ``draw`` comes from its own device generator seeded from
+``(seed, draw, i)``, so it does not depend on the batch size or on the batch an image falls in.
+Two models evaluated with the same seed on the same images see the same noise image by image
+(paired differences): to compare trials, give all their evaluation batchers one seed.
 """
 from __future__ import annotations
 
@@ -26,19 +32,33 @@ def derive_seed(*parts: int) -> int:
 
 
 class Batch(NamedTuple):
-    """``index``: position in the epoch (or in the evaluation pass); ``x``: uint8 ``(B, C, L, L)``
-    on the device; ``generator``: a device generator seeded from ``(seed, epoch, index)``."""
+    """A training batch. ``index``: position in the epoch; ``x``: uint8 ``(B, C, L, L)`` on the
+    device; ``generator``: a device generator seeded from ``(seed, epoch, index)``."""
 
     index: int
     x: torch.Tensor
     generator: torch.Generator
 
 
+class EvalBatch(NamedTuple):
+    """An evaluation batch: images ``start … start + B − 1`` of the set. ``index``: position in the
+    pass; ``x``: uint8 ``(B, C, L, L)`` on the device; ``noise``: float32 ``(B, C, L, L)`` in
+    ``[0, 1)`` on the device, the dequantisation noise of those images
+    (:meth:`EpochBatcher.eval_noise`), for ``rgflow.logit.dequantize(x, noise=noise)``."""
+
+    index: int
+    start: int
+    x: torch.Tensor
+    noise: torch.Tensor
+
+
 class EpochBatcher:
     """Shuffled, optionally flipped training batches and ordered evaluation batches.
 
     ``images``: uint8 ``(N, C, L, L)`` (tensor or array), copied to ``device`` once.
-    ``batch_size``: images per batch. ``seed``: the run's data-order seed. ``flip``: random
+    ``batch_size``: images per batch. ``seed``: the run's data-order seed (seeds the training
+    order, flips and noise, and the evaluation noise; a batcher used only for evaluation takes
+    the evaluation noise seed shared by the runs to compare). ``flip``: random
     horizontal flips in :meth:`batches` (never in :meth:`eval_batches`). ``drop_last``: training
     epochs have ``N // batch_size`` full batches (else the last one is partial).
     """
@@ -91,12 +111,23 @@ class EpochBatcher:
                 x = x.gather(-1, cols[:, None, None, :].expand_as(x))
             yield Batch(index, x, g)
 
-    def eval_batches(self, batch_size: int | None = None, draw: int = 0) -> Iterator[Batch]:
-        """All images in order, no shuffle, no flip, last batch partial.
+    def eval_noise(self, draw: int, start: int, stop: int) -> torch.Tensor:
+        """Dequantisation noise ``u ~ U[0, 1)`` of images ``start … stop − 1`` in evaluation pass
+        ``draw``: float32 ``(stop − start, C, L, L)`` on the device.
 
-        The generator of batch ``index`` is seeded from ``(seed, draw, index)``: evaluation
-        pass ``draw`` sees the same dequantisation noise every time it is repeated.
+        Image ``i``'s noise comes from its own generator seeded from ``(seed, draw, i)``: a
+        function of the seed, the draw and the image index only (not of the batching).
         """
+        noise = torch.empty((stop - start, *self.images.shape[1:]), dtype=torch.float32, device=self.device)
+        for k, i in enumerate(range(start, stop)):
+            noise[k].uniform_(generator=self._generator(_EVAL, draw, i))
+        return noise
+
+    def eval_batches(self, batch_size: int | None = None, draw: int = 0) -> Iterator[EvalBatch]:
+        """All images in order, no shuffle, no flip, last batch partial, each with its noise of
+        pass ``draw`` (:meth:`eval_noise`): repeating a pass repeats its noise image by image,
+        whatever ``batch_size`` (default: the batcher's)."""
         b = batch_size or self.batch_size
         for index, lo in enumerate(range(0, len(self.images), b)):
-            yield Batch(index, self.images[lo:lo + b], self._generator(_EVAL, draw, index))
+            x = self.images[lo:lo + b]
+            yield EvalBatch(index, lo, x, self.eval_noise(draw, lo, lo + len(x)))
