@@ -26,6 +26,7 @@ The shape (every key but ``name`` is optional; see ``sweeps/README.md`` for a co
             max_array_size: 1000, extra_sbatch: [], python: null}   # null: from resources
     local: {parallel: 1}
     evaluation: {enabled: true, test_bpd: true, samples: true, fid: true, receptive_fields: true}
+    report: {equivalence_margin: 0.01}   # bits/dim: the TOST margin of every BPD comparison
 
 **Trial order** (the index used by ``--trial N`` and Slurm array task ids) is the cartesian
 product of, outermost first: each ``zip`` group (in file order), each ``grid`` key (in file order,
@@ -42,7 +43,7 @@ config is: defaults ← ``base_config`` ← ``base`` ← command-line base overr
 * any other trial key sets the base for every trial (``train.epochs=5``) — or, when a list is given
   for a key whose value is not itself a list, adds a grid axis (``'prior.temperature=[0.5,1.0]'``);
 * ``backend=…``, ``name=…``, ``description=…``, ``resources.*``, ``ray.*``, ``slurm.*``,
-  ``local.*``, ``evaluation.*`` set those settings.
+  ``local.*``, ``evaluation.*``, ``report.*`` set those settings.
 
 Every key is checked (one-line :class:`~jobs.config.ConfigError` with did-you-mean), every trial's
 config is built (so a bad axis value is reported with its key, value and origin), and two trials
@@ -75,7 +76,7 @@ from jobs.overrides import did_you_mean, load_yaml_file, nest, parse_override
 
 BACKENDS = ("ray", "slurm", "local")
 SWEEP_KEYS = ("name", "description", "base_config", "base", "axes", "resources", "backend", "ray", "slurm",
-              "local", "evaluation")
+              "local", "evaluation", "report")
 AXIS_KINDS = ("zip", "grid", "random", "seeds")
 RANDOM_KEYS = ("samples", "seed", "params")
 DISTRIBUTIONS = ("uniform", "loguniform", "choice")
@@ -194,9 +195,20 @@ class EvaluationSettings:
         return tuple(n for n in names if self.enabled and getattr(self, n))
 
 
+@dataclass(frozen=True)
+class ReportSettings:
+    """How ``jobs.report`` judges comparisons: ``equivalence_margin`` (bits/dim) is the ± margin of
+    the TOST equivalence test of every BPD comparison (see docs/STATISTICS.md)."""
+
+    equivalence_margin: float = 0.01
+
+    def __post_init__(self) -> None:
+        lib._check_positive("report.equivalence_margin", self.equivalence_margin, integer=False)
+
+
 SETTINGS: dict[str, type] = {
     "resources": Resources, "ray": RaySettings, "slurm": SlurmSettings, "local": LocalSettings,
-    "evaluation": EvaluationSettings,
+    "evaluation": EvaluationSettings, "report": ReportSettings,
 }
 
 
@@ -416,6 +428,7 @@ class Sweep:
     evaluation: EvaluationSettings
     sweep_id: str
     overrides: tuple[str, ...] = ()
+    report: ReportSettings = ReportSettings()
 
     @property
     def varying_keys(self) -> list[str]:
@@ -582,7 +595,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     trials = _expand(axes, state["base"])
     sweep_id = hashlib.sha256(json.dumps([name, [t.trial_id for t in trials]]).encode()).hexdigest()[:12]
     return Sweep(name, path, description, trials, axes, resources, backend, settings["ray"], slurm,
-                 settings["local"], settings["evaluation"], sweep_id, tuple(overrides))
+                 settings["local"], settings["evaluation"], sweep_id, tuple(overrides), settings["report"])
 
 
 def _expand(axes: Axes, base: list[tuple[Any, str]]) -> list[Trial]:

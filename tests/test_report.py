@@ -10,22 +10,33 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from PIL import Image
 
 from jobs.config import flatten
 from jobs.report import build_report
 from jobs.report.__main__ import main as report_main
+from jobs.report import stats
 from jobs.report.query import HISTORY_KEYS, load_sweep_runs
+from jobs.report.tables import curves, trial_table
 from jobs.sweep_spec import load_sweep
+from rgflow.model import RGFlowModel
 
 N_TRAIN = 6400
 EPOCHS = 10
 GAP = 0.1          # batch 512 is worse than batch 64 by this much at every epoch
 SHIFTS = {0: -0.01, 1: 0.01}  # per-seed offsets: 2-seed s.e. of a mean = 0.01, of a gap = 0.0141
 NOISE_SCALE = 100.0
+GRAD_SQ = 0.02
+# as jobs.evaluate.make_protocol writes it (tags rgflow.eval.<key>)
+EVAL_PROTOCOL = {"checkpoint": "best", "checkpoint_step": 1000, "test_images": 200, "test_draws": 2, "noise_seed": 0,
+                 "temperatures": "0.5,1", "fid_images": 200, "fid_network": "inception-v3-fid",
+                 "fid_reference": "first 200 images of the msds1 test split", "fid_samples_quantisation": "8-bit",
+                 "receptive_field_samples": 2, "receptive_field_space": "image"}
+FIELD_LEVELS = 4
 
 SWEEP = """
 name: synth
@@ -70,14 +81,24 @@ def log_trial(client: MlflowClient, exp: str, parent: str, trial, tmp: Path, *, 
         metrics += [Metric("val_bpd", bpd(epoch, batch, seed), now, step), Metric("val_epoch", epoch, now, step)]
         for s in sorted(range(step, step - steps_per_epoch, -5)):
             metrics += [Metric("noise_scale", NOISE_SCALE, now, s), Metric("samples_seen", s * batch, now, s),
-                        Metric("wall_s", s * batch / 100.0, now, s), Metric("epoch", s / steps_per_epoch, now, s)]
+                        Metric("wall_s", s * batch / 100.0, now, s), Metric("epoch", s / steps_per_epoch, now, s),
+                        Metric("noise_grad_sq", GRAD_SQ, now, s), Metric("noise_trace", NOISE_SCALE * GRAD_SQ, now, s),
+                        Metric("lr", cfg.train.effective_lr, now, s)]
     if test_bpd is not None:
         metrics += [Metric("test_bpd", test_bpd, now, 0), Metric("test_bpd_se", 0.001, now, 0),
+                    Metric("test_bpd_se_draws", 0.0001, now, 0),
                     Metric("fid_T0.5", 30.0 + batch / 64, now, 0), Metric("fid_T1", 50.0 + batch / 64, now, 0)]
+        client.log_batch(run, tags=[RunTag(f"rgflow.eval.{k}", str(v)) for k, v in EVAL_PROTOCOL.items()])
     for i in range(0, len(metrics), 1000):
         client.log_batch(run, metrics=metrics[i:i + 1000])
     client.set_terminated(run, "FINISHED")
     return run
+
+
+def receptive_maps(seed: int) -> dict[str, np.ndarray]:
+    """Blobs that widen with the level, as receptive fields do."""
+    yy, xx = np.mgrid[0:32, 0:32] - 15.5
+    return {f"level{h}": np.exp(-(xx**2 + yy**2) / (2 * (1.5 * 2**h) ** 2)) * (1 + seed) for h in range(FIELD_LEVELS)}
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +116,18 @@ def synth(tmp_path_factory):
     for trial in sweep.trials:
         runs[trial.index] = log_trial(client, exp, parent, trial, tmp,
                                       test_bpd=bpd(EPOCHS, trial.config.train.batch_size, trial.config.run.seed))
-    # eval sample grids for one trial, as jobs.evaluate writes them
+    # eval sample grids and receptive fields for one trial, as jobs.evaluate writes them
     for t in ("0.5", "1"):
         art = tmp / f"samples_T{t}.png"
         art.write_bytes(png_bytes(int(float(t) * 10)))
         client.log_artifact(runs[0], str(art), "eval")
+    np.savez(tmp / "receptive_fields.npz", **receptive_maps(0))
+    client.log_artifact(runs[0], str(tmp / "receptive_fields.npz"), "eval")
+    # another setting's receptive fields only in its run folder (no artifact)
+    other = next(t for t in sweep.trials if t.config.train.batch_size == 512 and t.config.prior.kind == "gaussian"
+                 and t.config.run.seed == 0)
+    (tmp / "runs" / other.trial_id / "eval").mkdir(parents=True)
+    np.savez(tmp / "runs" / other.trial_id / "eval" / "receptive_fields.npz", **receptive_maps(1))
     # a trial of another sweep version in the same experiment: not part of this sweep file
     stray = client.create_run(exp, tags={"rgflow.role": "trial", "rgflow.trial_id": "ffffffffffff"}).info.run_id
     client.set_terminated(stray, "FINISHED")
@@ -136,8 +164,9 @@ def test_query_count_is_bounded(report):
     _, calls = report
     assert calls["search_runs"] == 2  # trial summaries (one page) + the parent run
     assert calls["get_metric_history"] == 8 * len(HISTORY_KEYS)  # only the plotted metrics
-    # no per-trial get_run: only artifact access for the 4 sample panels (list + 2 downloads) and the upload
-    assert calls["get_run"] <= 4 * 3 + 1
+    # no per-trial get_run: only artifact access for the 4 representative trials (a listing each, 2 sample grids
+    # and the receptive fields downloaded for one) and the upload
+    assert calls["get_run"] <= 4 + 3 + 1
 
 
 def test_summaries_need_no_per_run_query(synth, monkeypatch):
@@ -152,9 +181,10 @@ def test_trials_csv_columns_and_values(report, synth):
     rows = list(csv.DictReader(open(folder / "trials.csv")))
     assert len(rows) == 8 and "ffffffffffff" not in {r["trial_id"] for r in rows}
     cols = list(rows[0])
-    for col in ("run_id", "trial_id", "state", "train.batch_size", "prior.kind", "run.seed", "final_val_bpd",
-                "best_val_bpd", "test_bpd", "test_bpd_se", "fid_T0.5", "fid_T1", "steps", "epochs", "wall_s",
-                "gpus", "gpu_hours", "cpus", "cpu_hours"):
+    for col in ("run_id", "trial_id", "state", "failure_reason", "train.batch_size", "prior.kind", "run.seed",
+                "effective_lr", "final_lr", "final_val_bpd", "best_val_bpd", "test_bpd", "test_bpd_se",
+                "test_bpd_se_draws", "fid_T0.5", "fid_T1", "steps", "epochs", "wall_s", "gpus", "gpu_hours", "cpus",
+                "cpu_hours"):
         assert col in cols, col
     assert "train.lr" not in cols  # not varying
     for row in rows:
@@ -166,42 +196,122 @@ def test_trials_csv_columns_and_values(report, synth):
         wall = EPOCHS * (N_TRAIN // batch) * batch / 100.0
         assert float(row["gpu_hours"]) == pytest.approx(wall * 0.5 / 3600)  # resources.gpus from the sweep file
         assert float(row["fid_T0.5"]) == pytest.approx(30 + batch / 64)
-        assert row["state"] == "finished"
+        assert float(row["test_bpd_se_draws"]) == pytest.approx(1e-4)
+        assert float(row["effective_lr"]) == pytest.approx(1e-3) and float(row["final_lr"]) == pytest.approx(1e-3)
+        assert row["state"] == "finished" and row["failure_reason"] == ""
 
 
 def test_figures_and_self_contained_html(report):
     folder, _ = report
     for name in ("val_bpd_vs_epoch", "val_bpd_vs_step", "val_bpd_vs_samples_seen", "val_bpd_vs_wall_s",
-                 "fid_vs_temperature", "noise_scale", "samples"):
+                 "fid_vs_temperature", "noise_scale", "samples", "receptive_fields"):
         png = folder / f"{name}.png"
         assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG", name
     page = (folder / "report.html").read_text()
     srcs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", page)
-    assert len(srcs) == 7 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 9 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<link" not in page and "<script" not in page
     md = (folder / "report.md").read_text()
     assert "![" in md and "val_bpd_vs_epoch.png" in md
     assert not list(folder.parent.glob(".synth-report.tmp-*"))
 
 
+def test_header_names_what_was_trained(report, synth):
+    folder, _ = report
+    config = synth["sweep"].trials[0].config
+    count = sum(p.numel() for p in RGFlowModel(config.model, config.prior).parameters())
+    md = (folder / "report.md").read_text()
+    trained = md[md.index("## What was trained"):md.index("## Verdict")]
+    for line in ("* dataset: `msds1`", "* split sizes (images): train 2,000, validation 200, test 200",
+                 f"* model: preset `tiny`, {count:,} parameters", "* epochs: 2", "* effective LR: 0.001",
+                 "* weight decay: 5e-05", "* warm-up (optimizer steps): 0", "* seeds: 0, 1 (every setting)",
+                 "* evaluated checkpoint: best (lowest validation BPD)",
+                 "* test BPD protocol: 200 test images × 2 dequantisation draws (noise seed 0)",
+                 "* FID protocol: 200 samples per temperature (T = 0.5, 1), quantised to 8 bits vs real images: first "
+                 "200 images of the msds1 test split, features `inception-v3-fid`",
+                 "* receptive fields: 2 prior draws at T = 1, derivative of the generator into `image` space"):
+        assert line in trained.splitlines(), line
+    page = (folder / "report.html").read_text()
+    assert page.index("What was trained") < page.index("<h2>Verdict</h2>")
+    assert f"<li>model: preset <code>tiny</code>, {count:,} parameters</li>" in page
+
+
+def test_html_renders_code_spans(report):
+    folder, _ = report
+    page = (folder / "report.html").read_text()
+    assert "<li>experiment <code>synth</code> at <code>sqlite:///" in page
+    assert "<li>dataset: <code>msds1</code></li>" in page
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
+    assert "`" not in text and "**" not in text
+
+
+def test_settings_csv_is_the_mean_and_t_interval_over_seeds(report):
+    folder, _ = report
+    trials = pd.read_csv(folder / "trials.csv")
+    settings = pd.read_csv(folder / "settings.csv")
+    assert len(settings) == 4 and set(settings["trials"]) == {2} and settings["failures"].isna().all()
+    for _, row in settings.iterrows():
+        group = trials[(trials["train.batch_size"] == row["batch_size"]) & (trials["prior.kind"] == row["prior"])]
+        for metric in ("final_val_bpd", "best_val_bpd", "test_bpd", "fid_T0.5", "fid_T1"):
+            est = stats.mean_ci(group[metric])
+            assert row[f"{metric}_n"] == 2
+            assert [row[f"{metric}_{k}"] for k in ("mean", "lo", "hi")] == pytest.approx([est.mean, est.lo, est.hi])
+        assert row["gpu_hours"] == pytest.approx(group["gpu_hours"].sum())
+    # 2-seed interval of the mean of bpd(10, 64, ·): mean 3.0135, half-width t(0.975, 1) × 0.01 = 0.1271
+    md = (folder / "report.md").read_text()
+    assert "| 64 | none | laplace | 2/2: 0 1 | 3.0135 ± 0.1271 |" in md
+
+
+def test_reproduction_table_marks_our_tiny_runs_as_not_like_for_like(report):
+    folder, _ = report
+    rows = pd.read_csv(folder / "reproduction.csv")
+    assert len(rows) == 8 and set(rows["dataset"]) == {"msds1"}  # 4 settings × (BPD, FID at T=1)
+    assert not rows["like_for_like"].any() and set(rows["conclusion"]) == {"not like for like"}
+    laplace = rows[(rows["prior"] == "laplace") & (rows["batch_size"] == 512) & (rows["metric"] == "BPD")].iloc[0]
+    assert laplace["unlike"] == "model tiny (theirs msds)" and laplace["ours"] == "test BPD"
+    assert laplace["diff"] == pytest.approx(bpd(EPOCHS, 512, 0) + 0.01 - 1.8562)
+    md = (folder / "report.md").read_text()
+    assert "## Against the 2025 reproduction" in md and "FID at T=1" in md
+
+
+def test_noise_frame_carries_the_raw_estimates(synth):
+    data = load_sweep_runs(synth["uri"], "synth", trial_ids=[t.trial_id for t in synth["sweep"].trials])
+    _, noise = curves(data, trial_table(data))
+    assert noise["noise_grad_sq"].to_numpy() == pytest.approx(GRAD_SQ)
+    assert noise["noise_trace"].to_numpy() == pytest.approx(NOISE_SCALE * GRAD_SQ)
+    assert noise["noise_scale_adam"].isna().all()
+
+
 def test_verdict_matches_synthetic_truth(report):
     folder, _ = report
-    findings = json.loads((folder / "verdict.json").read_text())
-    gaps = [f for f in findings if f["topic"] == "batch gap" and f["numbers"].get("axis") == "epoch"]
+    findings = json.loads((folder / "verdict.json").read_text())  # valid JSON: json.loads rejects no NaN, so check
+    assert "NaN" not in (folder / "verdict.json").read_text()
+    gaps = [f for f in findings if f["topic"] == "batch gap" and f["axis"] == "epoch"]
     assert len(gaps) == 2  # one per prior
     for f in gaps:
-        assert f["numbers"]["gap"] == pytest.approx(GAP, abs=1e-9)
-        assert "batch 512 is worse by 0.100 ± 0.014 bits/dim" in f["text"]
-    priors = [f for f in findings if f["topic"] == "priors"]
-    assert len(priors) == 2 and all(f["numbers"]["indistinguishable"] for f in priors)
-    assert all("test BPD" in f["text"] for f in priors)
+        # both arms ran seeds 0 and 1 with the same per-seed shift: the paired differences are exactly GAP
+        assert f["test"] == "paired t" and f["n"] == [2, 2] and f["df"] == 1
+        assert f["estimate"] == pytest.approx(GAP, abs=1e-9) and f["conclusion"] == "different"
+        assert f["ci95"] == pytest.approx([GAP, GAP], abs=1e-9) and f["p_holm"] == 0
+        assert [a["label"] for a in f["arms"]] == ["batch 512", "batch 64"]
+        assert {"topic", "context", "question", "arms", "n", "estimate", "ci95", "test", "df", "p", "p_holm",
+                "conclusion", "text"} <= set(f)
+        assert "batch 512 is worse" in f["text"] and "difference +0.100 bits/dim" in f["text"]
+    improving = [f for f in findings if f["topic"] == "still improving"]
+    assert len(improving) == 4 and all(f["conclusion"] == "improving" for f in improving)  # exp(-epoch/2) at epoch 10
+    priors = [f for f in findings if f["topic"] == "priors" and "arms" in f]
+    assert len(priors) == 2 and all(f["compared_on"] == "test BPD" for f in priors)
+    assert all(f["conclusion"] == "not_tested" and f["p"] is None and "deferred: not converged" in f["text"]
+               for f in priors)
     noise = [f for f in findings if f["topic"] == "noise scale"]
-    assert noise[0]["numbers"]["b_simple"] == pytest.approx(NOISE_SCALE)
-    assert "batch 64 is comparable to it" in noise[0]["text"] and "batch 512 is beyond it" in noise[0]["text"]
+    assert len(noise) == 4 and all(f["b_simple"] == pytest.approx(NOISE_SCALE) for f in noise)  # one per group
+    crit = [f for f in findings if f["topic"] == "critical batch"]
+    assert len(crit) == 2 and all(f["exact_fit"] for f in crit)
     lr = [f for f in findings if f["topic"] == "lr scaling"]
-    assert lr and all("not tested" in f["text"] for f in lr)
+    assert lr and all(f["conclusion"] == "not_tested" and "not tested" in f["text"] for f in lr)
     text = (folder / "report.md").read_text()
-    assert "batch 512 is worse by 0.100 ± 0.014 bits/dim" in text
+    assert gaps[0]["text"] in text and "Critical batch size from the learning curves" in text
+    assert (folder / "steps_to_target.png").is_file()
 
 
 def test_report_logged_to_parent_run(report, synth):

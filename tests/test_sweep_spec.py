@@ -203,6 +203,8 @@ def test_settings_overrides_and_slurm_defaults(tmp_path):
     assert sweep.evaluation.selected == ("test_bpd", "samples", "receptive_fields")
     assert load_sweep(path, ["evaluation.enabled=false"]).evaluation.selected == ()
     assert sweep.overrides[0] == "backend=slurm"
+    assert sweep.report.equivalence_margin == 0.01
+    assert load_sweep(path, ["report.equivalence_margin=0.005"]).report.equivalence_margin == 0.005
 
 
 def test_sweep_id_tracks_what_is_trained(tmp_path):
@@ -237,6 +239,7 @@ def test_trial_index_lookup(tmp_path):
     (["resources.gpus=1.5"], "resources.gpus=1.5: must be a whole number when above 1 [override 'resources.gpus=1.5']"),
     (["resources.cpu=2"], "resources.cpu: unknown key (did you mean 'resources.cpus'?) [override 'resources.cpu=2']"),
     (["evaluation.fid=maybe"], "evaluation.fid='maybe': expected a boolean (true/false), got a string [override 'evaluation.fid=maybe']"),
+    (["report.equivalence_margin=0"], "report.equivalence_margin=0.0: must be a positive number [override 'report.equivalence_margin=0']"),
     (["train.batch_size=[32,big]"], "train.batch_size='big': expected an integer, got a string [override 'train.batch_size=[32,big]']"),
     (["prior.kind=[laplace,cauchy]"], "prior.kind='cauchy': must be one of 'laplace', 'gaussian' [override 'prior.kind=[laplace,cauchy]']"),
     (["data.name=celeba"], "data.name='celeba': not among the axes.zip[0] values [\"msds1\", \"msds2\"] [override 'data.name=celeba']"),
@@ -299,7 +302,7 @@ def test_duplicate_trials_name_both_indexes(tmp_path):
     ("name: x\nresources: {gpus: -1}\n", "resources.gpus=-1.0: must be a non-negative number [in {path}]"),
     ("name: x\nbase_config: nope.yaml\n", "{dir}/nope.yaml: no such file"),
     ("name: x\naxes:\n  grid: [1\n", "{path}:4:1: invalid YAML: expected ',' or ']', but got '<stream end>'"),
-    ("- 1\n", "expected a sweep mapping with keys name, description, base_config, base, axes, resources, backend, ray, slurm, local, evaluation, got [1] [in {path}]"),
+    ("- 1\n", "expected a sweep mapping with keys name, description, base_config, base, axes, resources, backend, ray, slurm, local, evaluation, report, got [1] [in {path}]"),
 ])
 def test_file_errors(tmp_path, text, message):
     path = write(tmp_path, text)

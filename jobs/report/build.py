@@ -2,8 +2,10 @@
 
 The folder (default ``reports/<sweep>/``) is built under a temporary name next to it and renamed
 into place when complete, so an interrupted run never leaves a half-written report. It holds
-``report.md``, ``report.html`` (self-contained), ``trials.csv``, ``verdict.json`` and the PNG
-figures, and is logged under ``report/`` of the sweep's parent run (tag ``rgflow.role=sweep``).
+``report.md``, ``report.html`` (self-contained), ``trials.csv`` (one row per trial),
+``settings.csv`` (one row per setting, mean and 95 % t CI over seeds), ``reproduction.csv`` (each
+setting against the 2025 reproduction's Table 1), ``verdict.json`` and the PNG figures, and is
+logged under ``report/`` of the sweep's parent run (tag ``rgflow.role=sweep``).
 """
 from __future__ import annotations
 
@@ -15,20 +17,27 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from jobs.report import figures
+from jobs.report.header import header
 from jobs.report.query import ReportInputError, SweepRuns, load_sweep_runs
-from jobs.report.render import Report, write_atomic, write_documents
-from jobs.report.tables import csv_columns, curves, parse_param, trial_table, varying_params
-from jobs.report.verdict import verdict
+from jobs.report.reference_values import RECIPE_2025, SOURCE_2025
+from jobs.report.render import Report, Table, write_atomic, write_documents
+from jobs.report.tables import (SETTING_KEYS, csv_columns, curves, finite_hours, parse_param, reproduction_shown,
+                                reproduction_table, setting_label, settings_shown, settings_table, trial_table,
+                                trials_shown, varying_params)
+from jobs.report.verdict import DEFAULT_MARGIN, verdict
 from jobs.staging import staged_dir
 from jobs.tracking import get_client
+from jobs.tracking.store import RUN_DIR_TAG
 
 log = logging.getLogger(__name__)
 
 MAX_SAMPLE_PANELS = 12
 SAMPLE_NAME = re.compile(r"samples_T(\d+(?:\.\d+)?)\.png$")
+FIELDS_NAME = "receptive_fields.npz"
 
 
 def sweep_target(path: str | Path, overrides: list[str] = ()) -> dict:
@@ -38,7 +47,8 @@ def sweep_target(path: str | Path, overrides: list[str] = ()) -> dict:
     sweep = load_sweep(path, list(overrides))
     return {"experiment": sweep.name, "uri": sweep.trials[0].config.tracking.uri if sweep.trials else None,
             "sweep_id": sweep.sweep_id, "trial_ids": [t.trial_id for t in sweep.trials],
-            "resources": {"gpus": float(sweep.resources.gpus), "cpus": float(sweep.resources.cpus)}}
+            "resources": {"gpus": float(sweep.resources.gpus), "cpus": float(sweep.resources.cpus)},
+            "margin": sweep.report.equivalence_margin}
 
 
 def resources_from_parent(params: dict[str, str]) -> dict[str, float]:
@@ -50,67 +60,128 @@ def resources_from_parent(params: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def sample_panels(data: SweepRuns, table: pd.DataFrame, work: Path) -> list[tuple[str, dict[float, Path]]]:
-    """One trial per (context, prior, batch, LR scaling), lowest seed first: its ``eval/samples_T*.png``
-    artifacts, else the newest per-temperature PNGs in its run folder's ``samples/``."""
+def representatives(table: pd.DataFrame) -> pd.DataFrame:
+    """One trial per setting (:data:`SETTING_KEYS`), its lowest seed, at most :data:`MAX_SAMPLE_PANELS`."""
+    return table.sort_values("seed").groupby(SETTING_KEYS, sort=True).head(1).head(MAX_SAMPLE_PANELS)
+
+
+def eval_files(client, run_id: str, run_dir: str | None, work: Path) -> dict[str, Path]:
+    """The trial's evaluation outputs the report shows (``samples_T*.png``, :data:`FIELDS_NAME`) by
+    file name: its MLflow ``eval/`` artifacts, downloaded into ``work``, else the same files in its
+    run folder's ``eval/``."""
+    def shown(name: str) -> bool:
+        return bool(SAMPLE_NAME.search(name)) or name == FIELDS_NAME
+
+    try:
+        names = [a.path for a in client.list_artifacts(run_id, "eval") if shown(Path(a.path).name)]
+    except Exception as exc:  # noqa: BLE001 - an unreadable artifact store only loses this trial's panels
+        log.warning("run %s: cannot list eval artifacts (%s)", run_id, exc)
+        names = []
+    if names:
+        dst = work / run_id
+        dst.mkdir(parents=True, exist_ok=True)
+        return {Path(n).name: Path(client.download_artifacts(run_id, n, str(dst))) for n in names}
+    folder = Path(run_dir) / "eval" if run_dir else None
+    return {f.name: f for f in folder.iterdir() if shown(f.name)} if folder and folder.is_dir() else {}
+
+
+def eval_panels(data: SweepRuns, table: pd.DataFrame, work: Path) -> tuple[list, list]:
+    """For :func:`representatives`: (sample panels ``[(label, {T: png})]``, receptive-field panels
+    ``[(label, {level: (L, L) array})]``). Sample grids are the ``eval/samples_T*.png`` files, else
+    the newest per-temperature PNGs in the run folder's ``samples/``; receptive fields the levels
+    ``level<h>`` of ``eval/receptive_fields.npz``."""
     client = get_client(data.uri)
-    reps = table.sort_values("seed").groupby(["context", "prior", "batch_size", "lr_scaling"], sort=True).head(1)
     tags = {r.run_id: r.tags for r in data.runs}
-    panels = []
-    for rid, row in reps.head(MAX_SAMPLE_PANELS).iterrows():
-        grids: dict[float, Path] = {}
-        try:
-            names = [a.path for a in client.list_artifacts(rid, "eval") if SAMPLE_NAME.search(a.path)]
-        except Exception as exc:  # noqa: BLE001 - an unreadable artifact store only loses this panel
-            log.warning("run %s: cannot list eval artifacts (%s)", rid, exc)
-            names = []
-        for name in names:
-            dst = work / rid
-            dst.mkdir(parents=True, exist_ok=True)
-            grids[float(SAMPLE_NAME.search(name).group(1))] = Path(client.download_artifacts(rid, name, str(dst)))
-        run_dir = tags[rid].get("rgflow.run_dir")
+    samples, fields = [], []
+    for rid, row in representatives(table).iterrows():
+        run_dir = tags[rid].get(RUN_DIR_TAG)
+        files = eval_files(client, rid, run_dir, work)
+        grids = {float(SAMPLE_NAME.search(n).group(1)): f for n, f in files.items() if SAMPLE_NAME.search(n)}
         if not grids and run_dir and (Path(run_dir) / "samples").is_dir():
             for png in sorted((Path(run_dir) / "samples").rglob("*.png")):
                 found = re.search(r"T(\d+(?:\.\d+)?)", png.stem)
                 if found:
                     grids[float(found.group(1))] = png  # sorted: the newest name wins
-        label = ", ".join(p for p in (row["context"], f"{row['prior']}", f"B={row['batch_size']}",
-                                      f"lr {row['lr_scaling']}", f"seed {row['seed']}") if p)
-        panels.append((label, grids))
-    return panels
+        label = (setting_label(row["context"], row["batch_size"], row["lr_scaling"], row["prior"])
+                 + f", seed {row['seed']}")
+        samples.append((label, grids))
+        if FIELDS_NAME in files:
+            with np.load(files[FIELDS_NAME]) as npz:
+                fields.append((label, {int(k[len("level"):]): npz[k] for k in npz.files if k.startswith("level")}))
+    return samples, fields
 
 
-def make_figures(data: SweepRuns, table: pd.DataFrame, val: pd.DataFrame, noise: pd.DataFrame,
+def make_figures(data: SweepRuns, table: pd.DataFrame, val: pd.DataFrame, noise: pd.DataFrame, findings: list,
                  out: Path) -> tuple[list[tuple[str, Path]], list[str]]:
     made, notes = [], []
+    band = "mean over seeds; band: 95 % t CI over seeds (none with one seed)"
     for axis, words in figures.AXES.items():
         path = figures.val_bpd_figure(table, val, axis, out / f"val_bpd_vs_{axis}.png")
         if path:
-            made.append((f"Validation BPD vs {words} (mean over seeds, band ±1 s.e.)", path))
+            made.append((f"Validation BPD (bits/dim) vs {words}: {band}", path))
     if not made:
         notes.append("No validation history: no learning-curve figures.")
     path = figures.fid_figure(table, out / "fid_vs_temperature.png")
     if path:
-        made.append(("FID vs sampling temperature (mean ± s.e. over seeds)", path))
+        made.append(("FID vs sampling temperature: mean over seeds; error bars: 95 % t CI over seeds (none where "
+                     "one seed has a value)", path))
     else:
         notes.append("No FID values (jobs.evaluate not run, or the Inception weights were absent): no FID figure.")
     path = figures.noise_scale_figure(table, noise, out / "noise_scale.png")
     if path:
-        made.append(("Gradient noise scale B_simple over training; dotted lines: the batch sizes", path))
+        made.append((f"Gradient noise scale B_simple (images) over training: {band}; dotted lines: the batch sizes",
+                     path))
     else:
         notes.append("No gradient noise scale history: no noise-scale figure.")
-    with tempfile.TemporaryDirectory(dir=out) as work:
-        path = figures.sample_grid_figure(sample_panels(data, table, Path(work)), out / "samples.png")
+    trained = figures.what_was_trained(table)
+    path = figures.steps_to_target_figure(findings, f"Steps to a common validation BPD vs batch size, {trained}",
+                                          out / "steps_to_target.png")
     if path:
-        made.append(("Samples per temperature, one trial per setting", path))
+        made.append(("Optimizer steps to the lowest validation BPD every trial reached, against batch size (log–log): "
+                     "grey points one seed each, squares the mean over seeds, solid line the fit S = S_min·(1 + "
+                     "B_crit/B), dashed line perfect scaling S ∝ 1/B", path))
+    with tempfile.TemporaryDirectory(dir=out) as work:
+        samples, fields = eval_panels(data, table, Path(work))
+        path = figures.sample_grid_figure(samples, f"Samples per temperature, {trained}", out / "samples.png")
+    if path:
+        made.append(("Samples per temperature, one trial per setting (its lowest seed)", path))
     else:
         notes.append("No sample grids found (eval/ artifacts or run-folder samples/).")
+    path = figures.receptive_field_figure(fields, f"Receptive fields per RG level (T = 1), {trained}",
+                                          out / "receptive_fields.png")
+    if path:
+        made.append(("Receptive fields E|∂x/∂z_l| per RG level h: mean over prior draws at T = 1 of the absolute "
+                     "change of the generator's output (summed over colour channels; image or logit space, see "
+                     "'receptive fields' under What was trained) per unit change of one latent of level h near the "
+                     "centre; one trial per setting (its lowest seed), each panel with its own colour scale", path))
+    else:
+        notes.append(f"No receptive fields found (eval/{FIELDS_NAME}: jobs.evaluate not run with receptive_fields).")
     return made, notes
+
+
+def lr_notes(table: pd.DataFrame) -> list[str]:
+    """A note when a trial's last logged ``lr`` is not its config's effective LR (e.g. stopped during warm-up)."""
+    logged = table[table["final_lr"].notna() & table["effective_lr"].notna()]
+    off = logged[~np.isclose(logged["final_lr"], logged["effective_lr"], rtol=1e-6, atol=0)]
+    if off.empty:
+        return []
+    shown = ", ".join(f"`{r.trial_id}` ({r.final_lr:.3g} vs {r.effective_lr:.3g})" for r in off.head(5).itertuples())
+    return [f"{len(off)} trial(s) ended at a logged LR other than the effective LR of their config: {shown}."]
+
+
+def reproduction_notes(margin: float) -> list[str]:
+    return [f"Reference: {SOURCE_2025}: {RECIPE_2025}.",
+            "Like for like: our settings at batch 512 with the 2025 model preset of the dataset; other settings are "
+            "listed for information, without a conclusion.",
+            "Test: one-sample t over our seeds against their value (which has no stated uncertainty), two-sided, "
+            "p not adjusted for the number of rows; different: p < 0.05; equivalent: TOST p < 0.05 with margin "
+            f"±{margin:g} bits/dim (BPD only; FID is not tested for equivalence); not tested with fewer than 2 "
+            "finished seeds. Our BPD is the test BPD where every seed has one, else the final validation BPD."]
 
 
 def meta_lines(data: SweepRuns, table: pd.DataFrame) -> list[str]:
     states = table["state"].value_counts().to_dict()
-    gpu_h, cpu_h = table["gpu_hours"].sum(min_count=1), table["cpu_hours"].sum(min_count=1)
+    gpu_h, cpu_h = finite_hours(table["gpu_hours"]), finite_hours(table["cpu_hours"])
     cost = []
     if not math.isnan(gpu_h):
         cost.append(f"{gpu_h:.2f} GPU-hours")
@@ -137,31 +208,41 @@ def build_report(target: str | None = None, *, experiment: str | None = None, ou
         name = experiment or target
         if not name:
             raise ReportInputError("nothing to report on: pass SWEEP.yaml or --experiment NAME")
-        spec = {"experiment": name, "uri": None, "sweep_id": None, "trial_ids": None, "resources": None}
+        spec = {"experiment": name, "uri": None, "sweep_id": None, "trial_ids": None, "resources": None,
+                "margin": None}
     data = load_sweep_runs(tracking_uri or spec["uri"], spec["experiment"], spec["sweep_id"], spec["trial_ids"])
     resources = spec["resources"] or resources_from_parent(data.parent_params)
+    margin = spec["margin"] or DEFAULT_MARGIN
     table = trial_table(data, resources)
     val, noise = curves(data, table)
+    trained = header(data, table)
+    settings = settings_table(table)
+    reproduction = reproduction_table(table, margin)
 
-    finished = table[table["state"] == "finished"]
-    notes = []
-    if len(finished) < len(table):
-        notes.append(f"The verdict uses the {len(finished)} finished trials; {len(table) - len(finished)} others "
-                     "are in the table and figures only.")
-    findings = verdict(finished, val[val["run_id"].isin(finished.index)], noise[noise["run_id"].isin(finished.index)])
+    lost = int((table["state"] != "finished").sum())
+    notes = [f"The verdict's statistics use the finished trials; the {lost} others are named in their arm's "
+             "finding, the tables and the figures."] if lost else []
+    findings = verdict(table, val, noise, margin)
 
     final = Path(out_dir) if out_dir else Path("reports") / spec["experiment"]
     with staged_dir(final) as out:
-        made, fig_notes = make_figures(data, table, val, noise, out)
+        made, fig_notes = make_figures(data, table, val, noise, findings, out)
         varying = varying_params(data.runs)
         table.reset_index()[csv_columns(table, varying)].to_csv(out / "trials.csv", index=False)
-        write_atomic(out / "verdict.json", json.dumps(
-            [{"topic": f.topic, "text": f.text, "numbers": f.numbers} for f in findings], indent=1, default=str))
-        shown = table.reset_index()[["trial_id", "state"] + [c for c in varying if c in table] +
-                                    ["final_val_bpd", "best_val_bpd", "test_bpd", "test_bpd_se"] +
-                                    [c for c in table.columns if c.startswith("fid_T")] + ["steps", "epochs"]]
-        report = Report(f"Sweep report: {spec['experiment']}", meta_lines(data, table), findings, shown, made,
-                        notes + fig_notes)
+        settings.to_csv(out / "settings.csv", index=False)
+        reproduction.to_csv(out / "reproduction.csv", index=False)
+        write_atomic(out / "verdict.json", json.dumps([f.to_json() for f in findings], indent=1, allow_nan=False))
+        tables = [
+            Table("Per setting", settings_shown(settings), csv="settings.csv", notes=[
+                "Mean ± half-width of the 95 % t interval over the finished seeds (n=1: the value, no CI); GPU-/CPU-"
+                "hours are sums over all the setting's trials."]),
+            Table(f"Against {SOURCE_2025}", reproduction_shown(reproduction), csv="reproduction.csv",
+                  notes=reproduction_notes(margin) if not reproduction.empty else [],
+                  empty=f"No finished setting on CelebA, MSDS1 or MSDS2 with a Laplace or Gaussian prior: no "
+                        f"comparison with {SOURCE_2025}."),
+            Table("Trials", trials_shown(table, varying), csv="trials.csv")]
+        report = Report(f"Sweep report: {spec['experiment']}", meta_lines(data, table), trained.lines, trained.groups,
+                        findings, tables, made, notes + lr_notes(table) + fig_notes)
         write_documents(report, out)
     if log_to_parent:
         if data.parent_run_id:

@@ -3,7 +3,7 @@
 One paged ``search_runs`` for the trial summaries (params, tags, latest metrics: ``find_trial_runs``
 of ``jobs.tracking``), one for the sweep's parent run, and ``get_metric_history`` only for the
 metrics that are plotted (:data:`HISTORY_KEYS`), run in a thread pool. Nothing is fetched per run
-besides those histories, so 1,000 trials cost 2 searches plus 5,000 small history reads.
+besides those histories, so 1,000 trials cost 2 searches plus 11,000 small history reads.
 """
 from __future__ import annotations
 
@@ -17,9 +17,13 @@ from mlflow.entities import ViewType
 from jobs.tracking import find_trial_runs, get_client, resolve_tracking_uri
 from jobs.tracking.store import ROLE_TAG, SWEEP_ID_TAG, RunSummary, filter_literal, retry_transient
 
-#: Metric histories read per trial: validation curve, its epoch axis, the noise scale and the
-#: per-step axes (samples seen, wall-clock seconds).
-HISTORY_KEYS = ("val_bpd", "val_epoch", "noise_scale", "samples_seen", "wall_s")
+#: Gradient-noise histories (see ``rgflow.train``): B_simple (images), the raw estimates of |G|² and
+#: tr(Σ) ((nats/dim)²), and the same in Adam's preconditioned metric (dimensionless; B in images).
+NOISE_KEYS = ("noise_scale", "noise_grad_sq", "noise_trace", "noise_scale_adam", "noise_grad_sq_adam",
+              "noise_trace_adam")
+#: Metric histories read per trial: validation curve, its epoch axis, the gradient noise, the
+#: learning rate and the per-step axes (samples seen, wall-clock seconds).
+HISTORY_KEYS = ("val_bpd", "val_epoch", *NOISE_KEYS, "lr", "samples_seen", "wall_s")
 HISTORY_THREADS = 16
 
 
@@ -104,5 +108,5 @@ def _trial_order(run: RunSummary) -> tuple:
     return (int(index) if index.isdigit() else math.inf, run.trial_id)
 
 
-__all__ = ["HISTORY_KEYS", "ReportInputError", "SweepRuns", "find_parent_run", "metric_history", "fetch_histories",
-           "load_sweep_runs"]
+__all__ = ["HISTORY_KEYS", "NOISE_KEYS", "ReportInputError", "SweepRuns", "find_parent_run", "metric_history",
+           "fetch_histories", "load_sweep_runs"]

@@ -1,10 +1,16 @@
 """Write the report as Markdown (figures linked as files) and as one self-contained HTML file
-(figures embedded as base64 PNG, inline CSS, no external resource)."""
+(figures embedded as base64 PNG, inline CSS, no external resource).
+
+Text (meta and header lines, findings, notes, captions, table cells) may hold Markdown code spans
+(`` `smoke` ``) and ``**bold**``; the HTML escapes the text first, then turns those into
+``<code>``/``<strong>``.
+"""
 from __future__ import annotations
 
 import base64
 import html
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,18 +19,40 @@ import pandas as pd
 
 from jobs.report.verdict import Finding
 
-TABLE_ROWS = 60  # rows shown in the documents; trials.csv has them all
+TABLE_ROWS = 60  # rows shown in the documents; the CSV files have them all
 TOPIC_TITLES = {"batch gap": "Batch-size gap", "lr scaling": "Does LR scaling close it?",
-                "still improving": "Were the large-batch runs still improving?", "noise scale": "Gradient noise scale",
-                "priors": "Do the priors differ?", "data": "Data"}
+                "still improving": "Were the runs still improving at the end?", "noise scale": "Gradient noise scale",
+                "critical batch": "Critical batch size from the learning curves", "priors": "Do the priors differ?",
+                "data": "Data"}
+CODE = re.compile(r"`([^`]+)`")
+BOLD = re.compile(r"\*\*(.+?)\*\*")
+
+
+@dataclass
+class Table:
+    """A titled table: ``frame`` (shown as is, first :data:`TABLE_ROWS` rows), ``notes`` (lines under
+    it), ``csv`` (the file that holds every row, named when rows are cut), ``empty`` (the line shown
+    instead of an empty table)."""
+
+    title: str
+    frame: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    csv: str | None = None
+    empty: str = "No rows."
 
 
 @dataclass
 class Report:
+    """``meta``: lines about the sweep; ``trained``: the header lines (what was trained, shared by
+    every setting) and ``trained_groups`` its per-setting table; then the verdict, the ``tables``
+    (per setting, against the 2025 reproduction, per trial), figures and notes."""
+
     title: str
     meta: list[str]
+    trained: list[str]
+    trained_groups: pd.DataFrame
     findings: list[Finding]
-    table: pd.DataFrame
+    tables: list[Table]
     figures: list[tuple[str, Path]]
     notes: list[str] = field(default_factory=list)
 
@@ -38,6 +66,13 @@ def write_atomic(path: Path, text: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def inline(text: str) -> str:
+    """Markdown-inline text as HTML: escaped, then `` `x` `` → ``<code>x</code>`` and ``**x**`` →
+    ``<strong>x</strong>``."""
+    escaped = html.escape(str(text), quote=False)
+    return BOLD.sub(r"<strong>\1</strong>", CODE.sub(r"<code>\1</code>", escaped))
 
 
 def _by_topic(findings: list[Finding]) -> dict[str, list[Finding]]:
@@ -58,19 +93,35 @@ def _shown(table: pd.DataFrame) -> pd.DataFrame:
     return table.head(TABLE_ROWS).map(_cell)
 
 
+def _md_table(frame: pd.DataFrame) -> list[str]:
+    shown = _shown(frame)
+
+    def row(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return [row(shown.columns), "|" + "---|" * len(shown.columns)] + [row(r) for r in shown.itertuples(index=False)]
+
+
+def _cut_note(table: Table) -> str | None:
+    if len(table.frame) <= TABLE_ROWS:
+        return None
+    return f"{len(table.frame) - TABLE_ROWS} more rows" + (f" in `{table.csv}`." if table.csv else ".")
+
+
 def markdown(report: Report) -> str:
-    lines = [f"# {report.title}", ""] + [f"* {m}" for m in report.meta] + ["", "## Verdict", ""]
+    lines = [f"# {report.title}", ""] + [f"* {m}" for m in report.meta] + ["", "## What was trained", ""]
+    lines += [f"* {t}" for t in report.trained] + [""]
+    if not report.trained_groups.empty:
+        lines += ["Per setting:", ""] + _md_table(report.trained_groups) + [""]
+    lines += ["## Verdict", ""]
     for topic, items in _by_topic(report.findings).items():
         lines += [f"### {TOPIC_TITLES.get(topic, topic)}", ""] + [f"* {f.text}" for f in items] + [""]
-    lines += ["## Trials", ""]
-    shown = _shown(report.table)
-    lines.append("| " + " | ".join(map(str, shown.columns)) + " |")
-    lines.append("|" + "---|" * len(shown.columns))
-    for _, row in shown.iterrows():
-        lines.append("| " + " | ".join(row) + " |")
-    if len(report.table) > TABLE_ROWS:
-        lines.append(f"\n{len(report.table) - TABLE_ROWS} more rows in `trials.csv`.")
-    lines += ["", "## Figures", ""]
+    for table in report.tables:
+        lines += [f"## {table.title}", ""]
+        lines += (_md_table(table.frame) if not table.frame.empty else [table.empty]) + [""]
+        cut = _cut_note(table)
+        lines += ([cut, ""] if cut else []) + [f"* {n}" for n in table.notes] + ([""] if table.notes else [])
+    lines += ["## Figures", ""]
     for caption, path in report.figures:
         lines += [f"**{caption}**", "", f"![{caption}]({path.name})", ""]
     if report.notes:
@@ -81,31 +132,47 @@ def markdown(report: Report) -> str:
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
 th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}figure{margin:1.5em 0}
-figcaption{font-weight:600;margin-bottom:.3em}.table{overflow-x:auto}"""
+figcaption{font-weight:600;margin-bottom:.3em}.table{overflow-x:auto;margin-bottom:.5em}
+code{background:#f3f3f3;padding:0 .2em;border-radius:3px;font-size:90%}"""
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    shown = _shown(frame)
+    head = "".join(f"<th>{inline(c)}</th>" for c in shown.columns)
+    body = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>"
+                   for r in shown.itertuples(index=False))
+    return f"<div class='table'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def _html_list(items) -> str:
+    return "<ul>" + "".join(f"<li>{inline(i)}</li>" for i in items) + "</ul>"
 
 
 def html_document(report: Report) -> str:
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(report.title)}</title>",
-             f"<style>{CSS}</style></head><body><h1>{esc(report.title)}</h1><ul>"]
-    parts += [f"<li>{esc(m)}</li>" for m in report.meta]
-    parts.append("</ul><h2>Verdict</h2>")
+             f"<style>{CSS}</style></head><body><h1>{inline(report.title)}</h1>", _html_list(report.meta),
+             "<h2>What was trained</h2>", _html_list(report.trained)]
+    if not report.trained_groups.empty:
+        parts += ["<p>Per setting:</p>", _html_table(report.trained_groups)]
+    parts.append("<h2>Verdict</h2>")
     for topic, items in _by_topic(report.findings).items():
-        parts.append(f"<h3>{esc(TOPIC_TITLES.get(topic, topic))}</h3><ul>")
-        parts += [f"<li>{esc(f.text)}</li>" for f in items]
-        parts.append("</ul>")
-    parts.append("<h2>Trials</h2><div class='table'>")
-    parts.append(_shown(report.table).to_html(index=False, escape=True))
-    parts.append("</div>")
-    if len(report.table) > TABLE_ROWS:
-        parts.append(f"<p>{len(report.table) - TABLE_ROWS} more rows in trials.csv.</p>")
+        parts += [f"<h3>{inline(TOPIC_TITLES.get(topic, topic))}</h3>", _html_list(f.text for f in items)]
+    for table in report.tables:
+        parts.append(f"<h2>{inline(table.title)}</h2>")
+        parts.append(_html_table(table.frame) if not table.frame.empty else f"<p>{inline(table.empty)}</p>")
+        cut = _cut_note(table)
+        if cut:
+            parts.append(f"<p>{inline(cut)}</p>")
+        if table.notes:
+            parts.append(_html_list(table.notes))
     parts.append("<h2>Figures</h2>")
     for caption, path in report.figures:
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        parts.append(f"<figure><figcaption>{esc(caption)}</figcaption>"
+        parts.append(f"<figure><figcaption>{inline(caption)}</figcaption>"
                      f"<img alt='{esc(caption)}' src='data:image/png;base64,{data}'></figure>")
     if report.notes:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in report.notes) + "</ul>")
+        parts += ["<h2>Notes</h2>", _html_list(report.notes)]
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -118,4 +185,4 @@ def write_documents(report: Report, out_dir: Path) -> tuple[Path, Path]:
     return md, page
 
 
-__all__ = ["Report", "markdown", "html_document", "write_documents", "write_atomic"]
+__all__ = ["Report", "Table", "inline", "markdown", "html_document", "write_documents", "write_atomic"]

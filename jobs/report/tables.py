@@ -1,6 +1,8 @@
-"""From MLflow runs to tables: one row per trial (``trials.csv``) and long validation/noise curves.
+"""From MLflow runs to tables: one row per trial (``trials.csv``), one per setting
+(``settings.csv``), the comparison with the 2025 reproduction, and long validation/noise curves.
 
-Units: BPD in bits/dim, ``wall_s`` in seconds, GPU-/CPU-hours = wall-clock × devices / 3600.
+Units: BPD in bits/dim, ``wall_s`` in seconds, GPU-/CPU-hours = wall-clock × devices / 3600,
+FID in squared Inception-feature units.
 A trial's devices come from its ``rgflow.gpus`` / ``rgflow.cpus`` tags when present, else from
 the sweep's ``resources`` (sweep file or the parent run's ``resources.*`` params; CPUs also from
 ``run.threads``); a trial whose ``run.device`` is ``cpu`` used 0 GPUs and is counted in
@@ -15,13 +17,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jobs.config import ID_EXCLUDED
-from jobs.report.query import SweepRuns
+from jobs.config import DEFAULT_PRESET, ID_EXCLUDED
+from jobs.report import stats
+from jobs.report.query import NOISE_KEYS, SweepRuns
+from jobs.report.reference_values import BATCH_2025, PRESET_2025, REPRODUCTION_2025_TABLE_1
+from jobs.report.verdict import DEFAULT_MARGIN
+from jobs.tracking.store import REASON_TAG
+from rgflow.config import DataConfig, TrainConfig
 
 FACTOR_PARAMS = {"train.batch_size": "batch_size", "train.lr_scaling": "lr_scaling", "prior.kind": "prior",
                  "run.seed": "seed"}
 FACTOR_DEFAULTS = {"batch_size": 64, "lr_scaling": "none", "prior": "laplace", "seed": 0}
 NOT_CONTEXT_PREFIXES = tuple(ID_EXCLUDED)  # where/how a trial ran, not what was trained
+#: What makes a *setting*: the seeds of one setting are its replicates.
+SETTING_KEYS = ["context", "batch_size", "lr_scaling", "prior"]
+#: The columns of the ``noise`` frame besides ``noise_scale`` (units: :data:`jobs.report.query.NOISE_KEYS`).
+NOISE_EXTRAS = tuple(k for k in NOISE_KEYS if k != "noise_scale")
 
 
 def parse_param(text: str | None) -> Any:
@@ -69,6 +80,23 @@ def devices(run, resources: dict[str, float]) -> tuple[float, float]:
     return gpus, cpus
 
 
+def effective_lr(params: dict[str, str]) -> float:
+    """The trial's learning rate after the batch-size rule, before warm-up
+    (:attr:`rgflow.config.TrainConfig.effective_lr` of its ``train.lr``, ``train.lr_scaling``,
+    ``train.batch_size``, ``train.reference_batch`` params; absent ones at their defaults); NaN when
+    those params are not a valid config."""
+    keys = ("lr", "lr_scaling", "batch_size", "reference_batch")
+    values = {k: parse_param(params[f"train.{k}"]) for k in keys if f"train.{k}" in params}
+    try:
+        return TrainConfig(**values).effective_lr
+    except (ValueError, TypeError):
+        return math.nan
+
+
+def last_value(frame: pd.DataFrame | None) -> float:
+    return float(frame["value"].iloc[-1]) if frame is not None and not frame.empty else math.nan
+
+
 def last_and_best(frame: pd.DataFrame | None) -> tuple[float, float]:
     if frame is None or frame.empty:
         return math.nan, math.nan
@@ -78,10 +106,13 @@ def last_and_best(frame: pd.DataFrame | None) -> tuple[float, float]:
 def trial_table(data: SweepRuns, resources: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per trial, indexed by MLflow run id; the columns of ``trials.csv``.
 
-    Columns: ``trial_id, trial_index, state, status``, every varying param (dotted key), the
-    factors ``batch_size, lr_scaling, prior, seed``, ``final_val_bpd, best_val_bpd, test_bpd,
-    test_bpd_se``, ``fid_T<t>`` per temperature, ``steps, epochs, wall_s, gpus, gpu_hours, cpus,
-    cpu_hours``.
+    Columns: ``trial_id, trial_index, state, status, failure_reason`` (tag ``rgflow.failure_reason``,
+    ``""`` when absent), every varying param (dotted key), the factors ``batch_size, lr_scaling,
+    prior, seed``, ``dataset`` (``data.name``), ``preset`` (``model.preset``), ``effective_lr`` (the
+    config's, :func:`effective_lr`) and ``final_lr`` (the last logged ``lr``), ``final_val_bpd,
+    best_val_bpd, test_bpd, test_bpd_se`` (over test images), ``test_bpd_se_draws`` (over
+    dequantisation draws only), ``fid_T<t>`` per temperature, ``steps, epochs, wall_s, gpus,
+    gpu_hours, cpus, cpu_hours``.
     """
     resources = resources or {}
     varying = varying_params(data.runs)
@@ -97,13 +128,17 @@ def trial_table(data: SweepRuns, resources: dict[str, float] | None = None) -> p
         wall = run.metrics.get("wall_s", math.nan)
         gpus, cpus = devices(run, resources)
         row = {"run_id": run.run_id, "trial_id": run.trial_id, "trial_index": run.tags.get("rgflow.trial_index", ""),
-               "state": run.state or run.status.lower(), "status": run.status}
+               "state": run.state or run.status.lower(), "status": run.status,
+               "failure_reason": run.tags.get(REASON_TAG, "")}
         row.update({k: run.params.get(k) for k in varying})
         for key, column in FACTOR_PARAMS.items():
             value = parse_param(run.params.get(key))
             row[column] = FACTOR_DEFAULTS[column] if value is None else value
-        row.update(final_val_bpd=final, best_val_bpd=best, test_bpd=run.metrics.get("test_bpd", math.nan),
-                   test_bpd_se=run.metrics.get("test_bpd_se", math.nan))
+        row.update(dataset=parse_param(run.params.get("data.name")) or DataConfig.name,
+                   preset=parse_param(run.params.get("model.preset")) or DEFAULT_PRESET,
+                   effective_lr=effective_lr(run.params), final_lr=last_value(hist.get("lr")))
+        row.update(final_val_bpd=final, best_val_bpd=best,
+                   **{k: run.metrics.get(k, math.nan) for k in ("test_bpd", "test_bpd_se", "test_bpd_se_draws")})
         row.update({k: run.metrics.get(k, math.nan) for k in fids})
         row.update(steps=steps, epochs=epochs, wall_s=wall, gpus=gpus,
                    gpu_hours=wall * gpus / 3600 if gpus == gpus else math.nan, cpus=cpus,
@@ -146,8 +181,10 @@ def _at_steps(hist: dict[str, pd.DataFrame], key: str, steps: np.ndarray) -> np.
 
 def curves(data: SweepRuns, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Long frames ``val`` (run_id, step, epoch, samples_seen, wall_s, val_bpd) and ``noise``
-    (run_id, step, samples_seen, noise_scale). Per-step axes are interpolated at the validation
-    steps; without a ``samples_seen`` history it is ``step × batch_size``."""
+    (run_id, step, samples_seen, noise_scale and the :data:`NOISE_EXTRAS`). Per-step axes are
+    interpolated at the validation steps; without a ``samples_seen`` history it is
+    ``step × batch_size``. A trial's noise rows are the steps at which any noise metric was logged,
+    each metric NaN at the steps it was not."""
     val_parts, noise_parts = [], []
     for rid in table.index:
         hist = data.histories.get(rid, {})
@@ -162,15 +199,18 @@ def curves(data: SweepRuns, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
             part["samples_seen"] = _samples(hist, steps, batch)
             part["wall_s"] = _at_steps(hist, "wall_s", steps)
             val_parts.append(part)
-        noise = hist.get("noise_scale")
-        if noise is not None and not noise.empty:
-            steps = noise["step"].to_numpy(float)
-            noise_parts.append(pd.DataFrame({"run_id": rid, "step": steps, "samples_seen": _samples(hist, steps, batch),
-                                             "noise_scale": noise["value"].to_numpy(float)}))
+        logged = {k: hist[k] for k in NOISE_KEYS if hist.get(k) is not None and not hist[k].empty}
+        if logged:
+            steps = np.unique(np.concatenate([f["step"].to_numpy(float) for f in logged.values()]))
+            part = pd.DataFrame({"run_id": rid, "step": steps, "samples_seen": _samples(hist, steps, batch)})
+            for key in NOISE_KEYS:
+                part[key] = (pd.Series(logged[key]["value"].to_numpy(float), index=logged[key]["step"].to_numpy(float))
+                             .reindex(steps).to_numpy(float) if key in logged else np.nan)
+            noise_parts.append(part)
     val = pd.concat(val_parts, ignore_index=True) if val_parts else pd.DataFrame(
         columns=["run_id", "step", "val_bpd", "epoch", "samples_seen", "wall_s"])
     noise = pd.concat(noise_parts, ignore_index=True) if noise_parts else pd.DataFrame(
-        columns=["run_id", "step", "samples_seen", "noise_scale"])
+        columns=["run_id", "step", "samples_seen", *NOISE_KEYS])
     return val, noise
 
 
@@ -181,15 +221,241 @@ def _samples(hist: dict[str, pd.DataFrame], steps: np.ndarray, batch: int) -> np
     return _at_steps(hist, "samples_seen", steps)
 
 
-CSV_FIRST = ["trial_id", "trial_index", "state", "status"]
-CSV_RESULTS = ["final_val_bpd", "best_val_bpd", "test_bpd", "test_bpd_se"]
+CSV_FIRST = ["trial_id", "trial_index", "state", "status", "failure_reason"]
+CSV_RESULTS = ["final_val_bpd", "best_val_bpd", "test_bpd", "test_bpd_se", "test_bpd_se_draws"]
 CSV_COST = ["steps", "epochs", "wall_s", "gpus", "gpu_hours", "cpus", "cpu_hours"]
 
 
 def csv_columns(table: pd.DataFrame, varying: list[str]) -> list[str]:
     fids = [c for c in table.columns if c.startswith("fid_T")]
-    return ["run_id"] + CSV_FIRST + varying + CSV_RESULTS + fids + CSV_COST
+    return ["run_id"] + CSV_FIRST + varying + ["effective_lr", "final_lr"] + CSV_RESULTS + fids + CSV_COST
+
+
+# ----------------------------------------------------------------------------------------------
+# Per setting
+# ----------------------------------------------------------------------------------------------
+
+LABELS = {"trial_id": "trial", "state": "state", "failure_reason": "failure reason",
+          "effective_lr": "effective LR", "final_lr": "last logged LR",
+          "final_val_bpd": "final val BPD (bits/dim)", "best_val_bpd": "best val BPD (bits/dim)",
+          "test_bpd": "test BPD (bits/dim)", "test_bpd_se": "test BPD s.e. over images (bits/dim)",
+          "test_bpd_se_draws": "test BPD s.e. over draws (bits/dim)", "steps": "optimizer steps",
+          "epochs": "epochs", "gpu_hours": "GPU-h", "cpu_hours": "CPU-h", "batch_size": "batch (images)",
+          "lr_scaling": "LR scaling", "prior": "prior", "context": "setting"}
+BPD_METRICS = ["final_val_bpd", "best_val_bpd", "test_bpd"]
+DIGITS = {"bpd": 4, "fid": 2}
+
+
+def label_of(column: str) -> str:
+    """The column's name in the documents, with its unit: ``test BPD (bits/dim)``, ``FID T=0.5``."""
+    if column.startswith("fid_T"):
+        return f"FID T={temperature_of(column):g}"
+    return LABELS.get(column, column)
+
+
+def result_metrics(table: pd.DataFrame) -> list[str]:
+    """The per-trial results summarised per setting: BPDs (bits/dim), then FID per temperature."""
+    return BPD_METRICS + [c for c in table.columns if c.startswith("fid_T")]
+
+
+def digits_of(metric: str) -> int:
+    return DIGITS["fid" if metric.startswith("fid_T") else "bpd"]
+
+
+def finite_hours(values: pd.Series) -> float:
+    """Sum of the known GPU-/CPU-hours (NaN when none is known)."""
+    return float(values.sum(min_count=1))
+
+
+def failure_text(group: pd.DataFrame) -> str:
+    """``"1 of 3 failed: non-finite values at step 812"`` per state other than finished; ``""`` when all finished."""
+    parts = []
+    for state, rows in group[group["state"] != "finished"].groupby("state", sort=True):
+        reasons = sorted({r for r in rows["failure_reason"] if isinstance(r, str) and r})
+        parts.append(f"{len(rows)} of {len(group)} {state}" + (f": {'; '.join(reasons)}" if reasons else ""))
+    return "; ".join(parts)
+
+
+def settings_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting (:data:`SETTING_KEYS`): the rows of ``settings.csv``.
+
+    Columns: the setting keys, ``dataset``, ``preset``, ``trials`` and ``finished`` (counts),
+    ``seeds`` (the seeds run, space-separated); per result ``m`` of :func:`result_metrics`
+    (bits/dim for BPD): ``m_mean``, ``m_lo``, ``m_hi`` (95 % t interval over the *finished* seeds,
+    :func:`jobs.report.stats.mean_ci`; NaN with fewer than 2) and ``m_n`` (finished seeds with a
+    value); ``gpu_hours``, ``cpu_hours`` (sums over all the setting's trials, unfinished ones
+    included: they used the devices too; NaN when unknown for all); ``failures``
+    (:func:`failure_text`).
+    """
+    metrics = result_metrics(table)
+    rows = []
+    for keys, group in table.groupby(SETTING_KEYS, sort=True):
+        done = group[group["state"] == "finished"]
+        row = dict(zip(SETTING_KEYS, keys))
+        row.update(dataset=", ".join(sorted(set(group["dataset"]))), preset=", ".join(sorted(set(group["preset"]))),
+                   trials=len(group), finished=len(done), seeds=" ".join(str(s) for s in sorted(group["seed"])))
+        for m in metrics:
+            est = stats.mean_ci(done[m])
+            row.update({f"{m}_mean": est.mean, f"{m}_lo": est.lo, f"{m}_hi": est.hi, f"{m}_n": est.n})
+        row.update(gpu_hours=finite_hours(group["gpu_hours"]), cpu_hours=finite_hours(group["cpu_hours"]),
+                   failures=failure_text(group))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ci_text(mean: float, lo: float, hi: float, n: int, digits: int, seeds: int | None = None) -> str:
+    """``"3.0135 ± 0.0127"`` (half-width of the 95 % t interval), ``"3.0135, n=1 (no CI)"`` with one
+    value, ``""`` with none; ``" (n=2)"`` is added when ``n`` differs from the row's ``seeds``."""
+    if n == 0:
+        return ""
+    if n == 1:
+        return f"{mean:.{digits}f}, n=1 (no CI)"
+    text = f"{mean:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
+    return text if seeds is None or n == seeds else f"{text} (n={n})"
+
+
+def setting_label(context: str, batch: int, scaling: str, prior: str | None = None) -> str:
+    """``"data.name=msds1, batch 512, LR scaling sqrt, laplace"`` (context first when there is one)."""
+    parts = [context] if context else []
+    parts += [f"batch {batch}", f"LR scaling {scaling}"] + ([prior] if prior else [])
+    return ", ".join(parts)
+
+
+def settings_shown(settings: pd.DataFrame) -> pd.DataFrame:
+    """:func:`settings_table` for the documents: strings, units in the headers, each result as
+    mean ± 95 % t CI over the finished seeds; results no setting has are left out."""
+    out = pd.DataFrame(index=settings.index)
+    if (settings["context"] != "").any():
+        out["setting"] = settings["context"]
+    for key in ("batch_size", "lr_scaling", "prior"):
+        out[label_of(key)] = settings[key].astype(str)
+    out["seeds (finished/run)"] = [f"{f}/{t}: {s}" for f, t, s in
+                                   zip(settings["finished"], settings["trials"], settings["seeds"])]
+    metrics = [c[:-len("_mean")] for c in settings.columns if c.endswith("_mean")]
+    for m in metrics:
+        if not (settings[f"{m}_n"] > 0).any():
+            continue
+        out[f"{label_of(m)}, mean ± 95% t CI"] = [
+            ci_text(r[f"{m}_mean"], r[f"{m}_lo"], r[f"{m}_hi"], int(r[f"{m}_n"]), digits_of(m), int(r["finished"]))
+            for _, r in settings.iterrows()]
+    for key in ("gpu_hours", "cpu_hours"):
+        if settings[key].notna().any():
+            out[f"{label_of(key)} (sum)"] = [f"{v:.3g}" if v == v else "" for v in settings[key]]
+    out["failures"] = settings["failures"]
+    return out.reset_index(drop=True)
+
+
+def trials_shown(table: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
+    """The per-trial table of the documents: identity, varying params, LR, results and cost with
+    units in the headers; result columns no trial has are left out (``trials.csv`` keeps them)."""
+    fids = [c for c in table.columns if c.startswith("fid_T")]
+    columns = (["trial_id", "state", "failure_reason"] + [c for c in varying if c in table] + ["effective_lr"]
+               + CSV_RESULTS + fids + ["steps", "epochs", "gpu_hours", "cpu_hours"])
+    shown = table.reset_index()[columns]
+    optional = set(CSV_RESULTS + fids + ["gpu_hours", "cpu_hours"])
+    shown = shown[[c for c in columns if c not in optional or shown[c].notna().any()]]
+    return shown.rename(columns=label_of)
+
+
+# ----------------------------------------------------------------------------------------------
+# Against the 2025 reproduction
+# ----------------------------------------------------------------------------------------------
+
+def fid_column_near_one(group: pd.DataFrame) -> str | None:
+    """``fid_T1`` when the group has values there, else the FID temperature closest to 1 that has."""
+    have = [c for c in group.columns if c.startswith("fid_T") and group[c].notna().any()]
+    return min(have, key=lambda c: (abs(temperature_of(c) - 1.0), temperature_of(c))) if have else None
+
+
+def reproduction_conclusion(test: stats.TwoArm, margin: float | None) -> str:
+    """``different`` (two-sided p < 0.05), ``equivalent`` (TOST p against ±``margin`` < 0.05),
+    ``inconclusive``; without a margin (FID) ``not different; not tested for equivalence``;
+    ``not tested (< 2 seeds)`` when the one-sample test cannot be made."""
+    p_tost = test.tost_p(margin) if margin else math.nan
+    conclusion = stats.conclude(test, test.p, p_tost)
+    if conclusion == "not_tested":
+        return "not tested (< 2 seeds)"
+    if conclusion == "inconclusive" and not margin:
+        return "not different; not tested for equivalence"
+    return conclusion
+
+
+def reproduction_table(table: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> pd.DataFrame:
+    """Each setting whose dataset and prior are in :data:`REPRODUCTION_2025_TABLE_1` against it,
+    one row per (setting, metric), over the setting's finished seeds.
+
+    BPD: our test BPD when every finished seed has one, else the final validation BPD (``ours``
+    says which); FID: at T=1, else the temperature closest to 1 (the 2025 report states none).
+    ``diff`` = ours − theirs with its 95 % t interval and two-sided ``p`` from the one-sample t test
+    over our seeds (their value has no stated uncertainty; p is not adjusted for the number of
+    rows); ``p_tost`` the TOST p against ±``margin`` bits/dim (BPD only). ``like_for_like``: batch
+    :data:`BATCH_2025` and the 2025 model preset of that dataset; other rows say why not in
+    ``unlike`` and get no ``conclusion`` beyond "not like for like".
+
+    Columns: ``dataset, prior, context, batch_size, lr_scaling, preset, like_for_like, unlike,
+    metric`` (``BPD``/``FID``), ``ours, n, mean, lo, hi, theirs, diff, diff_lo, diff_hi, p, p_tost,
+    conclusion``.
+    """
+    rows = []
+    done = table[table["state"] == "finished"]
+    for keys, group in done.groupby(SETTING_KEYS, sort=True):
+        setting = dict(zip(SETTING_KEYS, keys))
+        datasets = set(group["dataset"])
+        dataset = datasets.pop() if len(datasets) == 1 else None
+        reference = REPRODUCTION_2025_TABLE_1.get(dataset, {}).get(setting["prior"])
+        if reference is None:
+            continue
+        preset = ", ".join(sorted(set(group["preset"])))
+        unlike = "; ".join(why for why, bad in (
+            (f"batch {setting['batch_size']} (theirs {BATCH_2025})", setting["batch_size"] != BATCH_2025),
+            (f"model {preset} (theirs {PRESET_2025[dataset]})", preset != PRESET_2025[dataset])) if bad)
+        bpd_column = "test_bpd" if group["test_bpd"].notna().all() else "final_val_bpd"
+        fid_column = fid_column_near_one(group)
+        choices = [("BPD", bpd_column, "test BPD" if bpd_column == "test_bpd" else "final validation BPD",
+                    reference["bpd"], margin)]
+        if fid_column:
+            choices.append(("FID", fid_column, f"FID at T={temperature_of(fid_column):g}", reference["fid"], None))
+        for metric, column, ours, theirs, tost_margin in choices:
+            est = stats.mean_ci(group[column])
+            test = stats.one_sample(group[column], theirs)
+            lo, hi = test.ci95
+            rows.append({**setting, "dataset": dataset, "preset": preset, "like_for_like": not unlike,
+                         "unlike": unlike, "metric": metric, "ours": ours, "n": est.n, "mean": est.mean,
+                         "lo": est.lo, "hi": est.hi, "theirs": theirs, "diff": test.estimate, "diff_lo": lo,
+                         "diff_hi": hi, "p": test.p,
+                         "p_tost": test.tost_p(tost_margin) if tost_margin else math.nan,
+                         "conclusion": reproduction_conclusion(test, tost_margin) if not unlike
+                         else "not like for like"})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    return frame.sort_values(["like_for_like", "dataset", "prior", "batch_size", "metric"],
+                             ascending=[False, True, True, True, True], kind="stable").reset_index(drop=True)
+
+
+def reproduction_shown(rows: pd.DataFrame) -> pd.DataFrame:
+    """:func:`reproduction_table` for the documents (strings, units in the headers)."""
+    def number(value: float, digits: int) -> str:
+        return f"{value:.{digits}f}" if value == value else ""
+
+    out = []
+    for _, r in rows.iterrows():
+        d = DIGITS["bpd" if r["metric"] == "BPD" else "fid"]
+        interval = f" [{r['diff_lo']:+.{d}f}, {r['diff_hi']:+.{d}f}]" if r["diff_lo"] == r["diff_lo"] else ""
+        out.append({"dataset": r["dataset"], "prior": r["prior"],
+                    "our setting": setting_label(r["context"], r["batch_size"], r["lr_scaling"]) + f", {r['preset']}",
+                    "like for like (batch 512, their model)": "yes" if r["like_for_like"] else f"no: {r['unlike']}",
+                    "measure": r["ours"] + (" (bits/dim)" if r["metric"] == "BPD" else ""),
+                    "ours, mean ± 95% t CI": ci_text(r["mean"], r["lo"], r["hi"], int(r["n"]), d),
+                    "2025": number(r["theirs"], d),
+                    "ours − 2025 [95% CI]": f"{r['diff']:+.{d}f}{interval}" if r["diff"] == r["diff"] else "",
+                    "p": f"{r['p']:.2g}" if r["p"] == r["p"] else "",
+                    "TOST p (±margin)": f"{r['p_tost']:.2g}" if r["p_tost"] == r["p_tost"] else "",
+                    "conclusion": r["conclusion"]})
+    return pd.DataFrame(out)
 
 
 __all__ = ["trial_table", "curves", "varying_params", "parse_param", "context_labels", "csv_columns", "fid_metrics",
-           "temperature_of", "FACTOR_PARAMS"]
+           "temperature_of", "FACTOR_PARAMS", "SETTING_KEYS", "NOISE_EXTRAS", "effective_lr", "settings_table",
+           "settings_shown", "trials_shown", "reproduction_table", "reproduction_shown", "ci_text", "label_of",
+           "setting_label", "failure_text", "finite_hours"]

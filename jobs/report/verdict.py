@@ -1,93 +1,201 @@
-"""The sweep's verdict: plain sentences with numbers and uncertainty, computed from the data.
+"""The sweep's verdict: findings with numbers, tests and conclusions, computed from the data.
 
 Pure functions over pandas tables (no MLflow):
 
-* ``trials``: one row per trial, indexed by run id, with columns ``batch_size`` (int),
-  ``lr_scaling`` (``none|linear|sqrt``), ``prior`` (``laplace|gaussian``), ``seed`` (int) and
-  ``context`` (a label for every other varying setting, e.g. ``data.name=msds1``; ``""`` when none).
-* ``val``: validation history, one row per validation: ``run_id``, ``step`` (optimizer step),
-  ``epoch``, ``val_bpd`` (bits/dim).
-* ``noise``: gradient noise scale history: ``run_id``, ``step``, ``noise_scale`` (B_simple, images).
+* ``trials``: one row per trial (every state), indexed by run id, with columns ``batch_size``
+  (int), ``lr_scaling`` (``none|linear|sqrt``), ``prior``, ``seed`` (int), ``context`` (a label
+  for every other varying setting, ``""`` when none), ``state`` (``finished``, ``failed``, …;
+  absent: all finished), optionally ``failure_reason``, ``effective_lr``, ``test_bpd``.
+* ``val``: validation history: ``run_id``, ``step`` (optimizer step), ``epoch``, ``val_bpd`` (bits/dim).
+* ``noise``: gradient-noise history: ``run_id``, ``step``, ``noise_scale`` and, when logged, the raw
+  per-measurement estimates ``noise_grad_sq``, ``noise_trace`` (and ``*_adam``).
 
-Uncertainty is the standard error across seeds (sample s.d. / √n); a difference of two means gets
-√(se₁² + se₂²). With one seed in a group the uncertainty is unknown and the sentence says so. A
-difference is called *indistinguishable* when |diff| < 2 s.e. Comparisons a sweep cannot make
-(one batch size, no LR-scaling trials, one prior) are reported as not measured, never invented.
+The unit of replication is the seed (:mod:`jobs.report.stats`). Every comparison of two arms is a
+:class:`Finding` with a t test (paired by seed when both arms ran the same seeds, else Welch), a
+95 % CI, a Holm–Bonferroni adjusted p over all comparisons of the report, a TOST against the
+equivalence margin, and one conclusion of :data:`jobs.report.stats.CONCLUSIONS`; an arm with fewer
+than 2 seeds is ``not_tested`` and its sentence states no direction. Trials that did not finish
+stay in their arm's finding ("1 of 3 seeds diverged at lr 2.8e-03"). The JSON form of a finding
+(:meth:`Finding.to_json`) is documented in docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from jobs.report import stats as S
+
 BASELINE_SCALING = "none"
+DEFAULT_MARGIN = 0.01  # bits/dim: equivalence margin of BPD comparisons (sweep file: report.equivalence_margin)
 LATE_FRACTION = 0.1  # slope window: the last 10 % of training (in epochs)
-NOISE_LATE_FRACTION = 0.2  # noise scale: mean over the last 20 % of logged steps
-EMPTY = pd.DataFrame({"run_id": [], "step": [], "epoch": [], "val_bpd": []})
-EMPTY_NOISE = pd.DataFrame({"run_id": [], "step": [], "noise_scale": []})
+NOISE_WINDOW = 0.2  # B_simple window: the last 20 % of the steps up to the matched validation BPD
+MIN_NOISE_POINTS = 3
 MIN_GAIN = 1e-3  # bits/dim: a projected gain per further 10 % of training below this is "flat"
+BOOTSTRAP = 2000  # bootstrap draws of the B_crit interval
+EMPTY = pd.DataFrame({"run_id": [], "step": [], "epoch": [], "val_bpd": []})
+DIVERGED_PREFIX = "non-finite"
+
+
+# ----------------------------------------------------------------------------------------------
+# Findings
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Arm:
+    """One side of a comparison: ``values`` per seed of the finished trials, ``lost`` the trials
+    of the same setting that did not finish (one phrase each, e.g. "seed 2 diverged at lr 2.8e-03")."""
+
+    label: str
+    values: dict[int, float]
+    lost: list[str] = field(default_factory=list)
+
+    @property
+    def ci(self) -> S.MeanCI:
+        return S.mean_ci(list(self.values.values()))
+
+    def describe(self) -> str:
+        ci = self.ci
+        n = f"{ci.n} seed{'s' if ci.n != 1 else ''}"
+        value = f"{ci.mean:.3f} [{ci.lo:.3f}, {ci.hi:.3f}]" if ci.known else (f"{ci.mean:.3f}" if ci.n else "no value")
+        lost = f"; {self.lost_phrase()}" if self.lost else ""
+        return f"{self.label}: {value} ({n}{lost})"
+
+    def lost_phrase(self) -> str:
+        total = len(self.values) + len(self.lost)
+        return f"{len(self.lost)} of {total} seeds did not finish: " + ", ".join(self.lost)
+
+    def to_json(self) -> dict:
+        ci = self.ci
+        return {"label": self.label, "n": ci.n, "seeds": sorted(self.values), "mean": ci.mean,
+                "ci95": [ci.lo, ci.hi], "values": [self.values[s] for s in sorted(self.values)], "lost": self.lost}
 
 
 @dataclass
 class Finding:
-    """One verdict sentence. ``topic`` groups sentences; ``numbers`` holds the values behind it."""
+    """One verdict sentence and the numbers behind it.
+
+    ``topic`` groups sentences; ``context`` names the setting; ``question`` is what was asked;
+    ``conclusion`` the answer's keyword. A comparison also has ``arms`` (a, b), ``test`` (the
+    :class:`~jobs.report.stats.TwoArm`), and after :func:`adjust` its Holm-adjusted p-values.
+    ``numbers``: further values (axis, horizon, outcome, …). ``render`` builds ``text`` once the
+    conclusion is known.
+    """
 
     topic: str
-    text: str
+    context: str
+    question: str
+    text: str = ""
+    conclusion: str | None = None
     numbers: dict = field(default_factory=dict)
-
-
-@dataclass
-class Estimate:
-    """Mean over seeds with its standard error (``se`` is NaN when n < 2)."""
-
-    mean: float
-    se: float
-    n: int
-
-    @classmethod
-    def of(cls, values) -> "Estimate":
-        v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
-        if v.size == 0:
-            return cls(math.nan, math.nan, 0)
-        se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
-        return cls(float(v.mean()), se, int(v.size))
-
-    def minus(self, other: "Estimate") -> "Estimate":
-        return Estimate(self.mean - other.mean, math.hypot(self.se, other.se), min(self.n, other.n))
+    arms: tuple[Arm, Arm] | None = None
+    test: S.TwoArm | None = None
+    margin: float | None = None
+    p_holm: float = math.nan
+    p_tost: float = math.nan
+    p_tost_holm: float = math.nan
+    render: Callable[["Finding"], str] | None = field(default=None, repr=False)
 
     @property
-    def known(self) -> bool:
-        return np.isfinite(self.se)
+    def is_comparison(self) -> bool:
+        return self.test is not None
+
+    def to_json(self) -> dict:
+        """JSON-ready dict (NaN and ±inf become ``None``); see docs/ARCHITECTURE.md."""
+        out = {"topic": self.topic, "context": self.context, "question": self.question,
+               "conclusion": self.conclusion, "text": self.text}
+        if self.is_comparison:
+            t = self.test
+            out.update({"arms": [a.to_json() for a in self.arms], "n": [t.n_a, t.n_b], "estimate": t.estimate,
+                        "se": t.se, "ci95": list(t.ci95), "ci_adjusted": list(S.adjusted_interval(t, self.p_holm)),
+                        "test": t.test, "df": t.df, "p": t.p, "p_holm": self.p_holm, "margin": self.margin,
+                        "p_tost": self.p_tost, "p_tost_holm": self.p_tost_holm, "units": "bits/dim"})
+            if self.numbers.get("deferred"):  # not tested: no test statistic to read a direction into
+                out.update({k: None for k in ("se", "ci95", "ci_adjusted", "df", "p", "p_tost")})
+        out.update(self.numbers)
+        return clean_json(out)
 
 
-def pm(est: Estimate, digits: int = 3, signed: bool = False) -> str:
-    """``"3.412 ± 0.004"``, or just the value when the uncertainty is unknown."""
-    value = f"{est.mean:+.{digits}f}" if signed else f"{est.mean:.{digits}f}"
-    return f"{value} ± {est.se:.{digits}f}" if est.known else value
+def clean_json(value):
+    """``value`` with every non-finite float replaced by ``None`` and numpy scalars made plain."""
+    if isinstance(value, dict):
+        return {k: clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
 
 
-def count(value: float) -> str:
-    """A positive quantity with 3 significant digits, without exponent below a million."""
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+def label(context: str, **parts) -> str:
+    bits = [f"{k}={v}" for k, v in parts.items() if v is not None]
+    if context:
+        bits.insert(0, context)
+    return ", ".join(bits)
 
 
-def seeds_phrase(*groups: Estimate) -> str:
-    ns = sorted({g.n for g in groups})
-    seeds = "/".join(str(n) for n in ns)
-    return f"{seeds} seed{'s' if ns != [1] else ''} per group"
+def fmt_p(p: float) -> str:
+    return "n/a" if not math.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def seeds_note(*groups: Estimate) -> str:
-    """``" (3 seeds per group)"``, or ``" (1 seed per group: uncertainty unknown)"``."""
-    unknown = "" if all(g.n >= 2 for g in groups) else ": uncertainty unknown"
-    return f" ({seeds_phrase(*groups)}{unknown})"
+def comparison_text(f: Finding, worse: str, better: str, equal: str) -> str:
+    """The generic sentence of a comparison: both arms, the estimate with its CI and test, the
+    conclusion. ``worse``/``better``: what a positive/negative difference means (a − b, lower BPD
+    is better); ``equal``: the subject of an equivalence ("batches 512 and 64")."""
+    a, b = f.arms
+    t = f.test
+    head = f"[{f.context}] {f.question}: {a.describe()} vs {b.describe()} bits/dim"
+    if f.conclusion == "not_tested":
+        why = f.numbers.get("deferred") or "fewer than 2 seeds in an arm"
+        return f"{head}; not tested ({why}): no direction is stated."
+    lo, hi = t.ci95
+    stats = (f"difference {t.estimate:+.3f} bits/dim, 95 % CI [{lo:+.3f}, {hi:+.3f}] ({t.test}, df {t.df:.1f}, "
+             f"p {fmt_p(t.p)}, Holm p {fmt_p(f.p_holm)})")
+    if f.conclusion == "different":
+        verdict = worse if t.estimate > 0 else better
+        within = (f", though within the ±{f.margin:g} bits/dim equivalence margin"
+                  if f.p_tost_holm < S.ALPHA else "")
+        return f"{head}; {stats}: {verdict}{within}."
+    if f.conclusion == "equivalent":
+        return (f"{head}; {stats}: {equal} are equivalent within ±{f.margin:g} bits/dim "
+                f"(TOST Holm p {fmt_p(f.p_tost_holm)}).")
+    return (f"{head}; {stats}: inconclusive — neither a difference nor equivalence within ±{f.margin:g} bits/dim "
+            f"is established (TOST Holm p {fmt_p(f.p_tost_holm)}).")
 
+
+def adjust(findings: list[Finding]) -> list[Finding]:
+    """Holm–Bonferroni over every testable comparison (differences and TOSTs as two families),
+    then the conclusion and the sentence of every finding that has a ``render``."""
+    tested = [f for f in findings if f.is_comparison and f.test.testable and not f.numbers.get("deferred")]
+    for f in tested:
+        f.p_tost = f.test.tost_p(f.margin)
+    for f, p in zip(tested, S.holm([f.test.p for f in tested])):
+        f.p_holm = p
+    for f, p in zip(tested, S.holm([f.p_tost for f in tested])):
+        f.p_tost_holm = p
+    for f in findings:
+        if f.is_comparison:
+            f.conclusion = "not_tested" if f.numbers.get("deferred") else S.conclude(f.test, f.p_holm, f.p_tost_holm)
+        if f.render is not None:
+            f.text = f.render(f)
+    return findings
+
+
+# ----------------------------------------------------------------------------------------------
+# Curves and arms
+# ----------------------------------------------------------------------------------------------
 
 def xy(curve: pd.DataFrame, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
-    """Finite ``(x, y)`` pairs of a curve as float arrays sorted by ``x`` (numpy: this runs per trial)."""
+    """Finite ``(x, y)`` pairs of a curve as float arrays sorted by ``x``."""
+    if x not in curve or y not in curve:
+        return np.array([]), np.array([])
     xs, ys = curve[x].to_numpy(float), curve[y].to_numpy(float)
     ok = np.isfinite(xs) & np.isfinite(ys)
     order = np.argsort(xs[ok], kind="stable")
@@ -107,287 +215,479 @@ def by_run(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {rid: rows for rid, rows in frame.groupby("run_id", sort=False)}
 
 
-def curves_of(curves: dict[str, pd.DataFrame], run_ids) -> dict[str, pd.DataFrame]:
-    return {rid: curves.get(rid, EMPTY) for rid in run_ids}
+def finished(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials if "state" not in trials else trials[trials["state"] == "finished"]
 
 
-def common_horizon(curves: dict[str, pd.DataFrame], axis: str) -> float:
-    """The largest ``axis`` value every curve reached (NaN if a curve is empty)."""
-    ends = [c[axis].max() for c in curves.values()]
+def lost_trials(group: pd.DataFrame) -> list[str]:
+    """One phrase per trial of ``group`` that did not finish, lowest seed first."""
+    if "state" not in group:
+        return []
+    out = []
+    for _, row in group[group["state"] != "finished"].sort_values("seed").iterrows():
+        reason = str(row.get("failure_reason") or "")
+        lr = row.get("effective_lr")
+        at_lr = f" at lr {float(lr):.2e}" if isinstance(lr, (int, float)) and math.isfinite(lr) else ""
+        if reason.startswith(DIVERGED_PREFIX):
+            out.append(f"seed {row['seed']} diverged{at_lr} ({reason})")
+        elif row["state"] == "failed":
+            out.append(f"seed {row['seed']} failed{at_lr}" + (f" ({reason})" if reason else ""))
+        else:
+            out.append(f"seed {row['seed']} {row['state'] or 'unknown'}")
+    return out
+
+
+def common_horizon(curves: dict[str, pd.DataFrame], ids, axis: str) -> float:
+    """The largest ``axis`` value every curve of ``ids`` reached (NaN if one is missing)."""
+    ends = [curves[i][axis].max() if i in curves else math.nan for i in ids]
     return float(min(ends)) if ends and all(np.isfinite(ends)) else math.nan
 
 
-def estimate_at(curves: dict[str, pd.DataFrame], run_ids, axis: str, x: float) -> Estimate:
-    return Estimate.of([value_at(c, axis, x) for c in curves_of(curves, run_ids).values()])
+def arm_at(curves: dict[str, pd.DataFrame], group: pd.DataFrame, axis: str, x: float, name: str) -> Arm:
+    done = finished(group)
+    return Arm(name, {int(r.seed): value_at(curves.get(rid, EMPTY), axis, x) for rid, r in done.iterrows()},
+               lost_trials(group))
 
 
-def compare(curves: dict[str, pd.DataFrame], a_ids, b_ids, axis: str) -> tuple[float, Estimate, Estimate] | None:
-    """(horizon, estimate of A, estimate of B) at the common ``axis`` horizon of both groups."""
-    horizon = common_horizon(curves_of(curves, list(a_ids) + list(b_ids)), axis)
-    if not np.isfinite(horizon):
-        return None
-    a, b = estimate_at(curves, a_ids, axis, horizon), estimate_at(curves, b_ids, axis, horizon)
-    if a.n == 0 or b.n == 0:
-        return None
-    return horizon, a, b
+def compare_finding(topic: str, context: str, question: str, a: Arm, b: Arm, margin: float, worse: str,
+                    better: str, equal: str, **numbers) -> Finding:
+    test = S.by_seed(a.values, b.values)
+    return Finding(topic, context, question, numbers=numbers, arms=(a, b), test=test, margin=margin,
+                   render=lambda f: comparison_text(f, worse, better, equal))
 
 
-def judge(diff: Estimate, worse: str, better: str, what: str, pair: str) -> str:
-    """``"<what> worse by 0.111 ± 0.005 bits/dim"``, or ``"<pair> are indistinguishable (...)"``
-    when |diff| < 2 s.e.; without an s.e. only the measured difference is stated."""
-    size = f"{abs(diff.mean):.3f}" + (f" ± {diff.se:.3f}" if diff.known else "")
-    if diff.known and abs(diff.mean) < 2 * diff.se:
-        return f"{pair} are indistinguishable (difference {pm(diff, signed=True)} bits/dim, within 2 s.e.)"
-    direction = worse if diff.mean > 0 else better
-    return f"{what} {direction} by {size} bits/dim"
-
-
-def label(context: str, **parts) -> str:
-    bits = [f"{k}={v}" for k, v in parts.items() if v is not None]
-    if context:
-        bits.insert(0, context)
-    return ", ".join(bits)
+def note(topic: str, context: str, question: str, text: str, **numbers) -> Finding:
+    """A finding that answers nothing (a comparison the sweep cannot make): ``conclusion`` not_tested."""
+    return Finding(topic, context, question, f"[{context}] {text}", "not_tested", numbers)
 
 
 AXIS_WORDS = {"epoch": ("equal epochs", "epoch {x:.3g}"), "step": ("equal optimizer steps", "step {x:.0f}")}
 
 
-def batch_gap_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding]:
-    """BPD gap of each larger batch size against the smallest, at equal epochs and at equal steps."""
+# ----------------------------------------------------------------------------------------------
+# The questions
+# ----------------------------------------------------------------------------------------------
+
+def batch_gap_findings(trials: pd.DataFrame, val: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> list[Finding]:
+    """Validation BPD of each larger batch size against the smallest, at equal epochs and at equal
+    optimizer steps (the unscaled LR arms when there are any)."""
     curves = by_run(val)
     findings = []
     for (context, prior), group in trials.groupby(["context", "prior"], sort=True):
-        base = group[group["lr_scaling"] == BASELINE_SCALING]
-        scaling = BASELINE_SCALING if not base.empty else sorted(group["lr_scaling"].unique())[0]
+        scaling = BASELINE_SCALING if (group["lr_scaling"] == BASELINE_SCALING).any() else \
+            sorted(group["lr_scaling"].unique())[0]
         base = group[group["lr_scaling"] == scaling]
         sizes = sorted(base["batch_size"].unique())
         where = label(context, prior=prior, lr_scaling=scaling)
         if len(sizes) < 2:
-            findings.append(Finding("batch gap", f"[{where}] Only one batch size ({sizes[0]}): "
-                                    "no batch-size gap can be measured.", {"measured": False}))
+            findings.append(note("batch gap", where, "batch-size gap",
+                                 f"Only one batch size ({sizes[0]}): no batch-size gap can be measured."))
             continue
-        small = base[base["batch_size"] == sizes[0]].index
+        small = base[base["batch_size"] == sizes[0]]
         for big_size in sizes[1:]:
-            big = base[base["batch_size"] == big_size].index
+            big = base[base["batch_size"] == big_size]
+            ids = list(finished(big).index) + list(finished(small).index)
             for axis, (words, at) in AXIS_WORDS.items():
-                result = compare(curves, big, small, axis)
-                if result is None:
-                    horizon = common_horizon(curves_of(curves, list(big) + list(small)), axis)
-                    why = (f"not every trial has a validation at or before {at.format(x=horizon)}, the furthest "
-                           "point all of them reached" if np.isfinite(horizon) else "no validation history")
-                    findings.append(Finding("batch gap", f"[{where}] Batch {big_size} vs {sizes[0]} at {words}: not "
-                                            f"compared ({why}).", {"measured": False, "axis": axis}))
+                question = f"batch {big_size} vs {sizes[0]} at {words}"
+                x = common_horizon(curves, ids, axis)
+                if not np.isfinite(x):
+                    findings.append(note("batch gap", where, question, f"Batch {big_size} vs {sizes[0]} at {words}: "
+                                         "not compared (a finished trial has no validation history).", axis=axis))
                     continue
-                x, b, s = result
-                diff = b.minus(s)
-                verdict = judge(diff, "worse", "better", f"batch {big_size} is", f"batches {big_size} and {sizes[0]}")
-                text = (f"[{where}] At {words} ({at.format(x=x)}), batch {big_size} reaches validation BPD {pm(b)} "
-                        f"vs {pm(s)} at batch {sizes[0]}: {verdict}{seeds_note(b, s)}.")
-                findings.append(Finding("batch gap", text, {
-                    "measured": True, "context": context, "prior": prior, "axis": axis, "at": x,
-                    "small": int(sizes[0]), "large": int(big_size), "gap": diff.mean, "gap_se": diff.se}))
+                a = arm_at(curves, big, axis, x, f"batch {big_size}")
+                b = arm_at(curves, small, axis, x, f"batch {sizes[0]}")
+                empty = [arm.label for arm in (a, b) if not arm.ci.n]
+                if empty:
+                    findings.append(note("batch gap", where, question, f"Batch {big_size} vs {sizes[0]} at {words}: "
+                                         f"not compared ({' and '.join(empty)} has no validation at or before "
+                                         f"{at.format(x=x)}, the furthest point every trial reached).", axis=axis))
+                    continue
+                findings.append(compare_finding(
+                    "batch gap", where, f"Batch {big_size} vs {sizes[0]} at {words} ({at.format(x=x)})", a, b, margin,
+                    f"batch {big_size} is worse", f"batch {big_size} is better", f"batches {big_size} and {sizes[0]}",
+                    axis=axis, at=x, small=int(sizes[0]), large=int(big_size), prior=prior, lr_scaling=scaling))
     return findings
 
 
-def lr_scaling_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding]:
-    """Does scaling the LR with the batch size close the gap at equal epochs?"""
+LR_OUTCOMES = {"equivalent": "closes_gap", "inconclusive": "inconclusive", "not_tested": "not_tested"}
+
+
+def lr_outcome(f: Finding) -> str:
+    """``closes_gap`` (equivalent to the small batch), ``overshoots`` (significantly better),
+    ``gap_remains`` (significantly worse), ``inconclusive`` or ``not_tested``."""
+    if f.conclusion == "different":
+        return "overshoots" if f.test.estimate < 0 else "gap_remains"
+    return LR_OUTCOMES[f.conclusion]
+
+
+OUTCOME_WORDS = {"closes_gap": "LR scaling closes the gap", "overshoots": "LR scaling overshoots (better than the "
+                 "small batch)", "gap_remains": "the gap remains", "inconclusive": "whether it closes the gap is "
+                 "inconclusive", "not_tested": "whether it closes the gap is not tested"}
+
+
+def lr_scaling_findings(trials: pd.DataFrame, val: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> list[Finding]:
+    """Does scaling the LR with the batch size close the gap at equal epochs? Two comparisons per
+    scaled arm: scaled large batch vs unscaled small batch (outcome ``closes_gap | overshoots |
+    gap_remains``), and scaled vs unscaled at the same large batch."""
     curves = by_run(val)
     findings = []
     for (context, prior), group in trials.groupby(["context", "prior"], sort=True):
         sizes = sorted(group["batch_size"].unique())
         where = label(context, prior=prior)
-        base = group[group["lr_scaling"] == BASELINE_SCALING]
         if len(sizes) < 2:
             continue
-        scaled_kinds = sorted(set(group[group["batch_size"] > sizes[0]]["lr_scaling"]) - {BASELINE_SCALING})
-        if not scaled_kinds or base.empty:
-            missing = "no trials with LR scaling (linear/sqrt) above the smallest batch" if not scaled_kinds \
-                else "no unscaled (lr_scaling=none) trials to compare with"
-            findings.append(Finding("lr scaling", f"[{where}] Whether LR scaling closes the gap is not tested: "
-                                    f"{missing}.", {"measured": False}))
+        base = group[group["lr_scaling"] == BASELINE_SCALING]
+        kinds = sorted(set(group[group["batch_size"] > sizes[0]]["lr_scaling"]) - {BASELINE_SCALING})
+        small = base[base["batch_size"] == sizes[0]]
+        if not kinds or small.empty:
+            missing = ("no trials with LR scaling (linear/sqrt) above the smallest batch" if not kinds
+                       else f"no unscaled (lr_scaling=none) batch-{sizes[0]} trials to compare with")
+            findings.append(note("lr scaling", where, "does LR scaling close the gap",
+                                 f"Whether LR scaling closes the gap is not tested: {missing}."))
             continue
-        small = base[base["batch_size"] == sizes[0]].index
-        if small.empty:
-            findings.append(Finding("lr scaling", f"[{where}] No unscaled batch-{sizes[0]} trials: LR scaling "
-                                    "cannot be judged.", {"measured": False}))
-            continue
-        for kind in scaled_kinds:
+        for kind in kinds:
             for big_size in sizes[1:]:
-                scaled = group[(group["batch_size"] == big_size) & (group["lr_scaling"] == kind)].index
-                plain = base[base["batch_size"] == big_size].index
+                scaled = group[(group["batch_size"] == big_size) & (group["lr_scaling"] == kind)]
                 if scaled.empty:
                     continue
-                ids = list(small) + list(scaled) + list(plain)
-                x = common_horizon(curves_of(curves, ids), "epoch")
+                plain = base[base["batch_size"] == big_size]
+                ids = [i for g in (small, scaled, plain) for i in finished(g).index]
+                x = common_horizon(curves, ids, "epoch")
                 if not np.isfinite(x):
                     continue
-                s = estimate_at(curves, small, "epoch", x)
-                gap_scaled = estimate_at(curves, scaled, "epoch", x).minus(s)
-                text = (f"[{where}] With {kind} LR scaling, batch {big_size} at epoch {x:.3g} is "
-                        f"{pm(gap_scaled, signed=True)} bits/dim from batch {sizes[0]}")
-                numbers = {"measured": True, "context": context, "prior": prior, "kind": kind,
-                           "large": int(big_size), "at": x, "gap_scaled": gap_scaled.mean, "gap_scaled_se": gap_scaled.se}
+                s = arm_at(curves, scaled, "epoch", x, f"batch {big_size} with {kind} LR scaling")
+                f = compare_finding("lr scaling", where, f"Batch {big_size} with {kind} LR scaling vs batch {sizes[0]} "
+                                    f"at epoch {x:.3g}", s, arm_at(curves, small, "epoch", x, f"batch {sizes[0]}"),
+                                    margin, "worse", "better", f"batch {big_size} ({kind}) and batch {sizes[0]}",
+                                    kind=kind, large=int(big_size), small=int(sizes[0]), at=x, axis="epoch",
+                                    prior=prior)
+                f.render = _lr_render(f.render)
+                findings.append(f)
                 if not plain.empty:
-                    gap_plain = estimate_at(curves, plain, "epoch", x).minus(s)
-                    numbers.update(gap_plain=gap_plain.mean, gap_plain_se=gap_plain.se)
-                    text += f" (without scaling: {pm(gap_plain, signed=True)})"
-                if not (gap_scaled.known):
-                    text += ": one seed in a group, uncertainty unknown, so whether it closes the gap is not established."
-                    numbers["closes"] = None
-                elif abs(gap_scaled.mean) < 2 * gap_scaled.se:
-                    text += ": it closes the gap (remaining difference within 2 s.e.)."
-                    numbers["closes"] = True
-                else:
-                    text += ": it does not close the gap."
-                    numbers["closes"] = False
-                findings.append(Finding("lr scaling", text, numbers))
+                    findings.append(compare_finding(
+                        "lr scaling", where, f"Batch {big_size}: {kind} LR scaling vs no scaling at epoch {x:.3g}", s,
+                        arm_at(curves, plain, "epoch", x, f"batch {big_size} unscaled"), margin,
+                        f"{kind} scaling is worse", f"{kind} scaling is better", f"{kind} and no scaling",
+                        kind=kind, large=int(big_size), at=x, axis="epoch", prior=prior, versus="unscaled"))
     return findings
 
 
-def late_slope(curve: pd.DataFrame, fraction: float = LATE_FRACTION) -> tuple[float, float, float, float]:
-    """(slope, s.e., from_epoch, to_epoch) of a least-squares line through ``val_bpd`` vs ``epoch``
-    over the last ``fraction`` of training (at least the last 3 validations). Units: bits/dim per
-    epoch; s.e. NaN with fewer than 3 points."""
+def _lr_render(generic: Callable[[Finding], str]) -> Callable[[Finding], str]:
+    def render(f: Finding) -> str:
+        f.numbers["outcome"] = lr_outcome(f)
+        return f"{generic(f)[:-1]} — {OUTCOME_WORDS[f.numbers['outcome']]}."
+    return render
+
+
+def late_slope(curve: pd.DataFrame, fraction: float = LATE_FRACTION) -> tuple[float, float, float]:
+    """(slope, from_epoch, to_epoch) of a least-squares line through ``val_bpd`` vs ``epoch`` over
+    the last ``fraction`` of training (at least the last 3 validations). Units: bits/dim per
+    epoch; NaN with fewer than 3 validations."""
     xs, ys = xy(curve, "epoch", "val_bpd")
-    if xs.size < 2:
-        return math.nan, math.nan, math.nan, math.nan
-    start = int(np.searchsorted(xs, xs[-1] * (1 - fraction)))
-    x, y = (xs[start:], ys[start:]) if xs.size - start >= 3 else (xs[-3:], ys[-3:])
-    slope, intercept = np.polyfit(x, y, 1)
-    se = math.nan
-    if len(x) >= 3:
-        resid = y - (slope * x + intercept)
-        sxx = float(((x - x.mean()) ** 2).sum())
-        se = math.sqrt(float((resid**2).sum()) / (len(x) - 2) / sxx) if sxx > 0 else math.nan
-    return float(slope), se, float(x[0]), float(x[-1])
+    if xs.size < 3:
+        return math.nan, math.nan, math.nan
+    start = min(int(np.searchsorted(xs, xs[-1] * (1 - fraction))), xs.size - 3)
+    x, y = xs[start:], ys[start:]
+    slope = float(np.polyfit(x, y, 1)[0])
+    return slope, float(x[0]), float(x[-1])
 
 
-def still_improving_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding]:
-    """For the largest batch size of each setting: is validation BPD still falling at the end?
-
-    "Still improving" needs a slope below zero by more than 2 s.e. *and* a projected gain of at
-    least :data:`MIN_GAIN` bits/dim over a further 10 % of training; otherwise the curve is flat.
-    """
+def slope_tests(trials: pd.DataFrame, val: pd.DataFrame) -> dict[tuple, tuple[S.SlopeTest, float, float]]:
+    """``{(context, prior, lr_scaling, batch_size): (test, from_epoch, to_epoch)}`` for every group."""
     curves = by_run(val)
-    findings = []
-    for (context, prior, scaling), group in trials.groupby(["context", "prior", "lr_scaling"], sort=True):
-        big_size = group["batch_size"].max()
-        where = label(context, prior=prior, lr_scaling=scaling)
-        fits = [late_slope(curves.get(rid, EMPTY)) for rid in group[group["batch_size"] == big_size].index]
+    out = {}
+    for key, group in finished(trials).groupby(["context", "prior", "lr_scaling", "batch_size"], sort=True):
+        fits = [late_slope(curves.get(rid, EMPTY)) for rid in group.index]
         fits = [f for f in fits if np.isfinite(f[0])]
-        if not fits:
-            findings.append(Finding("still improving", f"[{where}] Batch {big_size}: too few validations to fit "
-                                    "a final slope.", {"measured": False}))
-            continue
-        slopes = Estimate.of([f[0] for f in fits])
-        # the larger of the spread across seeds and the fits' own error (one seed: the fit's alone)
-        fit_se = math.sqrt(np.mean([f[1] ** 2 for f in fits]) / len(fits))
-        slopes = Estimate(slopes.mean, fit_se if slopes.n == 1 else max(slopes.se, fit_se), slopes.n)
-        span = f"epochs {min(f[2] for f in fits):.3g}–{max(f[3] for f in fits):.3g}"
-        rate = f"{slopes.mean:+.2e}" + (f" ± {slopes.se:.1e}" if slopes.known else "")
-        gain = -slopes.mean * LATE_FRACTION * max(f[3] for f in fits)  # bits/dim per further 10 % of training
-        if not slopes.known:
-            state, improving = "its trend is uncertain", None
-        elif slopes.mean < -2 * slopes.se and gain >= MIN_GAIN:
-            state, improving = (f"still improving at the end (≈{gain:.3f} bits/dim more per further 10 % of "
-                                "training if the trend held)"), True
-        elif slopes.mean > 2 * slopes.se and -gain >= MIN_GAIN:
-            state, improving = "getting worse at the end (overfitting or instability)", False
-        else:
-            state, improving = (f"flat at the end (slope within 2 s.e. of zero, or under {MIN_GAIN} bits/dim per "
-                                "further 10 % of training)"), False
-        source = ("s.e. across seeds" if len(fits) > 1 else "s.e. from the linear fit, one seed") if slopes.known \
-            else "no s.e.: fewer than 3 validations in the window"
-        findings.append(Finding("still improving", (
-            f"[{where}] Batch {big_size}: validation BPD slope over the last 10 % of training ({span}) is {rate} "
-            f"bits/dim per epoch ({source}): {state}."),
-            {"measured": True, "context": context, "prior": prior, "lr_scaling": scaling, "batch_size": int(big_size),
-             "slope": slopes.mean, "slope_se": slopes.se, "improving": improving}))
-    return findings
+        end = max((f[2] for f in fits), default=math.nan)
+        test = S.slope_test([f[0] for f in fits], LATE_FRACTION * end if fits else 1.0, MIN_GAIN)
+        out[key] = (test, min((f[1] for f in fits), default=math.nan), end)
+    return out
 
 
-def late_mean(curve: pd.DataFrame, fraction: float = NOISE_LATE_FRACTION) -> float:
-    """Mean ``noise_scale`` over the last ``fraction`` of the logged steps (NaN without data)."""
-    steps, values = xy(curve, "step", "noise_scale")
-    if steps.size == 0:
-        return math.nan
-    start = steps[0] + (steps[-1] - steps[0]) * (1 - fraction)
-    return float(values[steps >= start].mean())
+SLOPE_WORDS = {
+    "improving": "still improving at the end (≈{gain:.3f} bits/dim more per further 10 % of training if the trend held)",
+    "worsening": "getting worse at the end (overfitting or instability)",
+    "flat": "flat at the end (projected change within ±{min_gain} bits/dim per further 10 % of training, TOST)",
+    "inconclusive": "neither still improving nor shown to be flat",
+    "not_tested": "its trend is not tested (fewer than 2 seeds with 3 or more validations)",
+}
 
 
-def noise_scale_findings(trials: pd.DataFrame, noise: pd.DataFrame) -> list[Finding]:
-    """Late-training B_simple of each setting against the batch sizes trained there."""
-    series = by_run(noise)
+def still_improving_findings(trials: pd.DataFrame, val: pd.DataFrame,
+                             tests: dict | None = None) -> list[Finding]:
+    """For every group: is validation BPD still falling at the end of training? The per-seed late
+    slopes are tested across seeds (t, n − 1 df); see :class:`jobs.report.stats.SlopeTest`."""
+    tests = slope_tests(trials, val) if tests is None else tests
     findings = []
-    for context, group in trials.groupby("context", sort=True):
-        where = label(context) or "all trials"
-        est = Estimate.of([late_mean(series.get(rid, EMPTY_NOISE)) for rid in group.index])
-        if est.n == 0:
-            findings.append(Finding("noise scale", f"[{where}] No gradient noise scale was logged.", {"measured": False}))
+    for (context, prior, scaling, size), (test, start, end) in tests.items():
+        where = label(context, prior=prior, lr_scaling=scaling, batch=size)
+        ci = test.slope
+        if ci.n == 0:
+            findings.append(note("still improving", where, "still improving at the end",
+                                 f"Batch {size}: too few validations (< 3) to fit a final slope.", batch_size=int(size),
+                                 prior=prior, lr_scaling=scaling))
             continue
-        parts = []
-        for size in sorted(group["batch_size"].unique()):
-            ratio = est.mean / size
-            low, high = ((est.mean - 2 * est.se) / size, (est.mean + 2 * est.se) / size) if est.known else (ratio, ratio)
-            if low >= 2:
-                parts.append(f"batch {size} is well below it (B_simple/B = {ratio:.1f}): larger batches would still "
-                             "cut the steps needed almost proportionally")
-            elif high <= 0.5:
-                parts.append(f"batch {size} is beyond it (B/B_simple = {1 / ratio:.1f}): past the critical batch "
-                             "size, extra samples per step buy little")
-            else:
-                parts.append(f"batch {size} is comparable to it (B_simple/B = {ratio:.2f}): near the critical batch size")
-        unc = "" if est.known else " (uncertainty unknown: one trial)"
-        findings.append(Finding("noise scale", (
-            f"[{where}] The measured gradient noise scale B_simple (late-training mean over {est.n} "
-            f"trial{'s' if est.n > 1 else ''}) is {count(est.mean)}{f' ± {count(est.se)}' if est.known else ''} "
-            f"images{unc}; " + "; ".join(parts) + "."),
-            {"measured": True, "context": context, "b_simple": est.mean, "b_simple_se": est.se}))
+        rate = (f"{ci.mean:+.2e} bits/dim per epoch, 95 % CI [{ci.lo:+.2e}, {ci.hi:+.2e}] over {ci.n} seeds "
+                f"(t, p {fmt_p(test.p)})" if ci.known else f"{ci.mean:+.2e} bits/dim per epoch (1 seed)")
+        state = SLOPE_WORDS[test.state].format(gain=test.gain, min_gain=MIN_GAIN)
+        text = (f"[{where}] Batch {size}: validation BPD slope over the last 10 % of training (epochs {start:.3g}–"
+                f"{end:.3g}) is {rate}: {state}.")
+        findings.append(Finding("still improving", where, "still improving at the end", text, test.state, {
+            "batch_size": int(size), "prior": prior, "lr_scaling": scaling, "n": ci.n, "estimate": ci.mean,
+            "ci95": [ci.lo, ci.hi], "test": "t over seeds of per-seed OLS slopes" if ci.known else None,
+            "df": ci.n - 1 if ci.known else None, "p": test.p, "p_flat": test.p_flat, "projected_gain": test.gain,
+            "units": "bits/dim per epoch", "window_epochs": [start, end]}))
     return findings
 
 
-def final_values(trials: pd.DataFrame, curves: dict[str, pd.DataFrame], ids) -> tuple[str, list[float]]:
-    """Per trial: test BPD when every trial has one, else validation BPD at the common final epoch."""
-    if "test_bpd" in trials and trials.loc[ids, "test_bpd"].notna().all():
-        return "test BPD", list(trials.loc[ids, "test_bpd"].astype(float))
-    x = common_horizon(curves_of(curves, ids), "epoch")
-    return f"validation BPD at epoch {x:.3g}", [value_at(curves.get(rid, EMPTY), "epoch", x) for rid in ids]
+def final_value(trials: pd.DataFrame, curves: dict[str, pd.DataFrame], group: pd.DataFrame) -> tuple[str, Callable]:
+    """What the priors are compared on: test BPD when every finished trial of ``group`` has it,
+    else validation BPD at the common final epoch. Returns (words, value of a run id)."""
+    done = finished(group)
+    if "test_bpd" in group and done["test_bpd"].notna().all() and len(done):
+        return "test BPD", lambda rid: float(trials.at[rid, "test_bpd"])
+    x = common_horizon(curves, done.index, "epoch")
+    return f"validation BPD at epoch {x:.3g}", lambda rid: value_at(curves.get(rid, EMPTY), "epoch", x)
 
 
-def prior_findings(trials: pd.DataFrame, val: pd.DataFrame) -> list[Finding]:
-    """Does the prior matter, at each batch size (and LR scaling)?"""
+def prior_findings(trials: pd.DataFrame, val: pd.DataFrame, margin: float = DEFAULT_MARGIN,
+                   tests: dict | None = None) -> list[Finding]:
+    """Do the priors differ, at each batch size and LR scaling? Deferred (``not_tested``, reason
+    ``not converged``) when either arm is still improving: priors compared mid-training confound
+    the prior with the speed of convergence."""
     curves = by_run(val)
+    tests = slope_tests(trials, val) if tests is None else tests
     findings = []
     for (context, size, scaling), group in trials.groupby(["context", "batch_size", "lr_scaling"], sort=True):
         priors = sorted(group["prior"].unique())
         where = label(context, batch=size, lr_scaling=scaling)
         if len(priors) < 2:
-            findings.append(Finding("priors", f"[{where}] Only one prior ({priors[0]}): priors not compared.",
-                                    {"measured": False}))
+            findings.append(note("priors", where, "do the priors differ",
+                                 f"Only one prior ({priors[0]}): priors not compared."))
             continue
-        what, values = final_values(trials, curves, list(group.index))
-        by_id = dict(zip(group.index, values))
-        first = priors[0]
-        a = Estimate.of([by_id[i] for i in group[group["prior"] == first].index])
+        what, value = final_value(trials, curves, group)
+        base = priors[0]
+
+        def arm(prior: str) -> Arm:
+            sel = group[group["prior"] == prior]
+            return Arm(prior, {int(r.seed): value(rid) for rid, r in finished(sel).iterrows()}, lost_trials(sel))
+
         for other in priors[1:]:
-            b = Estimate.of([by_id[i] for i in group[group["prior"] == other].index])
-            diff = b.minus(a)
-            verdict = judge(diff, f"worse than {first}", f"better than {first}", f"{other} is", f"{other} and {first}")
-            findings.append(Finding("priors", (
-                f"[{where}] {what}: {other} {pm(b)} vs {first} {pm(a)}; {verdict}{seeds_note(a, b)}."),
-                {"measured": True, "context": context, "batch_size": int(size), "lr_scaling": scaling,
-                 "diff": diff.mean, "diff_se": diff.se,
-                 "indistinguishable": bool(diff.known and abs(diff.mean) < 2 * diff.se)}))
+            improving = [p for p in (other, base) if (context, p, scaling, size) in tests
+                         and tests[(context, p, scaling, size)][0].state == "improving"]
+            numbers = {"batch_size": int(size), "lr_scaling": scaling, "compared_on": what}
+            if improving:
+                numbers["deferred"] = f"deferred: not converged — {' and '.join(improving)} still improving"
+            findings.append(compare_finding("priors", where, f"{what}, {other} vs {base}", arm(other), arm(base), margin,
+                                            f"{other} is worse than {base}", f"{other} is better than {base}",
+                                            f"{other} and {base}", **numbers))
     return findings
 
 
-def verdict(trials: pd.DataFrame, val: pd.DataFrame, noise: pd.DataFrame) -> list[Finding]:
-    """All findings, in reading order: batch gap, LR scaling, still improving, noise scale, priors."""
-    if trials.empty:
-        return [Finding("data", "No finished trials with validation history: no verdict.", {"measured": False})]
-    return (batch_gap_findings(trials, val) + lr_scaling_findings(trials, val) + still_improving_findings(trials, val)
-            + noise_scale_findings(trials, noise) + prior_findings(trials, val))
+# ----------------------------------------------------------------------------------------------
+# Gradient noise scale and critical batch size
+# ----------------------------------------------------------------------------------------------
+
+def target_bpd(curves: dict[str, pd.DataFrame], ids) -> float:
+    """The lowest validation BPD every trial of ``ids`` reached: the largest of their minima."""
+    mins = [float(np.nanmin(curves[i]["val_bpd"])) for i in ids if i in curves and curves[i]["val_bpd"].notna().any()]
+    return max(mins) if mins and len(mins) == len(list(ids)) else math.nan
 
 
-__all__ = ["Finding", "Estimate", "verdict", "batch_gap_findings", "lr_scaling_findings", "still_improving_findings",
-           "noise_scale_findings", "prior_findings", "late_slope", "late_mean", "value_at"]
+def steps_to(curve: pd.DataFrame, target: float) -> float:
+    """Optimizer steps at which ``val_bpd`` first reaches ``target`` (linear between validations)."""
+    steps, bpd = xy(curve, "step", "val_bpd")
+    hit = np.flatnonzero(bpd <= target + 1e-12)
+    if hit.size == 0:
+        return math.nan
+    k = int(hit[0])
+    if k == 0 or bpd[k - 1] == bpd[k]:
+        return float(steps[k])
+    frac = (bpd[k - 1] - target) / (bpd[k - 1] - bpd[k])
+    return float(steps[k - 1] + frac * (steps[k] - steps[k - 1]))
+
+
+def b_simple_window(series: pd.DataFrame, until: float, adam: bool = False) -> float:
+    """Σ tr(Σ) / Σ |G|² of the raw estimates over the last :data:`NOISE_WINDOW` of steps up to
+    ``until`` (at least the last :data:`MIN_NOISE_POINTS` measurements); NaN when not logged or
+    when Σ |G|² ≤ 0. Units: images."""
+    suffix = "_adam" if adam else ""
+    steps, trace = xy(series, "step", f"noise_trace{suffix}")
+    _, grad_sq = xy(series, "step", f"noise_grad_sq{suffix}")
+    if steps.size == 0 or steps.size != grad_sq.size or not math.isfinite(until):
+        return math.nan
+    upto = steps <= until + 1e-9
+    keep = upto & (steps >= until * (1 - NOISE_WINDOW))
+    if keep.sum() < MIN_NOISE_POINTS:
+        keep = np.zeros_like(upto)
+        keep[np.flatnonzero(upto)[-MIN_NOISE_POINTS:]] = True
+    g = grad_sq[keep].sum()
+    return float(trace[keep].sum() / g) if keep.any() and g > 0 else math.nan
+
+
+def noise_scale_findings(trials: pd.DataFrame, val: pd.DataFrame, noise: pd.DataFrame) -> list[Finding]:
+    """B_simple per group (context, prior, LR scaling, batch size) at a validation BPD every
+    finished trial of the context reached — never pooled across groups."""
+    curves, series = by_run(val), by_run(noise)
+    findings = []
+    done = finished(trials)
+    for context, ctx in done.groupby("context", sort=True):
+        target = target_bpd(curves, ctx.index)
+        for (prior, scaling, size), group in ctx.groupby(["prior", "lr_scaling", "batch_size"], sort=True):
+            where = label(context, prior=prior, lr_scaling=scaling, batch=size)
+            values, adam = {}, {}
+            for rid, row in group.iterrows():
+                until = steps_to(curves.get(rid, EMPTY), target)
+                values[int(row.seed)] = b_simple_window(series.get(rid, EMPTY), until)
+                adam[int(row.seed)] = b_simple_window(series.get(rid, EMPTY), until, adam=True)
+            plain, pre = S.mean_ci(list(values.values())), S.mean_ci(list(adam.values()))
+            question = "gradient noise scale at matched validation BPD"
+            if plain.n == 0:
+                findings.append(note("noise scale", where, question, "No raw gradient-noise estimates (noise_trace, "
+                                     "noise_grad_sq) were logged up to the matched validation BPD: B_simple not "
+                                     "estimated.", batch_size=int(size), prior=prior, lr_scaling=scaling))
+                continue
+            text = (f"[{where}] At validation BPD {target:.3f} (reached by every trial of this context), "
+                    f"B_simple = {ci_words(plain)} images; batch {size} is {count(size / plain.mean)}× B_simple")
+            if pre.n:
+                text += f"; Adam-preconditioned B_simple = {ci_words(pre)} images"
+            text += (". B_simple = Σ tr(Σ)/Σ |G|² over the last 20 % of steps up to that point; it approximates the "
+                     "critical batch size B_noise only under plain-SGD assumptions (McCandlish et al. 2018).")
+            findings.append(Finding("noise scale", where, question, text, "measured", {
+                "batch_size": int(size), "prior": prior, "lr_scaling": scaling, "target_bpd": target, "n": plain.n,
+                "b_simple": plain.mean, "ci95": [plain.lo, plain.hi], "b_simple_adam": pre.mean,
+                "ci95_adam": [pre.lo, pre.hi], "units": "images", "other_settings": context}))
+    return findings
+
+
+def count(value: float) -> str:
+    """A quantity in images with 3 significant digits and no exponent: ``1,230``, ``45.6``, ``0.0213``."""
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{float(f'{value:.3g}'):g}"
+
+
+def ci_words(ci: S.MeanCI) -> str:
+    """``"1,230 [980, 1,480] (3 seeds)"``; ``"1,230 (1 seed)"`` without an interval."""
+    if ci.known:
+        return f"{count(ci.mean)} [{count(ci.lo)}, {count(ci.hi)}] ({ci.n} seeds)"
+    return f"{count(ci.mean)} (1 seed)"
+
+
+@dataclass(frozen=True)
+class ScalingFit:
+    """S(B) = S_min·(1 + B_crit/B), fitted by least squares of S against 1/B on the per-batch mean
+    steps. ``b_crit`` in images (inf: no saturation in range; ≤ 0 is reported as such)."""
+
+    s_min: float
+    b_crit: float
+    residual: float  # RMS relative residual of the means (NaN with 2 batch sizes: the fit is exact)
+
+
+def fit_scaling(batches: np.ndarray, steps: np.ndarray) -> ScalingFit:
+    inv = 1.0 / np.asarray(batches, dtype=float)
+    steps = np.asarray(steps, dtype=float)
+    slope, intercept = np.polyfit(inv, steps, 1)
+    b_crit = slope / intercept if intercept > 0 else math.inf
+    fitted = intercept + slope * inv
+    residual = float(np.sqrt(np.mean(((steps - fitted) / steps) ** 2))) if len(steps) > 2 else math.nan
+    return ScalingFit(float(intercept), float(b_crit), residual)
+
+
+def bound(value: float) -> str:
+    """A B_crit interval end: ``"1,234"``, ``"∞"`` or ``"≤ 0"``."""
+    return "∞" if math.isinf(value) and value > 0 else ("≤ 0" if value <= 0 else count(value))
+
+
+def bootstrap_b_crit(batches: np.ndarray, steps: dict[int, np.ndarray], rng_seed: int) -> tuple[float, float]:
+    """95 % percentile interval of B_crit under a parametric bootstrap over seeds: each batch size's
+    mean steps is redrawn as mean + s.e.·T(n − 1) (the t distribution keeps the interval honest
+    with 2–5 seeds, where resampling the seeds themselves covers far less than 95 %)."""
+    rng = np.random.default_rng(rng_seed)
+    draws = []
+    for b in batches:
+        v = steps[int(b)]
+        draws.append(v.mean() + v.std(ddof=1) / math.sqrt(v.size) * rng.standard_t(v.size - 1, BOOTSTRAP))
+    boot = np.array([fit_scaling(batches, column).b_crit for column in np.stack(draws, axis=1)])
+    boot = np.where(np.isfinite(boot), boot, math.inf)
+    lo, hi = np.percentile(boot, [2.5, 97.5], method="inverted_cdf")  # no interpolation across ±inf
+    return float(lo), float(hi)
+
+
+def critical_batch_findings(trials: pd.DataFrame, val: pd.DataFrame, noise_findings: list[Finding],
+                            rng_seed: int = 0) -> list[Finding]:
+    """B_crit from steps-to-target (McCandlish et al. 2018; Shallue et al. 2019) per (context,
+    prior, LR scaling) with ≥ 2 batch sizes, with a bootstrap CI over seeds
+    (:func:`bootstrap_b_crit`), beside the measured B_simple."""
+    curves = by_run(val)
+    findings = []
+    done = finished(trials)
+    for (context, prior, scaling), group in done.groupby(["context", "prior", "lr_scaling"], sort=True):
+        sizes = sorted(group["batch_size"].unique())
+        if len(sizes) < 2:
+            continue
+        where = label(context, prior=prior, lr_scaling=scaling)
+        target = target_bpd(curves, group.index)
+        per_batch = {int(b): np.array([steps_to(curves.get(rid, EMPTY), target)
+                                       for rid in group[group["batch_size"] == b].index]) for b in sizes}
+        per_batch = {b: v[np.isfinite(v)] for b, v in per_batch.items()}
+        if not np.isfinite(target) or any(v.size == 0 for v in per_batch.values()):
+            findings.append(note("critical batch", where, "critical batch size", "Steps to a common validation BPD "
+                                 "could not be measured for every batch size: B_crit not estimated."))
+            continue
+        bs = np.array(sorted(per_batch), dtype=float)
+        fit = fit_scaling(bs, [per_batch[int(b)].mean() for b in bs])
+        testable = all(v.size >= 2 for v in per_batch.values())
+        lo, hi = bootstrap_b_crit(bs, per_batch, rng_seed) if testable else (math.nan, math.nan)
+        exact = len(bs) == 2
+        fit_words = ("exact fit: 2 batch sizes for 2 parameters, no residual to judge it by" if exact else
+                     f"{len(bs)} batch sizes, RMS relative residual {fit.residual:.1%}")
+        if math.isinf(fit.b_crit):
+            value = "beyond the batch sizes trained (steps fall as 1/B throughout: no saturation measured)"
+        elif fit.b_crit <= 0:
+            value = "below the smallest batch size (steps do not fall with batch size)"
+        else:
+            value = f"{count(fit.b_crit)} images" + (f", 95 % CI over seeds [{bound(lo)}, {bound(hi)}] (parametric t "
+                                                   "bootstrap; ∞: no saturation within the batch sizes trained)"
+                                                   if testable else " (1 seed at some batch size: no CI)")
+        simple = [f for f in noise_findings if f.topic == "noise scale" and f.conclusion == "measured"
+                  and f.numbers.get("prior") == prior and f.numbers.get("lr_scaling") == scaling
+                  and f.numbers.get("other_settings") == context]
+        beside = "; ".join(f"batch {f.numbers['batch_size']}: {count(f.numbers['b_simple'])}" for f in simple)
+        text = (f"[{where}] Steps to validation BPD {target:.3f} fitted by S = S_min·(1 + B_crit/B) ({fit_words}): "
+                f"B_crit = {value}; measured B_simple at matched BPD (plain-SGD approximation of B_noise): "
+                f"{beside or 'not logged'}.")
+        points = [{"batch_size": int(b), "seed": int(r.seed), "steps": steps_to(curves.get(rid, EMPTY), target)}
+                  for b in sizes for rid, r in group[group["batch_size"] == b].iterrows()]
+        findings.append(Finding("critical batch", where, "critical batch size", text,
+                                "measured" if testable else "not_tested", {
+                                    "prior": prior, "lr_scaling": scaling, "target_bpd": target, "b_crit": fit.b_crit,
+                                    "ci95": [lo, hi], "s_min": fit.s_min, "e_min": fit.s_min * fit.b_crit,
+                                    "residual": fit.residual, "exact_fit": exact, "points": points,
+                                    "test": f"parametric t bootstrap over seeds ({BOOTSTRAP} draws)",
+                                    "units": "images"}))
+    return findings
+
+
+# ----------------------------------------------------------------------------------------------
+# Everything
+# ----------------------------------------------------------------------------------------------
+
+def verdict(trials: pd.DataFrame, val: pd.DataFrame, noise: pd.DataFrame,
+            margin: float = DEFAULT_MARGIN) -> list[Finding]:
+    """All findings in reading order (batch gap, LR scaling, still improving, noise scale, critical
+    batch, priors), Holm-adjusted over every comparison of the report."""
+    if finished(trials).empty:
+        return [Finding("data", "", "is there data", "No finished trials with validation history: no verdict.",
+                        "not_tested")]
+    tests = slope_tests(trials, val)
+    noise_found = noise_scale_findings(trials, val, noise)
+    return adjust(batch_gap_findings(trials, val, margin) + lr_scaling_findings(trials, val, margin)
+                  + still_improving_findings(trials, val, tests) + noise_found
+                  + critical_batch_findings(trials, val, noise_found) + prior_findings(trials, val, margin, tests))
+
+
+__all__ = ["Arm", "Finding", "verdict", "batch_gap_findings", "lr_scaling_findings", "still_improving_findings",
+           "noise_scale_findings", "critical_batch_findings", "prior_findings", "late_slope", "value_at",
+           "steps_to", "fit_scaling", "b_simple_window", "clean_json", "adjust", "xy", "DEFAULT_MARGIN"]
