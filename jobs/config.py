@@ -16,10 +16,15 @@ from ``configs/tiny.yaml``) picks a base from ``rgflow.config.MODEL_PRESETS`` an
 keys override its fields.
 
 Overrides (``load_trial_config(path, ["train.batch_size=64", "train.betas=[0.9,0.99]",
-"data.train_size=null"])``) are applied after the file, in order. Validation is strict: unknown
-keys are errors with a did-you-mean; values must have the field's type (an integer is accepted
-where a number is expected, nothing else is converted: ``true`` is not an integer, ``"64"`` is not
-an integer); choices name the allowed values. Every error is one :class:`ConfigError` line naming
+"data.train_size=null"])``) are applied after the file, in order. A multirun value
+(``train.lr=1e-3,2e-3``, ``run.seed=range(0,3)``; :mod:`jobs.overrides`) is one trial's value only
+where one value can be written that way: the list of a list key (``train.betas=0.9,0.99`` is
+``[0.9,0.99]``) or the text of a free-text key (:func:`takes_text`: ``data.root=/a,b`` is the
+path ``'/a,b'``); for any other key it is an error pointing to ``jobs.sweep``.
+
+Validation is strict: unknown keys are errors with a did-you-mean; values must have the field's
+type (an integer is accepted where a number is expected, nothing else is converted: ``true`` is not
+an integer, ``"64"`` is not an integer); choices name the allowed values. Every error is one :class:`ConfigError` line naming
 the key, the value, the rule and where the value came from (``[in FILE]`` or
 ``[override 'k=v']``), e.g.::
 
@@ -41,6 +46,7 @@ import json
 import math
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +55,7 @@ import yaml
 
 from rgflow import config as lib
 from rgflow.config import DataConfig, ModelConfig, PriorConfig, TrainConfig, model_preset
-from jobs.overrides import ConfigError, did_you_mean, load_yaml_file, nest, parse_override
+from jobs.overrides import ConfigError, Multirun, did_you_mean, load_yaml_file, nest, parse_override
 
 DEFAULT_PRESET = "msds"
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
@@ -210,6 +216,35 @@ def config_keys() -> tuple[str, ...]:
     return tuple(f"{s}.{k}" for s in SECTIONS for k in field_types(s))
 
 
+def _alternatives(tp: Any) -> list[Any]:
+    """The types a field of type ``tp`` takes besides null: ``str | None`` → ``[str]``."""
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    return [a for a in (typing.get_args(tp) if union else (tp,)) if a is not type(None)]
+
+
+def is_list_type(tp: Any) -> bool:
+    """Whether a field of type ``tp`` holds a list (``tuple[float, ...]``, optionally or null)."""
+    return any(typing.get_origin(a) is tuple for a in _alternatives(tp))
+
+
+def is_text_type(tp: Any) -> bool:
+    """Whether a field of type ``tp`` holds a string (or null) and nothing else."""
+    return _alternatives(tp) == [str]
+
+
+def is_list_key(key: str) -> bool:
+    """Whether the trial key's value is itself a list (``train.betas``), so a list override is its value."""
+    section, _, name = key.partition(".")
+    return is_list_type(field_types(section)[name])
+
+
+def takes_text(key: str) -> bool:
+    """Whether the trial key is free text: a string (or null) without a fixed set of choices —
+    paths, URIs, names, ``run.device``. A comma in its override value is part of the text."""
+    section, _, name = key.partition(".")
+    return key not in CHOICES and is_text_type(field_types(section)[name])
+
+
 def _origin(origin: str | None) -> str:
     return f" [{origin}]" if origin else ""
 
@@ -354,13 +389,32 @@ def build_trial_config(raw: dict[str, Any] | None, origin: str | None = None) ->
     return compose([(raw, origin)])
 
 
-def override_layers(overrides: list[str]) -> list[tuple[dict[str, Any], str]]:
-    """``["train.epochs=5", …]`` → layers for :func:`compose`, labelled ``override 'k=v'``."""
-    return [(nest(*parse_override(text)), f"override {text!r}") for text in overrides]
+def _one_trial_value(text: str, key: str, value: Any, program: str) -> Any:
+    """A multirun ``value`` as one trial's value: the list of a list key, the text of a free-text
+    key; an error for any other trial key (unknown keys pass through, :func:`compose` names them)."""
+    if not isinstance(value, Multirun) or key not in config_keys():
+        return value
+    if is_list_key(key):
+        return list(value)
+    if takes_text(key):
+        return value.text
+    raise ConfigError(f"{text!r} is a multirun list: {program} runs one trial — use jobs.sweep with a sweep file, "
+                      "or pick one value", key, value)
 
 
-def load_trial_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrialConfig:
-    """Defaults ← the YAML file at ``path`` (if any) ← each override in order."""
+def override_layers(overrides: list[str], program: str = "jobs.train") -> list[tuple[dict[str, Any], str]]:
+    """``["train.epochs=5", …]`` → layers for :func:`compose`, labelled ``override 'k=v'``;
+    ``program`` is the command named when a multirun list is refused (see the module docstring)."""
+    layers = []
+    for text in overrides:
+        key, value = parse_override(text)
+        layers.append((nest(key, _one_trial_value(text, key, value, program)), f"override {text!r}"))
+    return layers
+
+
+def load_trial_config(path: str | os.PathLike | None, overrides: list[str] = (), program: str = "jobs.train") -> TrialConfig:
+    """Defaults ← the YAML file at ``path`` (if any) ← each override in order; ``program``: the
+    command named when a multirun override is refused."""
     layers: list[tuple[Any, str | None]] = []
     if path is not None:
         raw = load_yaml_file(path)
@@ -368,7 +422,7 @@ def load_trial_config(path: str | os.PathLike | None, overrides: list[str] = ())
             raise ConfigError(f"{path} is a sweep file, not a trial config: run it with python -m jobs.sweep {path}, "
                               f"or one of its trials with python -m jobs.train {path} --trial N")
         layers.append((raw, f"in {path}"))
-    return compose(layers + override_layers(list(overrides)))
+    return compose(layers + override_layers(list(overrides), program))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,7 +491,8 @@ def trial_id(cfg: TrialConfig, tree: dict[str, Any] | None = None) -> str:
 
 __all__ = [
     "ConfigError", "RunConfig", "TrackingConfig", "EvalConfig", "TrialConfig", "SECTIONS", "ID_EXCLUDED", "SWEEP_MARKERS",
-    "DEFAULT_PRESET", "config_keys", "field_types", "coerce", "show", "compose", "build_trial_config",
+    "DEFAULT_PRESET", "config_keys", "field_types", "is_list_key", "takes_text", "is_list_type", "is_text_type",
+    "coerce", "show", "compose", "build_trial_config",
     "override_layers", "load_trial_config", "resolved_dict", "to_yaml", "flatten", "format_value",
     "identity_dict", "trial_id", "value_error", "unknown_key_error",
 ]

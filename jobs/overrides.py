@@ -9,6 +9,11 @@ about which keys exist.
 * An override is ``dotted.key=value``; the value is parsed as a YAML scalar or flow sequence /
   mapping: ``64`` → int, ``1e-3`` → float, ``laplace`` → str, ``null`` → None, ``true`` → bool,
   ``[0.9,0.99]`` → list, ``'[a, b]'`` (quoted) → str.
+* Hydra's multirun forms give a :class:`Multirun` (a list that keeps the text it was written as):
+  ``1e-3,2e-3`` — commas outside quotes and brackets split the value, each element parsed as
+  above (``'a, b',c`` → ``['a, b', 'c']``) — and ``range(start, stop[, step])`` (integers, as
+  Python's ``range``: ``range(0,3)`` → ``[0, 1, 2]``). What a multirun list means for a key
+  (an axis, a list value, or its text as one string) is decided by the caller.
 """
 from __future__ import annotations
 
@@ -22,6 +27,9 @@ import yaml
 from rgflow.config import ConfigError as _LibraryConfigError
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_RANGE = re.compile(r"^range\((.*)\)$", re.DOTALL)
+_INTEGER = re.compile(r"^[-+]?[0-9]+$")
+_OPENERS, _CLOSERS = "[{(", "]})"
 
 
 class ConfigError(_LibraryConfigError):
@@ -72,8 +80,73 @@ def load_yaml_file(path: str | Path) -> Any:
     return parse_yaml(text, str(path))
 
 
+class Multirun(list):
+    """The values of a multirun override (``key=a,b,c`` or ``key=range(0,3)``), in order; ``text``
+    is the value as written (stripped), for keys that take free text such as a path."""
+
+    def __init__(self, values: Iterable[Any], text: str):
+        super().__init__(values)
+        self.text = text
+
+
+def _top_level_pieces(raw: str) -> list[str]:
+    """``raw`` split at commas outside quotes, ``[]``, ``{}`` and ``()``. A quote opens a quoted
+    piece only where YAML starts a scalar (at the start, or after ``[ { ( , :`` and spaces)."""
+    pieces, depth, quote, start, i = [], 0, None, 0, 0
+    while i < len(raw):
+        char = raw[i]
+        if quote:
+            if (char == "\\" and quote == '"') or (char == "'" == quote and raw[i + 1:i + 2] == "'"):
+                i += 1  # an escape: \" inside double quotes, '' inside single quotes
+            elif char == quote:
+                quote = None
+        elif char in "'\"" and (raw[:i].rstrip()[-1:] or ",") in _OPENERS + ",:":
+            quote = char
+        elif char in _OPENERS:
+            depth += 1
+        elif char in _CLOSERS:
+            depth -= 1
+        elif char == "," and depth == 0:
+            pieces.append(raw[start:i])
+            start = i + 1
+        i += 1
+    pieces.append(raw[start:])
+    return pieces
+
+
+def _parse_range(text: str, args: str, where: str) -> Multirun:
+    parts = [a.strip() for a in args.split(",")]
+    if not 1 <= len(parts) <= 3 or not all(_INTEGER.match(a) for a in parts):
+        raise ConfigError(f"{where}: range() takes 1 to 3 integers, range(start, stop[, step]), e.g. range(0,3)")
+    bounds = [int(a) for a in parts]
+    if len(bounds) == 3 and bounds[2] == 0:
+        raise ConfigError(f"{where}: the step of range() must not be 0")
+    values = list(range(*bounds))
+    if not values:
+        raise ConfigError(f"{where}: {text} is empty; Python's rules apply: range(0,3) is 0, 1, 2")
+    return Multirun(values, text)
+
+
+def _parse_value(raw: str, where: str) -> Any:
+    """One override value (see the module docstring): ``''`` → None, a YAML value, or a :class:`Multirun`."""
+    text = raw.strip()
+    if not text:
+        return None
+    pieces = _top_level_pieces(text)
+    if len(pieces) > 1:
+        if any(not p.strip() for p in pieces):
+            raise ConfigError(f"{where}: an empty value in a comma list (a multirun list is a,b,c): "
+                              "remove the extra comma")
+        return Multirun((parse_yaml(p, where) for p in pieces), text)
+    match = _RANGE.match(text)
+    if match:
+        return _parse_range(text, match.group(1), where)
+    return parse_yaml(raw, where)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """``'train.betas=[0.9,0.99]'`` → ``('train.betas', [0.9, 0.99])``; bad syntax → ConfigError."""
+    """``'train.betas=[0.9,0.99]'`` → ``('train.betas', [0.9, 0.99])``; ``'seed=0,1'`` →
+    ``('seed', Multirun([0, 1]))``; bad syntax → ConfigError."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep:
@@ -82,7 +155,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: '+'/'~' prefixes are not supported; write {key.lstrip('+~')}=VALUE")
     if not _KEY.match(key):
         raise ConfigError(f"override {text!r}: {key!r} is not a dotted key such as train.batch_size")
-    return key, parse_yaml(raw, f"override {text!r}") if raw.strip() else None
+    return key, _parse_value(raw, f"override {text!r}")
 
 
 def nest(key: str, value: Any) -> dict[str, Any]:

@@ -45,6 +45,13 @@ config is: defaults ← ``base_config`` ← ``base`` ← command-line base overr
 * ``backend=…``, ``name=…``, ``description=…``, ``resources.*``, ``ray.*``, ``slurm.*``,
   ``local.*``, ``evaluation.*``, ``report.*`` set those settings.
 
+Hydra's multirun forms ``key=a,b,c`` and ``key=range(0,3)`` (:class:`jobs.overrides.Multirun`)
+mean the list ``key=[a,b,c]``, with two exceptions, where the comma is part of one value: a free-text
+trial key (:func:`jobs.config.takes_text`: ``data.root``, ``run.out_dir``, ``tracking.uri`` …)
+that is not an axis of the sweep, and a string setting (``name``, ``description``, ``backend``,
+``slurm.partition`` …). A multirun list for any other setting (``resources.gpus``,
+``random.samples`` …) is an error: settings apply to the whole sweep, not per trial.
+
 Every key is checked (one-line :class:`~jobs.config.ConfigError` with did-you-mean), every trial's
 config is built (so a bad axis value is reported with its key, value and origin), and two trials
 with the same trial id are an error naming both indexes.
@@ -69,10 +76,10 @@ from typing import Any
 
 from rgflow import config as lib
 from jobs.config import (
-    SECTIONS, SWEEP_MARKERS, ConfigError, TrialConfig, coerce, compose, config_keys, field_types, load_trial_config, resolved_dict,
-    show, trial_id, unknown_key_error, value_error,
+    SECTIONS, SWEEP_MARKERS, ConfigError, TrialConfig, coerce, compose, config_keys, is_list_key, is_list_type,
+    is_text_type, load_trial_config, resolved_dict, show, takes_text, trial_id, unknown_key_error, value_error,
 )
-from jobs.overrides import did_you_mean, load_yaml_file, nest, parse_override
+from jobs.overrides import Multirun, did_you_mean, load_yaml_file, nest, parse_override
 
 BACKENDS = ("ray", "slurm", "local")
 SWEEP_KEYS = ("name", "description", "base_config", "base", "axes", "resources", "backend", "ray", "slurm",
@@ -454,19 +461,12 @@ def load_trial(path: str | Path, overrides: list[str] = (), index: int | None = 
     if is_sweep_file(load_yaml_file(path)):
         sweep = load_sweep(path, overrides)
         if index is None:
-            raise ConfigError(f"{path} is a sweep with {len(sweep.trials)} trials: say which one with --trial N "
-                              f"(0-{len(sweep.trials) - 1})")
+            raise ConfigError(f"{path} is a sweep with {len(sweep.trials)} trials: run them all with python -m jobs.sweep "
+                              f"{path}, or one with --trial N (0-{len(sweep.trials) - 1})")
         return sweep, sweep.trial(index).config
     if index is not None:
         raise ConfigError(f"{path} is a trial config, not a sweep: --trial applies to sweep files only")
     return None, load_trial_config(path, overrides)
-
-
-def _is_list_field(key: str) -> bool:
-    """Whether the trial key's value is itself a list (``train.betas``), so a list override is a value."""
-    section, _, name = key.partition(".")
-    tp = field_types(section)[name]
-    return any(typing.get_origin(t) is tuple for t in (tp, *typing.get_args(tp)))
 
 
 def _resolved_value(tree: dict[str, Any], key: str) -> Any:
@@ -487,12 +487,14 @@ def _apply_override(text: str, state: dict[str, Any]) -> None:
         state["axes"] = dataclasses.replace(axes, seeds=_axis_values("seeds", list(values), origin),
                                             origins={**axes.origins, "run.seed": origin})
     elif key in ("backend", "name", "description"):
-        state[key] = (value, origin)
+        state[key] = (_setting_value(text, key, value, str), origin)
     elif head in SETTINGS:
-        state["settings"][head].append((nest(rest, value) if rest else value, origin))
+        tp = _settings_types(SETTINGS[head]).get(rest)
+        state["settings"][head].append((nest(rest, _setting_value(text, key, value, tp)) if rest else value, origin))
     elif head == "random" and rest in ("samples", "seed"):
         if axes.random is None:
             raise ConfigError(f"{key}: this sweep has no axes.random [{origin}]", key)
+        value = _setting_value(text, key, value, int)
         rand = dataclasses.replace(axes.random, **{rest: coerce(key, value, int, origin)})
         if rand.samples < 1:
             raise ConfigError(f"{key}={show(value)}: must be a positive integer [{origin}]", key, value)
@@ -507,9 +509,25 @@ def _apply_override(text: str, state: dict[str, Any]) -> None:
         raise unknown_key_error(key, candidates, origin)
 
 
+def _setting_value(text: str, key: str, value: Any, tp: Any) -> Any:
+    """A multirun ``value`` for a key set once for the whole sweep (type ``tp``; ``None``: unknown
+    key, left to the settings check): its text for a string, its list for a list; else an error."""
+    if not isinstance(value, Multirun) or tp is None:
+        return value
+    if is_text_type(tp):
+        return value.text
+    if is_list_type(tp):
+        return list(value)
+    raise ConfigError(f"{text!r} is a multirun list, but {key} is set once for the whole sweep, not per trial: "
+                      "give one value", key, value)
+
+
 def _apply_trial_override(key: str, value: Any, origin: str, state: dict[str, Any]) -> None:
     axes: Axes = state["axes"]
     origins = {**axes.origins, key: origin}
+    is_axis = key in axes.grid or any(key in g for g in axes.zip) or bool(axes.random and key in axes.random.params)
+    if isinstance(value, Multirun) and not is_axis and key in config_keys() and takes_text(key):
+        value = value.text  # a path or name with a comma, not a list of them
     if key in axes.grid:
         values = value if isinstance(value, list) else [value]
         state["axes"] = dataclasses.replace(axes, grid={**axes.grid, key: _axis_values(key, values, origin)},
@@ -536,7 +554,7 @@ def _apply_trial_override(key: str, value: Any, origin: str, state: dict[str, An
         params = {k: v for k, v in axes.random.params.items() if k != key}
         axes = dataclasses.replace(axes, random=dataclasses.replace(axes.random, params=params) if params else None)
         state["axes"] = axes
-    if isinstance(value, list) and key in config_keys() and not _is_list_field(key):
+    if isinstance(value, list) and key in config_keys() and not is_list_key(key):
         state["axes"] = dataclasses.replace(axes, grid={**axes.grid, key: _axis_values(key, value, origin)},
                                             origins={**axes.origins, key: origin})
         return

@@ -1,32 +1,11 @@
 """One trial, end to end: ``python -m jobs.train CONFIG.yaml [overrides…]`` or
-``python -m jobs.train SWEEP.yaml --trial N [overrides…]``.
+``python -m jobs.train SWEEP.yaml --trial N [--device D] [--cfg] [overrides…]``.
 
-Options: ``--trial N`` (the N-th trial of a sweep's expansion, :mod:`jobs.sweep_spec`),
-``--device auto|cpu|cuda|cuda:N`` (the same as the override ``run.device=…``), ``--backend NAME``
-(the ``rgflow.backend`` tag; default ``single`` for a config file, for a sweep ``slurm`` inside a
-Slurm job and ``local`` otherwise). Overrides are Hydra-style ``key=value`` (:mod:`jobs.config`;
-for a sweep file they follow :func:`jobs.sweep_spec.load_sweep`).
-
-The run folder is ``<run.out_dir>/<sweep name or single>/<trial id>/``: ``config.yaml`` (the
-resolved config), ``checkpoints/``, ``samples/``, ``train.log`` (progress, warnings, tracebacks),
-``state.json`` (``trial_id``, ``run_id``, ``state``, ``attempt``, ``reason``; written atomically)
-and the tracking files of :mod:`jobs.tracking` (``tracking.json``, ``metrics-spool.jsonl``).
-
-* A trial whose ``state.json`` says ``finished`` is not run again (exit 0).
-* A run folder with a valid checkpoint resumes from the newest one into the same MLflow run (its
-  id is stored in the checkpoint and in ``state.json``); ``rgflow.attempt`` goes up by one. Steps
-  recomputed after a hard kill are not logged twice (:mod:`jobs.tracking.spool` drops metric
-  points at or below a key's highest spooled step).
-* SIGTERM / SIGUSR2 (Slurm preemption, time limit): checkpoint at once, run KILLED with
-  ``rgflow.state=preempted``, exit 75 (requeue me). SIGINT: checkpoint, KILLED with
-  ``rgflow.state=killed``, exit 130 (a second SIGINT aborts without a checkpoint).
-* NaN/inf loss or gradient, or any exception: run FAILED with a one-line
-  ``rgflow.failure_reason``, the traceback in ``train.log``, exit 1; earlier checkpoints are kept.
-* Bad input (config, unknown device, missing data set, tracking store refusing the experiment):
-  one line ``error: …`` on stderr, exit 2, no run folder and no MLflow run left behind.
-
-In-process API for the sweep backends: :func:`run_trial` (never installs signal handlers outside
-the main thread; pass ``stop_flag`` instead).
+Creates or resumes the trial's run folder and MLflow run, trains, and ends the run in a true state
+(exit ``0`` finished, ``1`` failed, ``2`` bad input, ``75`` preempted, ``130`` interrupted). Full
+reference (run folder contents, resume, signals): docs/CLI.md. In-process API for the sweep
+backends: :func:`run_trial` (never installs signal handlers outside the main thread; pass
+``stop_flag`` instead).
 """
 from __future__ import annotations
 
@@ -430,6 +409,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--trial", type=int, default=None, help="index of the trial in the sweep's expansion")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (same as run.device=…)")
     parser.add_argument("--backend", default=None, help="rgflow.backend tag (default: single, or slurm/local for a sweep)")
+    parser.add_argument("--cfg", action="store_true", help="print the resolved config (YAML) and exit; creates nothing")
     return parser
 
 
@@ -445,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + ([f"run.device={args.device}"] if args.device else [])
     try:
         sweep, config = load_trial(args.path, overrides, args.trial)
+        if args.cfg:
+            print(to_yaml(config), end="", flush=True)
+            return EXIT_FINISHED
         if sweep is not None:
             parent, experiment = _sweep_parent(config, sweep)
     except (BadInput, LibraryConfigError) as err:  # jobs.config.ConfigError is a LibraryConfigError

@@ -11,8 +11,9 @@ import yaml
 import rgflow.config
 from jobs.config import (
     ID_EXCLUDED, ConfigError, build_trial_config, flatten, identity_dict, load_trial_config,
-    resolved_dict, to_yaml, trial_id,
+    resolved_dict, takes_text, to_yaml, trial_id,
 )
+from jobs.overrides import Multirun, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,6 +126,52 @@ def test_empty_sections_take_defaults(tmp_path):
 ])
 def test_override_errors(overrides, message):
     assert error_of(overrides) == message
+
+
+@pytest.mark.parametrize("text, value, multirun", [
+    ("k=1e-3,2e-3", [1e-3, 2e-3], True),
+    ("k=laplace, gaussian", ["laplace", "gaussian"], True),
+    ("k=range(0,3)", [0, 1, 2], True),
+    ("k=range(3)", [0, 1, 2], True),
+    ("k=range(10, 0, -4)", [10, 6, 2], True),
+    ("k=[0.9,0.99],[0.9,0.999]", [[0.9, 0.99], [0.9, 0.999]], True),   # commas inside brackets do not split
+    ("k='a, b',c", ["a, b", "c"], True),                                # nor commas inside quotes
+    ("k=\"say \\\"x, y\\\"\",z", ['say "x, y"', "z"], True),
+    ("k='it''s, ok',b", ["it's, ok", "b"], True),
+    ("k=null,1", [None, 1], True),
+    ("k=[0.9,0.99]", [0.9, 0.99], False),
+    ("k={a: 1, b: 2}", {"a": 1, "b": 2}, False),
+    ("k='a, b'", "a, b", False),
+    ('k="a, b"', "a, b", False),
+    ("k=range", "range", False),
+    ("k=", None, False),
+])
+def test_override_values_and_multirun_lists(text, value, multirun):
+    key, parsed = parse_override(text)
+    assert key == "k" and parsed == value and isinstance(parsed, Multirun) is multirun
+    if multirun:
+        assert parsed.text == text[2:].strip()
+
+
+def test_a_multirun_list_is_one_value_only_for_list_and_free_text_keys(tmp_path):
+    cfg = load_trial_config(None, ["train.betas=0.8,0.99", "eval.temperatures=0.5, 1", "data.root=/data/a,b",
+                                   "tracking.uri=sqlite:///x,y.db", "run.out_dir=runs,old"])
+    assert cfg.train.betas == (0.8, 0.99) and cfg.eval.temperatures == (0.5, 1.0)
+    assert (cfg.data.root, cfg.tracking.uri, cfg.run.out_dir) == ("/data/a,b", "sqlite:///x,y.db", "runs,old")
+    assert [k for k in ("data.root", "run.device", "tracking.uri", "prior.kind", "data.name", "train.lr") if takes_text(k)] == [
+        "data.root", "run.device", "tracking.uri"]
+
+
+@pytest.mark.parametrize("override", ["train.lr=1e-3,2e-3", "prior.kind=laplace,gaussian", "run.seed=range(0,3)",
+                                      "train.sample_temperatures=[0.5],[1.0]"])
+def test_a_multirun_list_for_one_trial_says_to_use_a_sweep(override):
+    message = f"{override!r} is a multirun list: jobs.train runs one trial — use jobs.sweep with a sweep file, or pick one value"
+    if override.startswith("train.sample_temperatures"):  # a list key: the list of lists is its (bad) value
+        message = ("train.sample_temperatures=[[0.5], [1.0]]: expected a list of numbers, got a list "
+                   f"[override {override!r}]")
+    assert error_of([override]) == message
+    with pytest.raises(ConfigError, match=r"jobs\.evaluate runs one trial"):
+        load_trial_config(None, ["train.lr=1,2"], program="jobs.evaluate")
 
 
 def test_value_rule_names_the_layer_that_set_the_key(tmp_path):

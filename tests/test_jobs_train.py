@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
 
-from jobs.config import load_trial_config, trial_id
+from jobs.config import load_trial_config, resolved_dict, to_yaml, trial_id
+from jobs.sweep_spec import load_sweep
 from jobs.train import main, run_trial
 from rgflow.checkpoint import load_latest
 from rgflow.model import RGFlowModel
-from tests.fixtures.trial import run_train, tiny_trial
+from tests.fixtures.trial import REPO, run_train, tiny_trial, train_command
 
 CONTRACT_TRAIN = {"train_bpd", "grad_norm", "lr", "images_per_s", "samples_seen", "wall_s", "epoch",
                   "noise_grad_sq", "noise_trace", "noise_scale_raw", "noise_scale",
@@ -70,6 +73,7 @@ def test_cli_tiny_trial_trains_and_fills_mlflow(tmp_path, trial_data_root, trial
     assert state["state"] == "finished" and state["run_id"] == run.info.run_id and state["attempt"] == 1
     assert state["val_bpd"] == pytest.approx(val[16])
     assert (run_dir / "config.yaml").read_text().startswith("model:")
+    assert run_train(cfg, "--cfg").stdout == (run_dir / "config.yaml").read_text()  # --cfg shows what a run writes
     assert "step 16" in (run_dir / "train.log").read_text()
 
     assert main([str(cfg)]) == 0  # finished: nothing to do, same run untouched
@@ -154,6 +158,9 @@ def test_an_exception_fails_the_run_with_a_one_line_reason_and_the_traceback_in_
     (["prior.kind=lapalce"], "did you mean 'laplace'?"),
     (["--trial", "0"], "is a trial config, not a sweep"),
     (["--device", "cuda:7"], "run.device='cuda:7': CUDA is not available here"),
+    (["train.lr=1e-3,2e-3"], "error: 'train.lr=1e-3,2e-3' is a multirun list: jobs.train runs one trial — use jobs.sweep "
+                             "with a sweep file, or pick one value"),
+    (["--cfg", "train.epochs=x"], "train.epochs='x': expected an integer"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, trial_data_root, capsys, args, message):
     if args[0] == "--device" and torch.cuda.is_available():
@@ -174,6 +181,34 @@ def test_bad_input_through_the_real_command_line(tmp_path, trial_data_root):
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: extra.x: unknown key") and str(cfg) in err[0], err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "never.db").exists()
+
+
+def _train_in(cwd, *args: str) -> subprocess.CompletedProcess:
+    """``python -m jobs.train ARGS`` run from the folder ``cwd`` (relative defaults land there)."""
+    return subprocess.run(train_command(*args), cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_cfg_prints_the_resolved_config_and_creates_nothing(tmp_path):
+    config, sweep = REPO / "configs/tiny.yaml", REPO / "sweeps/smoke.yaml"
+    done = _train_in(tmp_path, config, "--cfg", "train.epochs=3", "--device", "cpu")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    expected = load_trial_config(config, ["train.epochs=3", "run.device=cpu"])
+    assert done.stdout == to_yaml(expected) and yaml.safe_load(done.stdout) == resolved_dict(expected)
+
+    done = _train_in(tmp_path, sweep, "--trial", "3", "--cfg", "train.lr=1e-3,2e-3")  # a sweep override: an axis
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == to_yaml(load_sweep(sweep, ["train.lr=1e-3,2e-3"]).trial(3).config)
+    assert yaml.safe_load(done.stdout)["train"]["lr"] == 2e-3
+    assert list(tmp_path.iterdir()) == []  # no run folder, no mlflow.db, no data cache
+
+
+def test_a_sweep_without_trial_says_which_command_to_use(tmp_path):
+    done = _train_in(tmp_path, REPO / "sweeps/smoke.yaml", "--cfg")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"error: {REPO / 'sweeps/smoke.yaml'} is a sweep with 4 trials: run them all with python -m jobs.sweep "
+        f"{REPO / 'sweeps/smoke.yaml'}, or one with --trial N (0-3)"]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """The smoke sweep, shrunk, on the local backend: trial subprocesses (``python -m jobs.train SWEEP
 --trial N overrides…``) two at a time, tracked and evaluated like the other backends; a trial rejecting its
-input (exit 2) stops the sweep."""
+input (exit 2) stops the sweep; each trial is pinned to its GPU slot (GPUs faked with the launcher's
+``CUDA_VISIBLE_DEVICES``: the trials themselves run on the CPU)."""
 from __future__ import annotations
 
 import json
@@ -37,14 +38,32 @@ def test_local_sweep_completes(sweep_env):
 
 
 def test_local_trial_rejecting_its_input_stops_the_sweep(sweep_env):
-    missing = sweep_env.root / "no-celeba"
+    # a batch larger than the 256 training images: found by the trial when it loads its data
     proc = sweep_env.run(SMOKE, *sweep_env.overrides("backend=local", "local.parallel=1", "prior.kind=laplace",
-                                                     "data.name=celeba", f"data.celeba_dir={missing}"))
-    assert proc.returncode == 1
+                                                     "train.batch_size=512"))
+    assert proc.returncode == 1, proc.stderr
     assert "trial 0 rejected its input (exit 2)" in proc.stderr
-    assert "CelebA not found" in (sweep_env.runs_dir / "smoke" / "logs" / "trial-0000.log").read_text()
+    assert "more than the 256 training images" in (sweep_env.runs_dir / "smoke" / "logs" / "trial-0000.log").read_text()
     assert not (sweep_env.runs_dir / "smoke" / "logs" / "trial-0001.log").exists()  # the sweep stopped
     assert sweep_env.trial_runs() == []
     parent = sweep_env.parent_runs()[0]
     assert parent.info.status == "FAILED"
     assert "rejected its input" in parent.data.tags["rgflow.failure_reason"]
+
+
+def test_local_trials_are_pinned_to_gpu_slots(sweep_env):
+    sweep_env.env["CUDA_VISIBLE_DEVICES"] = "0,1"
+    logs = sweep_env.runs_dir / "smoke" / "logs"
+    common = ("backend=local", "resources.gpus=1", "prior.kind=laplace", "evaluation.enabled=false")
+    refused = sweep_env.run(SMOKE, *sweep_env.overrides(*common, "local.parallel=3"))
+    assert refused.returncode == 2
+    assert ("local.parallel=3: more trials at once than the 2 GPU slots here (2 GPUs from CUDA_VISIBLE_DEVICES='0,1', "
+            "resources.gpus=1 per trial)") in refused.stderr
+    assert not list(logs.glob("trial-*.log")) and sweep_env.trial_runs() == []  # no trial started
+
+    proc = sweep_env.run(SMOKE, *sweep_env.overrides(*common, "local.parallel=2"))
+    assert proc.returncode == 0, proc.stderr
+    firsts = sorted((logs / f"trial-{i:04d}.log").read_text().splitlines()[0] for i in (0, 1))
+    assert firsts == ["local backend: trial 0 starts with CUDA_VISIBLE_DEVICES=0 (GPU slot 0 of 2)",
+                      "local backend: trial 1 starts with CUDA_VISIBLE_DEVICES=1 (GPU slot 1 of 2)"]
+    assert {r.info.status for r in sweep_env.trial_runs()} == {"FINISHED"}

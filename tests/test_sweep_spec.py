@@ -192,6 +192,56 @@ def test_override_of_a_random_key_fixes_it(tmp_path):
     assert load_sweep(path, ["train.lr=[0.1,0.2]"]).varying_keys == ["train.lr", "prior.temperature"]
 
 
+def _ids(sweep) -> list[str]:
+    return [t.trial_id for t in sweep.trials]
+
+
+@pytest.mark.parametrize("multirun, listed", [
+    ("train.lr=1e-3,2e-3", "train.lr=[1e-3,2e-3]"),                      # a new grid axis
+    ("prior.kind=gaussian,laplace", "prior.kind=[gaussian,laplace]"),    # a grid axis replaced
+    ("train.batch_size=16, 128", "train.batch_size=[16,128]"),
+    ("train.epochs=5,6", "train.epochs=[5,6]"),                          # a zip key's list replaced
+    ("seeds=range(0,3)", "seeds=[0,1,2]"),
+    ("seed=range(3)", "seed=[0,1,2]"),
+    ("run.seed=4,range(9)", None),                                       # not Hydra: range() alone
+    ("train.betas=0.8,0.9", "train.betas=[0.8,0.9]"),                    # a list key: its value
+    ("prior.temperature=range(1,7,2)", "prior.temperature=[1,3,5]"),
+])
+def test_multirun_overrides_mean_the_list(tmp_path, multirun, listed):
+    path = write(tmp_path, SMALL)
+    if listed is None:
+        assert error_of(path, [multirun]) == (
+            f"run.seed='range(9)': expected an integer, got a string [override {multirun!r}]")
+        return
+    assert _ids(load_sweep(path, [multirun])) == _ids(load_sweep(path, [listed]))
+    assert load_sweep(path, [multirun]).varying_keys == load_sweep(path, [listed]).varying_keys
+
+
+def test_multirun_adds_an_axis_in_trial_order(tmp_path):
+    sweep = load_sweep(write(tmp_path, SMALL), ["train.lr=1e-3,2e-3"])
+    assert len(sweep.trials) == 32 and sweep.varying_keys[-2:] == ["train.lr", "run.seed"]
+    assert [t.config.train.lr for t in sweep.trials[:4]] == [1e-3, 1e-3, 2e-3, 2e-3]
+
+
+def test_commas_in_free_text_and_string_settings_are_text(tmp_path):
+    path = write(tmp_path, SMALL)
+    sweep = load_sweep(path, ["description=batch size, priors", "data.root=/data/a,b", "tracking.uri=sqlite:///a,b.db",
+                              "slurm.partition=gpu,gpu-large", "slurm.extra_sbatch=--exclusive,--nodelist=n1",
+                              "eval.temperatures=0.5,1.0"])
+    assert len(sweep.trials) == 16 and "data.root" not in sweep.varying_keys
+    assert sweep.description == "batch size, priors"
+    config = sweep.trials[0].config
+    assert (config.data.root, config.tracking.uri, config.eval.temperatures) == ("/data/a,b", "sqlite:///a,b.db", (0.5, 1.0))
+    assert (sweep.slurm.partition, sweep.slurm.extra_sbatch) == ("gpu,gpu-large", ("--exclusive", "--nodelist=n1"))
+    assert load_sweep(path, ['description="a, b"']).description == "a, b"  # quoted: the same
+
+
+def test_a_free_text_key_that_is_an_axis_takes_a_multirun_list(tmp_path):
+    path = write(tmp_path, "name: z\naxes:\n  zip:\n    - {data.root: [/a, /b], train.epochs: [1, 2]}\n")
+    sweep = load_sweep(path, ["data.root=/c,/d"])
+    assert [(t.config.data.root, t.config.train.epochs) for t in sweep.trials] == [("/c", 1), ("/d", 2)]
+
+
 def test_settings_overrides_and_slurm_defaults(tmp_path):
     path = write(tmp_path, SMALL + "resources: {cpus: 4, gpus: 0.5, memory_gb: 16, time_limit_min: 90}\n")
     sweep = load_sweep(path, ["backend=slurm", "slurm.partition=gpu", "slurm.extra_sbatch=[--exclusive]",
@@ -251,6 +301,18 @@ def test_trial_index_lookup(tmp_path):
     (["bakend=ray"], "bakend: unknown key (did you mean 'backend'?) [override 'bakend=ray']"),
     (["name=a b"], "name='a b': must be letters, digits, '_', '.' or '-' (it names folders) [override 'name=a b']"),
     (["random.samples=3"], "random.samples: this sweep has no axes.random [override 'random.samples=3']"),
+    (["resources.gpus=0.5,1"],
+     "'resources.gpus=0.5,1' is a multirun list, but resources.gpus is set once for the whole sweep, not per trial: give one value"),
+    (["local.parallel=range(1,3)"],
+     "'local.parallel=range(1,3)' is a multirun list, but local.parallel is set once for the whole sweep, not per trial: give one value"),
+    (["backend=ray,local"], "backend='ray,local': must be one of 'ray', 'slurm', 'local' (did you mean 'local'?) [override 'backend=ray,local']"),
+    (["train.lr=1e-3,fast"], "train.lr='fast': expected a number, got a string [override 'train.lr=1e-3,fast']"),
+    (["train.lr=1e-3,,2e-3"],
+     "override 'train.lr=1e-3,,2e-3': an empty value in a comma list (a multirun list is a,b,c): remove the extra comma"),
+    (["seeds=range(3,0)"], "override 'seeds=range(3,0)': range(3,0) is empty; Python's rules apply: range(0,3) is 0, 1, 2"),
+    (["seeds=range(0,1.5)"], "override 'seeds=range(0,1.5)': range() takes 1 to 3 integers, range(start, stop[, step]), e.g. range(0,3)"),
+    (["train.epochs=1,2,3"],
+     "train.epochs=[1, 2, 3]: axes.zip[0] has 2 positions; give a list of that length, or one value to keep only its positions [override 'train.epochs=1,2,3']"),
 ])
 def test_override_errors(tmp_path, overrides, message):
     assert error_of(write(tmp_path, SMALL), overrides) == message
@@ -329,7 +391,8 @@ def test_load_trial_from_a_config_or_a_sweep(tmp_path):
     assert sweep.name == "smoke" and config == sweep.trials[3].config and config.train.epochs == 1
     none, single = load_trial(REPO / "configs/tiny.yaml", ["train.epochs=1"])
     assert none is None and single == load_trial_config(REPO / "configs/tiny.yaml", ["train.epochs=1"])
-    with pytest.raises(ConfigError, match=r"smoke.yaml is a sweep with 4 trials: say which one with --trial N \(0-3\)$"):
+    with pytest.raises(ConfigError, match=r"smoke.yaml is a sweep with 4 trials: run them all with python -m jobs.sweep "
+                                          r"\S+/sweeps/smoke.yaml, or one with --trial N \(0-3\)$"):
         load_trial(REPO / "sweeps/smoke.yaml")
     with pytest.raises(ConfigError, match=r"tiny.yaml is a trial config, not a sweep: --trial applies to sweep files only$"):
         load_trial(REPO / "configs/tiny.yaml", [], 0)
@@ -384,7 +447,7 @@ def test_dry_run_table(tmp_path):
         assert cells[11] == f"{training_images(trial.config) / 1000:.3g}k"
         assert float(cells[12]) == pytest.approx(gpu_hours(trial.config, sweep.evaluation), rel=1e-2)
     total = sum(gpu_hours(t.config, sweep.evaluation) for t in sweep.trials)
-    assert lines[18].startswith(f"total: 16 trials, ") and lines[18].endswith(f"{total:.3g} GPU-hours (estimated)")
+    assert lines[18].startswith("total: 16 trials, ") and lines[18].endswith(f"{total:.3g} GPU-hours (estimated)")
     assert "not measurements" in lines[19] and "tiny 20000" in lines[19]
     assert len(lines) == 20
 

@@ -16,6 +16,12 @@ failed — restarted (it resumes from its checkpoint) while the run's failure co
 bad input — the sweep stops launching, since every trial shares the same files; ``75`` preempted —
 restarted at once; ``130`` interrupted — the sweep stops. Ctrl-C (or SIGINT/SIGTERM to the
 launcher) is forwarded to the running trials as SIGINT, so each checkpoints and ends its run KILLED.
+
+GPUs (:mod:`jobs.backends.gpus`): each trial process gets ``CUDA_VISIBLE_DEVICES`` (in its
+environment only) set to the ``resources.gpus`` GPUs of a free slot of the visible ones, and ``""``
+when it asks for none; the value is the first line the launcher writes to the trial's log. A launch
+whose ``local.parallel`` exceeds the GPU slots is refused before any trial starts
+(:class:`~jobs.overrides.ConfigError`, exit 2).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from jobs.backends.base import (
     EXIT_BAD_INPUT, EXIT_FAILED, EXIT_FINISHED, EXIT_INTERRUPTED, EXIT_REQUEUE, STATE_BY_EXIT, Backend,
     LaunchResult, ProgressTracker, SweepContext, TrialTask, count_failure, is_process, run_evaluation,
 )
+from jobs.backends.gpus import SlotPool, gpu_pool
 from jobs.sweep_state import SweepState, TrialJob, save_state
 
 POLL_S = 0.2
@@ -41,6 +48,7 @@ class _Running:
     task: TrialTask
     proc: subprocess.Popen
     log: object
+    slot: int
 
 
 def trial_command(ctx: SweepContext, index: int) -> list[str]:
@@ -63,6 +71,7 @@ class LocalBackend(Backend):
         self, ctx: SweepContext, tasks: list[TrialTask], tracker: ProgressTracker, state: SweepState, wait: bool
     ) -> LaunchResult:
         parallel = int(ctx.settings.get("parallel") or 1)
+        slots = gpu_pool(parallel, float(ctx.resources.get("gpus") or 0), os.environ)
         queue = sorted(tasks, key=lambda t: t.index)
         running: list[_Running] = []
         states: dict[str, str] = {}
@@ -82,11 +91,12 @@ class LocalBackend(Backend):
         try:
             while queue or running:
                 while queue and len(running) < parallel and not interrupted and stop_reason is None:
-                    running.append(self._start(ctx, queue.pop(0), env, logs, state))
+                    running.append(self._start(ctx, queue.pop(0), env, logs, state, slots))
                     tracker.set(running[-1].task.trial_id, "running")
                 time.sleep(POLL_S)
                 for r in [r for r in running if r.proc.poll() is not None]:
                     running.remove(r)
+                    slots.free(r.slot)
                     r.log.close()
                     code = r.proc.returncode
                     tid = r.task.trial_id
@@ -112,13 +122,19 @@ class LocalBackend(Backend):
         return LaunchResult(states=states, interrupted=bool(interrupted) or (stop_reason or "").endswith("interrupted"),
                             message=stop_reason)
 
-    def _start(self, ctx: SweepContext, task: TrialTask, env: dict, logs: Path, state: SweepState) -> _Running:
+    def _start(self, ctx: SweepContext, task: TrialTask, env: dict, logs: Path, state: SweepState,
+               slots: SlotPool) -> _Running:
+        slot = slots.take()
+        devices = slots.visible_devices(slot)
+        where = f"GPU slot {slot} of {len(slots.slots)}" if devices else "resources.gpus=0: GPUs hidden"
         log = open(logs / f"trial-{task.index:04d}.log", "ab")
-        proc = subprocess.Popen(trial_command(ctx, task.index), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.write(f"local backend: trial {task.index} starts with CUDA_VISIBLE_DEVICES={devices} ({where})\n".encode())
+        log.flush()
+        proc = subprocess.Popen(trial_command(ctx, task.index), env={**env, "CUDA_VISIBLE_DEVICES": devices},
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         state.trials[task.trial_id] = TrialJob(index=task.index, job_id=str(proc.pid), submitted_at=time.time())
         save_state(ctx.sweep_dir, state)
-        return _Running(task, proc, log)
+        return _Running(task, proc, log, slot)
 
     def live_jobs(self, ctx: SweepContext, state: SweepState | None) -> dict[str, str]:
         if state is None or state.backend != self.name:
