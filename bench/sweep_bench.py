@@ -15,8 +15,15 @@
    command), then ``cancel``.
 3. **MLflow logging overhead per step**: the numbers of ``bench/tracking_bench.py`` from
    ``bench/results/tracking.json`` (run that bench first; not re-measured here).
+4. **Status**: wall time of ``python -m jobs.sweep status`` in a fresh process, as a user runs it
+   (median and max of :data:`STATUS_REPEATS`), for ``sweeps/smoke.yaml`` and for the 1,000-trial
+   sweep of part 2, whose runs (running, finished, failed, killed and missing ones, with their
+   params and metrics) are first logged into a sqlite store with ``MlflowClient.log_batch``
+   (``tests/fixtures/sweep_store.py``); for scale, a fresh ``python -c "import mlflow"``.
+   Targets (issue 15): ≤ 2 s for the smoke sweep, < 5 s for 1,000 trials.
 
-Usage: ``.venv/bin/python bench/sweep_bench.py [--backends ray,local,slurm] [--skip-1000] [--merge]``. Slurm
+Usage: ``.venv/bin/python bench/sweep_bench.py [--backends ray,local,slurm] [--skip-1000] [--merge]
+[--status-only]``. Slurm
 parts use the dev cluster (``slurm/devcluster.sh``), started if needed and shared with test sessions
 through their lease files. Prints a
 table and writes ``bench/results/sweep.json``. The machine is shared and noisy: the load average is
@@ -29,6 +36,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +54,7 @@ ONE_STEP = ("seeds=[0,1,2,3]", "data.train_size=128", "data.valid_size=32", "dat
 SERIAL = {"ray": ("ray.max_concurrent_trials=1",), "local": ("local.parallel=1",),
           "slurm": ("slurm.array_parallelism=1", "resources.time_limit_min=20")}
 MAX_ARRAY = 400  # the 1,000-trial submission is split into 3 arrays
+STATUS_REPEATS = 5
 SWEEP_1000 = """name: thousand
 base_config: {base}
 base:
@@ -203,13 +212,58 @@ def _submit_1000(_, root: Path, path: Path, overrides: list[str], env: dict[str,
     return out
 
 
+def status_times() -> dict:
+    """Part 4 (see the module docstring)."""
+    from jobs.sweep_spec import load_sweep
+    from tests.fixtures.sweep_store import log_sweep_runs
+
+    out: dict = {"import_mlflow_s": _python_seconds("import mlflow")}
+    with tempfile.TemporaryDirectory(prefix="sweep-bench-status-") as tmp:
+        root = Path(tmp)
+        thousand = root / "thousand.yaml"
+        thousand.write_text(SWEEP_1000.format(base=REPO / "configs" / "tiny.yaml"))
+        for name, path in (("smoke", SMOKE), ("thousand", thousand)):
+            folder = root / name
+            folder.mkdir()
+            env, overrides = _env(folder), [f"run.out_dir={folder / 'runs'}"]
+            sweep = load_sweep(path, overrides)
+            started = time.perf_counter()
+            log_sweep_runs(env["MLFLOW_TRACKING_URI"], sweep)
+            logged = time.perf_counter() - started
+            walls = []
+            for _ in range(STATUS_REPEATS):
+                wall, proc = _sweep(["status", str(path), *overrides], env)
+                assert proc.returncode == 0, proc.stderr
+                assert len(proc.stdout.splitlines()) == len(sweep.trials) + 2, proc.stdout[-2000:]
+                walls.append(wall)
+            out[name] = {"trials": len(sweep.trials), "log_runs_s": logged, "status_s": walls,
+                         "status_median_s": statistics.median(walls), "status_max_s": max(walls)}
+            print(f"status {name} ({len(sweep.trials)} trials): median {out[name]['status_median_s']:.2f} s, "
+                  f"max {out[name]['status_max_s']:.2f} s", flush=True)
+    return out
+
+
+def _python_seconds(code: str) -> float:
+    """Wall time of ``python -c CODE`` in a fresh process (s)."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="ray,local,slurm")
     parser.add_argument("--skip-1000", action="store_true")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other parts of an existing bench/results/sweep.json (re-measure some backends)")
+    parser.add_argument("--status-only", action="store_true", help="measure part 4 (status) only")
     args = parser.parse_args()
+    if args.status_only:
+        result = {"loadavg_start": _loadavg(), "status": status_times(), "loadavg_end": _loadavg()}
+        if args.merge and RESULTS.exists():
+            result = {**json.loads(RESULTS.read_text()), **result}
+        _report(result)
+        return
     backends = list(filter(None, args.backends.split(",")))
     with _slurm_cluster("slurm" in backends or not args.skip_1000) as slurm_env:
         result = _measure(backends, args.skip_1000, slurm_env)
@@ -221,8 +275,12 @@ def main() -> None:
     _report(result)
 
 
+def _loadavg() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
 def _measure(backends: list[str], skip_1000: bool, slurm_env: dict[str, str] | None) -> dict:
-    result: dict = {"loadavg_start": Path("/proc/loadavg").read_text().split()[:3], "scheduling": []}
+    result: dict = {"loadavg_start": _loadavg(), "scheduling": []}
     for backend in backends:
         if backend == "slurm" and slurm_env is None:
             result["scheduling"].append({"backend": "slurm", "skipped": "Slurm binaries missing"})
@@ -233,17 +291,18 @@ def _measure(backends: list[str], skip_1000: bool, slurm_env: dict[str, str] | N
               f"→ overhead {row['overhead_per_trial_s']:.2f} s/trial", flush=True)
     if not skip_1000:
         result["thousand"] = thousand(slurm_env)
+    result["status"] = status_times()
     tracking = REPO / "bench" / "results" / "tracking.json"
     result["mlflow_logging"] = json.loads(tracking.read_text())["rows"] if tracking.exists() else \
         "run bench/tracking_bench.py first"
-    result["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    result["loadavg_end"] = _loadavg()
     return result
 
 
 def _report(result: dict) -> None:
 
     print("\n| measure | value |\n|---|---|")
-    for row in result["scheduling"]:
+    for row in result.get("scheduling", []):
         if "skipped" in row:
             print(f"| {row['backend']}: scheduling overhead | skipped ({row['skipped']}) |")
         else:
@@ -252,7 +311,14 @@ def _report(result: dict) -> None:
     for key, value in (result.get("thousand") or {}).items():
         print(f"| 1,000-trial sweep: {key} | {value:.2f} |" if isinstance(value, float) else
               f"| 1,000-trial sweep: {key} | {value} |")
-    if isinstance(result["mlflow_logging"], list):
+    status = result.get("status")
+    if status:
+        for name in ("smoke", "thousand"):
+            row = status[name]
+            print(f"| status, {name} ({row['trials']} trials, fresh process): median / max of {len(row['status_s'])} | "
+                  f"{row['status_median_s']:.2f} s / {row['status_max_s']:.2f} s |")
+        print(f"| for scale: python -c 'import mlflow' (fresh process) | {status['import_mlflow_s']:.2f} s |")
+    if isinstance(result.get("mlflow_logging"), list):
         for row in result["mlflow_logging"]:
             print(f"| MLflow ({row['store']}): log_metrics mean per call (10 metrics) | {row['log_metrics_us_mean']:.0f} µs |")
             print(f"| MLflow ({row['store']}): delivery CPU per logged step | {row['delivery_cpu_us_per_logged_step']:.0f} µs |")

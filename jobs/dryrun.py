@@ -1,15 +1,30 @@
-"""``jobs.sweep --dry-run``: the expanded trials as a table, with estimated GPU-hours.
+"""``jobs.sweep --dry-run``: the expanded trials as a table, with estimated hours per trial.
 
-**The estimate is not a measurement.** A trial's cost is counted in image passes through the
-flow and converted to time with a per-preset training throughput on one A100-class GPU
-(:data:`IMAGES_PER_S`, fp32). The ``celeba32`` and ``msds`` figures are derived, not measured:
-spec §4 gives ≈ 12.6 / 6.8 GFLOP per image forward (reproduced by :func:`forward_flops`); a
-training step costs ≈ 4 forwards (forward, backward ≈ 2×, and the recompute of gradient
-checkpointing; 3 without it); at an assumed sustained 10 TFLOP/s (about half the A100's 19.5 TFLOP/s
-fp32 peak; these are plain GEMMs of width 512) that is ≈ 200 and ≈ 370 images/s. ``tiny`` is
-launch-bound, not FLOP-bound: 20,000 images/s is a guess. Other precisions scale the rate by
-:data:`PRECISION_SPEEDUP` (also assumed), model field overrides by their FLOP ratio to the preset.
-Replace these numbers with measured ones (``bench/``) when a GPU run exists.
+A trial's cost is counted in image passes through the flow and converted to time with a training
+throughput (training images per second) for the device it trains on — a GPU, or the CPU when
+``run.device=cpu`` or the trial is given no GPU (``resources.gpus=0``). Every throughput says
+where it comes from (:attr:`Throughput.basis`):
+
+* **measured on <device> (<file>)** — from the benchmark results of this checkout:
+  the ``train`` rows of ``bench/results/model*.json``, written by ``bench/model_bench.py``
+  (``--out bench/results/model-<what>.json`` keeps several; the folder is git-ignored, so the
+  figures are those of the machines this checkout ran the bench on). A row is used for a trial
+  when its device kind (``cpu``, or ``cuda…`` for a GPU), preset and precision match; among those,
+  the one closest in checkpointing, thread count (CPU) and batch size. Each row's
+  ``device_name`` names the device when the bench records it, else its ``device`` (``cpu``,
+  ``cuda``).
+* **assumed (…)** — no matching measurement. GPU: per-preset rates on one A100-class GPU, fp32
+  (:data:`IMAGES_PER_S`). ``celeba32`` and ``msds`` are derived: spec §4 gives ≈ 12.6 / 6.8 GFLOP
+  per image forward (reproduced by :func:`forward_flops`); a training step costs ≈ 4 forwards
+  (forward, backward ≈ 2×, and the recompute of gradient checkpointing; 3 without it); at an
+  assumed sustained 10 TFLOP/s (about half the A100's 19.5 TFLOP/s fp32 peak; these are plain
+  GEMMs of width 512) that is ≈ 200 and ≈ 370 images/s. ``tiny`` is launch-bound, not FLOP-bound:
+  20,000 images/s is a guess. Other precisions scale the rate by :data:`PRECISION_SPEEDUP` (also
+  assumed). CPU: :data:`ASSUMED_CPU_FLOP_S` sustained (about what the 2-core host of
+  ``bench/README.md`` reaches on the model's GEMMs).
+
+Model field overrides scale either rate by their FLOP ratio to the measured (or preset)
+configuration.
 
 Counted per trial: training images (``epochs × train images``, capped by ``steps × batch``) ×
 passes; validation (``val_draws`` forwards of the validation split every ``val_every_epochs``);
@@ -19,15 +34,25 @@ receptive fields are not counted).
 """
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rgflow.config import ModelConfig, model_preset
 from jobs.config import TrialConfig
 from jobs.sweep_spec import EvaluationSettings, Sweep
 
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "bench" / "results"
+RESULTS_GLOB = "model*.json"
+
 IMAGES_PER_S: dict[str, float] = {"celeba32": 200.0, "msds": 370.0, "tiny": 20000.0}
 PRECISION_SPEEDUP: dict[str, float] = {"fp32": 1.0, "tf32": 2.0, "bf16": 3.0}
+GPU_ASSUMPTION = {"celeba32": "assumed (10 TFLOP/s)", "msds": "assumed (10 TFLOP/s)", "tiny": "assumed (guess)"}
+ASSUMED_CPU_FLOP_S = 1.0e11  # FLOP/s
+CPU_ASSUMPTION = "assumed (100 GFLOP/s)"
 
 # Split sizes (train, valid, test) of the full datasets, spec §9. MSDS's validation split is the
 # last `msds_valid_holdout` of its 90,000 training images.
@@ -44,17 +69,135 @@ def forward_flops(model: ModelConfig) -> float:
     return sum(4 * 2 * macs * n * p for n, p in zip(model.couplings_per_sublayer, patches))
 
 
+def flow_parameters(model: ModelConfig) -> int:
+    """Trainable parameters of the flow (the priors have none), counted from the config: every
+    coupling has an S and a T residual MLP of ``nresblocks`` blocks over widths
+    ``[C·m²] + [nhidden]·nmlp + [C·m²]`` (a Swish β per input feature of each layer, a
+    weight-normalised matrix with its gain and bias per layer) and an output gain of ``C·m²``."""
+    widths = [model.patch_dim] + [model.nhidden] * model.nmlp + [model.patch_dim]
+    block = sum(a + a * b + 2 * b for a, b in zip(widths[:-1], widths[1:]))
+    network = model.nresblocks * block + model.patch_dim
+    return 2 * network * sum(model.couplings_per_sublayer)
+
+
 def training_passes(model: ModelConfig) -> int:
     """Forward-equivalents per training image: forward + backward (≈ 2) + checkpoint recompute."""
     return 4 if model.checkpointing else 3
 
 
-def images_per_second(model: ModelConfig) -> float:
-    """Estimated training throughput (images/s) on one A100-class GPU (see module docstring)."""
-    preset = model_preset(model.preset)
-    ratio = (forward_flops(preset) * training_passes(preset)) / (forward_flops(model) * training_passes(model))
-    return IMAGES_PER_S[model.preset] * ratio * PRECISION_SPEEDUP[model.precision]
+def _step_flops(model: ModelConfig) -> float:
+    return forward_flops(model) * training_passes(model)
 
+
+def images_per_second(model: ModelConfig) -> float:
+    """Assumed training throughput (images/s) on one A100-class GPU (see module docstring)."""
+    preset = model_preset(model.preset)
+    return IMAGES_PER_S[model.preset] * _step_flops(preset) / _step_flops(model) * PRECISION_SPEEDUP[model.precision]
+
+
+# ----------------------------------------------------------------------------------------------
+# Throughput: measured (bench/results) or assumed
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Measurement:
+    """One ``train`` row of ``bench/model_bench.py``: ``images_per_s`` training images per second
+    of ``preset`` at ``batch`` on ``device`` (``cpu`` or ``gpu``, named ``device_name``)."""
+
+    device: str
+    device_name: str
+    preset: str
+    precision: str
+    checkpointing: bool
+    batch: int
+    threads: int | None
+    images_per_s: float
+    file: str
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Training images per second of one trial on its device, and ``basis``: ``measured on <device>
+    (<file>)`` or ``assumed (<what>)``."""
+
+    images_per_s: float
+    basis: str
+
+    @property
+    def measured(self) -> bool:
+        return self.basis.startswith("measured")
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def load_measurements(results_dir: str | Path | None = None) -> list[Measurement]:
+    """The training-throughput rows of ``<results_dir>/model*.json`` (default ``bench/results``),
+    in file-name order; rows with an error, and files that are not ``model_bench`` output, are
+    left out."""
+    folder = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    out = []
+    for file in sorted(folder.glob(RESULTS_GLOB)):
+        try:
+            rows = json.loads(file.read_text()).get("rows") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        for row in rows:
+            if not isinstance(row, dict) or row.get("kind") != "train" or "error" in row \
+                    or row.get("impl", "ours") != "ours":
+                continue
+            try:
+                device = str(row["device"])
+                out.append(Measurement(
+                    device="gpu" if device.startswith("cuda") else "cpu",
+                    device_name=str(row.get("device_name") or device),
+                    preset=str(row["preset"]), precision=str(row.get("precision", "fp32")),
+                    checkpointing=bool(row.get("checkpointing", True)), batch=int(row["batch"]),
+                    threads=row.get("threads"), images_per_s=float(row["img_per_s"]), file=_shown(file)))
+            except (KeyError, TypeError, ValueError):
+                continue
+    return out
+
+
+def trial_gpus(sweep: Sweep) -> float:
+    """GPUs one trial is given: ``slurm.gpus_per_trial`` on Slurm, else ``resources.gpus``."""
+    if sweep.backend == "slurm":
+        return float(sweep.slurm.gpus_per_trial or 0)
+    return float(sweep.resources.gpus)
+
+
+def trial_device(cfg: TrialConfig, gpus: float) -> str:
+    """``cpu`` when the trial trains on the CPU (``run.device=cpu``, or no GPU given), else ``gpu``."""
+    return "cpu" if cfg.run.device == "cpu" or gpus == 0 else "gpu"
+
+
+def _closeness(m: Measurement, cfg: TrialConfig) -> tuple:
+    threads = cfg.run.threads if m.device == "cpu" and cfg.run.threads is not None else m.threads
+    return (m.checkpointing != cfg.model.checkpointing, m.threads != threads,
+            abs(math.log(m.batch / cfg.train.batch_size)))
+
+
+def throughput(cfg: TrialConfig, device: str, measurements: list[Measurement]) -> Throughput:
+    """The trial's training throughput on ``device``: the closest matching measurement, else the
+    assumption (see module docstring)."""
+    model = cfg.model
+    candidates = [m for m in measurements
+                  if (m.device, m.preset, m.precision) == (device, model.preset, model.precision)]
+    if candidates:
+        best = min(candidates, key=lambda m: _closeness(m, cfg))
+        measured = model_preset(best.preset, checkpointing=best.checkpointing, precision=best.precision)
+        threads = f", {best.threads} thread{'s' * (best.threads != 1)}" if device == "cpu" and best.threads else ""
+        return Throughput(best.images_per_s * _step_flops(measured) / _step_flops(model),
+                          f"measured on {best.device_name}{threads}, batch {best.batch} ({best.file})")
+    if device == "cpu":
+        return Throughput(ASSUMED_CPU_FLOP_S / _step_flops(model), CPU_ASSUMPTION)
+    return Throughput(images_per_second(model), GPU_ASSUMPTION[model.preset])
+
+
+# ----------------------------------------------------------------------------------------------
+# Cost of a trial
+# ----------------------------------------------------------------------------------------------
 
 def split_sizes(cfg: TrialConfig) -> tuple[int, int, int]:
     """(train, valid, test) image counts the trial uses."""
@@ -74,8 +217,9 @@ def training_images(cfg: TrialConfig) -> int:
     return images if cfg.train.steps is None else min(images, cfg.train.steps * cfg.train.batch_size)
 
 
-def gpu_hours(cfg: TrialConfig, evaluation: EvaluationSettings) -> float:
-    """Estimated GPU-hours of one trial on one A100-class GPU (see module docstring)."""
+def gpu_hours(cfg: TrialConfig, evaluation: EvaluationSettings, images_per_s: float | None = None) -> float:
+    """Estimated hours of one trial at ``images_per_s`` training images per second (default: the
+    assumed rate of one A100-class GPU, :func:`images_per_second`)."""
     n_train, n_valid, n_test = split_sizes(cfg)
     images = training_images(cfg)
     passes = training_passes(cfg.model)
@@ -85,8 +229,37 @@ def gpu_hours(cfg: TrialConfig, evaluation: EvaluationSettings) -> float:
         forwards += n_test * cfg.eval.test_draws
     if "fid" in evaluation.selected:
         forwards += cfg.eval.fid_samples * len(cfg.eval.temperatures)
-    return forwards / passes / images_per_second(cfg.model) / 3600
+    rate = images_per_second(cfg.model) if images_per_s is None else images_per_s
+    return forwards / passes / rate / 3600
 
+
+@dataclass(frozen=True)
+class Estimate:
+    """One trial's estimate: ``device`` (``cpu`` | ``gpu``), its :class:`Throughput`, ``hours``."""
+
+    index: int
+    trial_id: str
+    device: str
+    throughput: Throughput
+    hours: float
+
+
+def estimates(sweep: Sweep, results_dir: str | Path | None = None) -> list[Estimate]:
+    """Every trial's estimate, from the measurements in ``results_dir`` (default ``bench/results``)."""
+    measurements = load_measurements(results_dir)
+    gpus = trial_gpus(sweep)
+    out = []
+    for trial in sweep.trials:
+        device = trial_device(trial.config, gpus)
+        rate = throughput(trial.config, device, measurements)
+        out.append(Estimate(trial.index, trial.trial_id, device, rate,
+                            gpu_hours(trial.config, sweep.evaluation, rate.images_per_s)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The table
+# ----------------------------------------------------------------------------------------------
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
@@ -109,36 +282,52 @@ def _headers(keys: list[str]) -> list[str]:
     return [leaf if leaves.count(leaf) == 1 and leaf not in ("name", "kind") else key for key, leaf in zip(keys, leaves)]
 
 
-def format_trials_table(sweep: Sweep) -> str:
+def _basis_line(sweep: Sweep, found: list[Estimate]) -> str:
+    """``estimate, training images/s: tiny 375 img/s (fp32 on cpu: measured on cpu, 2 threads, batch 32
+    (bench/results/model.json)); …``"""
+    seen: dict[str, None] = {}
+    for trial, est in zip(sweep.trials, found):
+        model = trial.config.model
+        rate = est.throughput.images_per_s
+        shown = f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
+        seen[f"{model.preset} {shown} img/s ({model.precision} on {est.device}: "
+             f"{est.throughput.basis})"] = None
+    note = "; assumed figures are not measurements: see jobs/dryrun.py, measure with bench/model_bench.py" \
+        if not all(e.throughput.measured for e in found) else ""
+    return "estimate, training images/s: " + "; ".join(seen) + note
+
+
+def format_trials_table(sweep: Sweep, results_dir: str | Path | None = None) -> str:
     """The dry-run table: one row per trial (index, trial id, each varying value, resources,
-    training images, estimated GPU-hours), a total line, and a note on the estimate."""
+    training images, estimated hours on the trial's device), a total line, and a line saying
+    where each throughput comes from (measurements in ``results_dir``, default ``bench/results``)."""
+    found = estimates(sweep, results_dir)
+    devices = {e.device for e in found}
+    hours = {"gpu": "GPU-h", "cpu": "CPU-h"}[devices.pop()] if len(devices) == 1 else "hours"
     keys = sweep.varying_keys
     r = sweep.resources
     resources = [_cell(r.cpus), _cell(r.gpus), _cell(r.memory_gb) if r.memory_gb else "-",
                  _cell(r.time_limit_min) if r.time_limit_min else "-"]
-    rows = [["#", "trial id", *_headers(keys), "cpus", "gpus", "mem GB", "time min", "images", "GPU-h"]]
-    total = 0.0
-    for trial in sweep.trials:
-        hours = gpu_hours(trial.config, sweep.evaluation)
-        total += hours
+    rows = [["#", "trial id", *_headers(keys), "cpus", "gpus", "mem GB", "time min", "images", hours]]
+    for trial, est in zip(sweep.trials, found):
         rows.append([str(trial.index), trial.trial_id, *(_cell(trial.varying[k]) for k in keys), *resources,
-                     _count(training_images(trial.config)), f"{hours:.3g}"])
+                     _count(training_images(trial.config)), f"{est.hours:.3g}"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     numeric = {0, *range(2 + len(keys), len(widths))}
     lines = ["  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
              for row in rows]
-    presets = sorted({t.config.model.preset for t in sweep.trials})
-    rates = ", ".join(f"{p} {IMAGES_PER_S[p]:g}" for p in presets)
+    total_words = {"GPU-h": "GPU-hours", "CPU-h": "CPU-hours"}.get(hours, "hours (GPU and CPU)")
     evaluations = ", ".join(sweep.evaluation.selected) or "none"
     return "\n".join([
         f"sweep {sweep.name} ({sweep.path}): {len(sweep.trials)} trials, sweep id {sweep.sweep_id}, backend {sweep.backend}",
         *lines,
         f"total: {len(sweep.trials)} trials, {_count(sum(training_images(t.config) for t in sweep.trials))} training "
-        f"images, {total:.3g} GPU-hours (estimated)",
-        f"estimate: one A100-class GPU at {rates} training images/s (fp32; assumed figures, not measurements: "
-        f"see jobs/dryrun.py); evaluations after training: {evaluations}",
+        f"images, {sum(e.hours for e in found):.3g} {total_words} (estimated)",
+        f"{_basis_line(sweep, found)}; evaluations after training: {evaluations}",
     ])
 
 
-__all__ = ["IMAGES_PER_S", "PRECISION_SPEEDUP", "forward_flops", "images_per_second", "split_sizes",
-           "training_images", "gpu_hours", "format_trials_table"]
+__all__ = ["IMAGES_PER_S", "PRECISION_SPEEDUP", "ASSUMED_CPU_FLOP_S", "RESULTS_DIR", "Measurement", "Throughput",
+           "Estimate", "forward_flops", "flow_parameters", "images_per_second", "load_measurements", "throughput",
+           "trial_device", "trial_gpus", "split_sizes", "training_images", "gpu_hours", "estimates",
+           "format_trials_table"]

@@ -1,41 +1,12 @@
 """Evaluate a trained trial into its own MLflow run: test BPD, samples, FID, receptive fields.
 
 ``python -m jobs.evaluate RUN_ID | TRIAL_ID | CONFIG.yaml | SWEEP.yaml --trial N | SWEEP.yaml --all
-[--force] [--device D] [--tracking-uri URI] [overrides…]``
-
-For one trial (config from its run folder's ``config.yaml`` or the sweep expansion; checkpoint
-``eval.checkpoint``: ``best.ckpt``, falling back to the newest step checkpoint with a warning, or
-``last``):
-
-* ``test_bpd`` (bits/dim): BPD of the N test images (``eval.test_size`` first images, else
-  ``data.test_size``, else all), mean over images and ``eval.test_draws`` dequantisation draws;
-  ``test_bpd_se``: its standard error over images (sample s.d. over the images of the per-image BPD
-  averaged over the draws, / √N: how precisely N images pin down the model's expected BPD; quote
-  this one); ``test_bpd_se_draws``: its standard error over draws (s.d. of the per-draw means /
-  √draws: the Monte-Carlo noise of the dequantisation only, far smaller); each ``_se`` omitted when
-  undefined (N = 1, one draw). ``eval/test_bpd_per_image.npy``: the per-image BPD averaged over the
-  draws, float64 ``(N,)`` in test-set order. The noise of image ``i`` in draw ``d`` depends on
-  ``(eval.noise_seed, d, i)`` only — the same for every trial, so that two trials' per-image BPDs
-  are paired (their difference has no dequantisation noise of its own);
-* ``eval/samples_T<t>.png`` per temperature ``t`` of ``eval.temperatures``; ``fid_T<t>``: FID
-  between ``eval.fid_samples`` samples, quantised to 8 bits as a PNG file stores them, and the first
-  as many test images (:mod:`jobs.fid`; skipped with a warning that says how to provide the
-  Inception weights when they are absent);
-* ``eval/receptive_fields.png`` (+ ``.npz``): ``E|∂G(z)/∂z_l|`` per RG level at T = 1 (spec §8),
-  ``G`` into image space (the paper's) or logit space per ``eval.receptive_field_space``;
-  ``eval/mixed_temperature.png``: one row per level ``h``, latents at the lowest temperature with
-  levels ≥ h redrawn at the highest (:meth:`RGFlowModel.sample_mixed`).
-
-Metrics are logged at step = the checkpoint's optimizer step into the trial's existing run,
-reopened with ``MlflowClient`` without touching its status (FINISHED stays FINISHED). The protocol
-is recorded as tags ``rgflow.eval.*`` (tags, not params: MLflow params are immutable, and the
-``eval.*`` params already hold the trial's config) with ``rgflow.eval.protocol`` its hash.
-Re-running with the same protocol and checkpoint does nothing; ``--force`` recomputes and logs only
-values that differ from those already at that step. Everything is also written to
-``<run folder>/eval/`` (replaced atomically).
-
-Exit status: 0 done (or already done), 1 an evaluation failed, 2 bad input (unknown run or trial,
-no checkpoint, bad config) — one line on stderr each.
+[--force] [--device D] [--tracking-uri URI] [overrides…]``: ``test_bpd`` (bits/dim) with its
+standard errors over test images (``test_bpd_se``) and over dequantisation draws
+(``test_bpd_se_draws``), ``eval/test_bpd_per_image.npy``, sample grids, FID on 8-bit samples
+(``fid_T<t>``), receptive fields; logged at the checkpoint's step without changing the run's status,
+idempotent per protocol (tags ``rgflow.eval.*``). Exit ``0`` done, ``1`` an evaluation failed,
+``2`` bad input. Full reference: docs/CLI.md; the statistics: docs/STATISTICS.md.
 """
 from __future__ import annotations
 
@@ -419,7 +390,7 @@ def resolve_targets(target: str, *, trial: int | None = None, all_trials: bool =
             return [dataclasses.replace(r, selected=sweep.evaluation.selected) for r in refs]
         if trial is not None or all_trials:
             raise EvalInputError(f"{path} is a trial config, not a sweep: --trial/--all apply to sweep files")
-        config = load_trial_config(path, list(overrides))
+        config = load_trial_config(path, list(overrides), program="jobs.evaluate")
         return [_ref_from_folder(config, run_dir_for(config), tracking_uri, path.name, None)]
     if target.endswith((".yaml", ".yml")):
         raise EvalInputError(f"{target}: no such file")
@@ -436,7 +407,7 @@ def resolve_targets(target: str, *, trial: int | None = None, all_trials: bool =
     if not run_dir or not (Path(run_dir) / "config.yaml").is_file():
         raise EvalInputError(f"run {run.info.run_id}: its run folder {run_dir!r} (tag rgflow.run_dir) has no "
                              "config.yaml on this machine")
-    config = load_trial_config(Path(run_dir) / "config.yaml", list(overrides))
+    config = load_trial_config(Path(run_dir) / "config.yaml", list(overrides), program="jobs.evaluate")
     return [TrialRef(config, Path(run_dir), run.info.run_id, uri, run.data.tags.get("rgflow.trial_id", target))]
 
 

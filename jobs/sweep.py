@@ -1,39 +1,9 @@
 """``python -m jobs.sweep``: run, inspect and cancel a sweep on Ray Tune, Slurm or locally.
 
-Usage::
-
-    python -m jobs.sweep [run] SWEEP.yaml [--dry-run] [--wait] [--quiet] [--verbose] [overrides…]
-    python -m jobs.sweep status SWEEP.yaml [overrides…]
-    python -m jobs.sweep cancel SWEEP.yaml [overrides…]
-
-``--wait``: Slurm only, follow the jobs with the progress line until they end (Ray and local
-launches always run to the end). ``--quiet``: no progress line. ``--verbose``: let Ray/MLflow
-output through to the console instead of ``logs/driver.log``.
-
-Overrides are Hydra-style, as in ``jobs.sweep_spec`` (``train.epochs=1``,
-``'train.batch_size=[64,512]'``, ``backend=slurm``, ``ray.max_concurrent_trials=4``).
-
-**run** — ``--dry-run`` prints the expanded trials (``jobs.dryrun.format_trials_table``) and exits
-without touching anything. Otherwise: the MLflow experiment (= sweep name) and the sweep's parent
-run are created first; existing trial runs are looked up by trial id in that experiment:
-FINISHED trials are skipped, unfinished ones resume from their checkpoint (same run folder, same
-MLflow run), FAILED ones are retried while their failure count (tag ``rgflow.failures``) is at
-most ``ray.max_failures``, and trials whose Slurm job, local process or Ray launcher is still
-alive are left alone. Changing an axis value therefore runs only the new trials. A live progress line goes to
-stderr; Ray and MLflow logs go to ``<run.out_dir>/<sweep>/logs/``. At the end the parent run is
-FINISHED (all trials finished), FAILED (tag ``rgflow.failure_reason`` says which failed) or KILLED
-(interrupted) — or stays RUNNING while Slurm jobs are queued (``status`` closes it once no job and
-no launcher of the sweep is left, e.g. also after a launcher was killed).
-
-**status** — one row per trial: index, trial id, state (pending, running, finished,
-failed (reason), preempted, killed, interrupted), attempts, best val_bpd, job id, from MLflow and
-the scheduler (via the saved ``sweep-state.json``).
-
-**cancel** — stops the sweep's jobs (``scancel`` on Slurm, SIGINT to the launcher and trial
-processes for Ray/local) and marks the unfinished runs KILLED.
-
-Exit codes: ``0`` success (run: every trial finished, or submitted without ``--wait``), ``1``
-some trial failed, ``2`` bad input (one-line error, nothing created), ``130`` interrupted.
+``python -m jobs.sweep [run|status|cancel] SWEEP.yaml [--dry-run] [--show N] [--json|--csv] [overrides…]``:
+the preflight, then skip finished trials, resume unfinished ones, retry failed ones and hand the
+rest to the backend; ``status`` and ``cancel`` read and stop what runs. Full reference (options,
+re-run rules, end states, exit codes ``0`` / ``1`` / ``2`` / ``130``): docs/CLI.md.
 """
 from __future__ import annotations
 
@@ -54,6 +24,7 @@ from jobs.backends.base import (
 from jobs.overrides import ConfigError
 from jobs.progress import Progress, console_to_file
 from jobs.sweep_state import StateError, SweepState, load_state, save_state
+from jobs.tracking.layout import TrackingError
 
 COMMANDS = ("run", "status", "cancel")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -70,12 +41,17 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m jobs.sweep", description="Run (default), inspect or cancel a sweep.",
-        usage="python -m jobs.sweep [run|status|cancel] SWEEP.yaml [--dry-run] [--wait] [overrides...]",
+        usage="python -m jobs.sweep [run|status|cancel] SWEEP.yaml [--dry-run] [--show N] [--wait] [--json|--csv] "
+              "[overrides...]",
     )
     parser.add_argument("sweep", help="sweep file (sweeps/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="Hydra-style key=value overrides")
     parser.add_argument("--dry-run", action="store_true", help="print the expanded trials and exit (run only)")
+    parser.add_argument("--show", type=int, metavar="N",
+                        help="print trial N's resolved config as YAML and exit (run only)")
     parser.add_argument("--wait", action="store_true", help="slurm: follow the jobs until they end (run only)")
+    parser.add_argument("--json", action="store_true", help="status as JSON: trials and a summary (status only)")
+    parser.add_argument("--csv", action="store_true", help="status as CSV: header and one line per trial (status only)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--verbose", action="store_true", help="let Ray/MLflow logs through to the console")
     return parser
@@ -91,7 +67,7 @@ def sweep_dir_of(sweep) -> Path:
 
 
 def tracking_uri_of(sweep) -> str:
-    from jobs.tracking import resolve_tracking_uri
+    from jobs.tracking.uri import resolve_tracking_uri
 
     return resolve_tracking_uri(sweep.trials[0].config.tracking.uri)
 
@@ -208,13 +184,22 @@ def summarize(sweep, runs: dict, launched: dict[str, str] | None = None) -> tupl
 
 
 def cmd_run(args) -> int:
+    from jobs.preflight import format_problems, preflight
+
     sweep = _load(args)
     if args.dry_run:
         from jobs.dryrun import format_trials_table
 
         print(format_trials_table(sweep))
-        return EXIT_OK
+        problems = preflight(sweep)
+        print(format_problems(problems, launching=False))
+        return EXIT_USAGE if any(p.fatal for p in problems) else EXIT_OK
     backend_settings(sweep, sweep.backend)  # validates backend-specific settings before side effects
+    problems = preflight(sweep)  # before anything is created: the run folder, the MLflow experiment
+    if problems:
+        print(format_problems(problems, launching=True), file=sys.stderr)
+    if any(p.fatal for p in problems):
+        return EXIT_USAGE
     log_file = sweep_dir_of(sweep) / "logs" / "driver.log"
     with console_to_file(log_file, enabled=not args.verbose) as console:
         return _run(args, sweep, console)
@@ -293,80 +278,41 @@ def _run(args, sweep, console) -> int:
 # status
 # ----------------------------------------------------------------------------------------------
 
-def trial_rows(sweep, runs: dict, jobs: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
-    """One row per trial: index, trial_id, state, attempts, best val_bpd (bits/dim), job id."""
-    rows = []
-    for trial in sweep.trials:
-        run = runs.get(trial.trial_id)
-        job_id, job_state = jobs.get(trial.trial_id, ("", ""))
-        if run is None:
-            state = "running" if job_state in ("RUNNING", "COMPLETING") else "pending"
-        elif run.status == "FINISHED":
-            state = "finished"
-        elif run.status == "FAILED":
-            state = f"failed ({run.tags.get('rgflow.failure_reason', 'no reason given')})"
-        elif run.status == "KILLED":
-            state = "preempted" if run.state == "preempted" else "killed"
-            if job_state in ("PENDING", "REQUEUED") and run.state == "preempted":
-                state = "preempted (requeued)"
-        elif job_state and job_state not in LIVE_STATES:
-            state = "interrupted"
-        elif job_state in ("PENDING", "REQUEUED"):
-            state = "preempted (requeued)"
-        else:
-            state = "running"
-        rows.append({"index": trial.index, "trial_id": trial.trial_id, "state": state,
-                     "attempts": run.attempt if run else 0,
-                     "best_val_bpd": best_val_bpd(run.metrics) if run else None, "job_id": job_id})
-    return rows
-
-
-def format_rows(rows: list[dict[str, Any]]) -> str:
-    """The status table as aligned text."""
-    header = ["index", "trial id", "state", "attempts", "best val_bpd", "job id"]
-    body = [[str(r["index"]), r["trial_id"], r["state"], str(r["attempts"]),
-             "–" if r["best_val_bpd"] is None else f"{r['best_val_bpd']:.4f}", r["job_id"] or "–"] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *body]]
-    return "\n".join(lines)
-
-
-def _existing_experiment(uri: str, name: str) -> str | None:
-    """The experiment id if it exists — without creating a sqlite database that is not there."""
-    from jobs.tracking import get_client
-
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        return None
-    found = get_client(uri).get_experiment_by_name(name)
-    return None if found is None or found.lifecycle_stage == "deleted" else found.experiment_id
-
-
 def cmd_status(args) -> int:
-    from jobs.tracking import end_run, find_trial_runs, get_client
+    """The status table (text, ``--json`` or ``--csv`` on stdout); closes the parent run of a
+    sweep whose launcher and jobs are all gone. Reads the store without mlflow where it can
+    (:mod:`jobs.tracking.fast_read`); mlflow is imported only to close that parent run."""
+    from jobs.sweep_status import format_summary, format_table, summarize_rows, to_csv, to_json, trial_rows
+    from jobs.tracking import fast_read
 
     sweep = _load(args)
     uri = tracking_uri_of(sweep)
-    experiment_id = _existing_experiment(uri, sweep.name)
+    experiment_id = fast_read.experiment_id(uri, sweep.name)
     state = load_state(sweep_dir_of(sweep))
     ids = [t.trial_id for t in sweep.trials]
-    runs = find_trial_runs(uri, experiment_id, trial_ids=ids) if experiment_id else {}
+    runs = fast_read.trial_runs(uri, experiment_id, trial_ids=ids) if experiment_id else {}
     jobs: dict[str, tuple[str, str]] = {}
     if state is not None:
-        ctx = dataclasses.replace(make_context(sweep, uri, experiment_id or "", state.parent_run_id), backend=state.backend)
-        jobs = get_backend(state.backend).job_states(ctx, state)
+        ctx = make_context(sweep, uri, experiment_id or "", state.parent_run_id)
+        jobs = get_backend(state.backend).job_states(dataclasses.replace(ctx, backend=state.backend), state)
     rows = trial_rows(sweep, runs, jobs)
-    print(format_rows(rows))
-    counts: dict[str, int] = {}
-    for row in rows:
-        key = row["state"].split(" ")[0]
-        counts[key] = counts.get(key, 0) + 1
-    print(f"{sweep.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    if state is not None and experiment_id and not is_process(state.driver_pid, "jobs.sweep"):
-        parent = get_client(uri).get_run(state.parent_run_id)
-        if parent.info.status == "RUNNING" and not any(s in LIVE_STATES for _, s in jobs.values()):
-            end_state, reason = summarize(sweep, runs)
-            end_run(uri, state.parent_run_id, end_state, reason)
-            print(f"{sweep.name}: all jobs ended; parent run {state.parent_run_id} is now {end_state.upper()}")
+    summary = summarize_rows(sweep.name, rows)
+    if args.json:
+        print(to_json(rows, summary))
+    elif args.csv:
+        print(to_csv(rows), end="")
+    else:
+        print(format_table(rows))
+        print(format_summary(summary))
+    if state is not None and experiment_id and not is_process(state.driver_pid, "jobs.sweep") \
+            and not any(s in LIVE_STATES for _, s in jobs.values()) \
+            and fast_read.run_status(uri, state.parent_run_id) == "RUNNING":
+        from jobs.tracking import end_run
+
+        end_state, reason = summarize(sweep, runs)
+        end_run(uri, state.parent_run_id, end_state, reason)
+        print(f"{sweep.name}: all jobs ended; parent run {state.parent_run_id} is now {end_state.upper()}",
+              file=sys.stderr if args.json or args.csv else sys.stdout)
     return EXIT_OK
 
 
@@ -414,20 +360,47 @@ def cmd_cancel(args) -> int:
 # ----------------------------------------------------------------------------------------------
 
 def _load(args):
-    from jobs.sweep_spec import load_sweep
+    """The sweep the command line names; a trial config file is refused with the command to use."""
+    from jobs.overrides import load_yaml_file
+    from jobs.sweep_spec import is_sweep_file, load_sweep
 
+    if not is_sweep_file(load_yaml_file(args.sweep)):
+        command = " ".join(["python -m jobs.train", args.sweep, *args.overrides])
+        raise ConfigError(f"{args.sweep} is a trial config, not a sweep: run it with {command}")
     return load_sweep(args.sweep, list(args.overrides))
+
+
+def cmd_show(args) -> int:
+    """Trial ``--show N``'s resolved config as YAML: what ``jobs.train`` writes to its run folder's ``config.yaml``."""
+    from jobs.config import to_yaml
+
+    print(to_yaml(_load(args).trial(args.show).config), end="")
+    return EXIT_OK
+
+
+def _check_flags(command: str, args) -> None:
+    """Flags that apply to another command, or to each other, are usage errors."""
+    parser = _parser()
+    if command != "run" and (args.dry_run or args.wait or args.show is not None):
+        parser.error(f"--dry-run, --show and --wait apply to 'run', not '{command}'")
+    if command != "status" and (args.json or args.csv):
+        parser.error(f"--json and --csv apply to 'status', not '{command}'")
+    if args.json and args.csv:
+        parser.error("--json and --csv: choose one")
+    if args.show is not None and (args.dry_run or args.wait):
+        parser.error("--show prints one trial's config and exits: not with --dry-run or --wait")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     args = _parser().parse_intermixed_args(argv)
-    if command != "run" and (args.dry_run or args.wait):
-        _parser().error(f"--dry-run and --wait apply to 'run', not '{command}'")
+    _check_flags(command, args)
+    if args.show is not None:
+        command = "show"
     try:
-        return {"run": cmd_run, "status": cmd_status, "cancel": cmd_cancel}[command](args)
-    except (ConfigError, StateError) as err:
+        return {"run": cmd_run, "show": cmd_show, "status": cmd_status, "cancel": cmd_cancel}[command](args)
+    except (ConfigError, StateError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -1,20 +1,29 @@
-"""``python -m jobs.sweep``: dry-run, overrides that change an axis, status of a fresh sweep, CLI
+"""``python -m jobs.sweep``: dry-run, overrides that change an axis, ``--show``, status (a fresh
+sweep, a real trial, a 1,000-trial store, JSON/CSV, closing a dead sweep, no heavy imports), CLI
 errors (one line, exit 2, nothing created), and the pure pieces (state file, progress line, plan,
-Slurm job tables)."""
+Slurm job tables, progress and ETA)."""
 from __future__ import annotations
 
+import csv
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from jobs.progress import Counts, Progress, count_states, format_line
-from jobs.sweep import format_rows, main, plan, sbatch_options, summarize
+from jobs.sweep import main, plan, sbatch_options, summarize
 from jobs.sweep_state import StateError, SweepState, TrialJob, load_state, save_state
 from jobs.sweep_spec import load_sweep
+from jobs.sweep_status import TrialProgress, format_table, progress_of
 from jobs.backends.slurm_backend import parse_job_table
 from tests.fixtures.sweep import REPO, SMOKE
+from tests.fixtures.sweep_store import REASON, STEPS_PER_EPOCH, log_sweep_runs, outcome
 
 
 def _rows(stdout: str) -> list[list[str]]:
@@ -38,7 +47,7 @@ def test_dry_run_prints_the_trials_and_creates_nothing(sweep_env):
     sweep = load_sweep(REPO / SMOKE, sweep_env.overrides())
     assert [r[:2] for r in rows] == [[str(t.index), t.trial_id] for t in sweep.trials]
     assert len(rows) == 4 and {r[2] for r in rows} == {"32", "128"} and {r[3] for r in rows} == {"laplace", "gaussian"}
-    assert "GPU-h" in proc.stdout
+    assert "CPU-h" in proc.stdout  # smoke trials ask for no GPU: the estimate is in CPU-hours
     assert not (sweep_env.root / "mlflow.db").exists()
     assert not sweep_env.runs_dir.exists()
 
@@ -72,7 +81,15 @@ def test_status_of_a_sweep_never_run(sweep_env):
     ((SMOKE, "backend=slurn"), "backend='slurn': must be one of 'ray', 'slurm', 'local' (did you mean 'slurm'?)"),
     ((SMOKE, "prior.kind=[laplace,cauchy]"), "prior.kind='cauchy': must be one of"),
     ((SMOKE, "resources.gpus=0.5", "backend=slurm", "slurm.python=/opt/py"), "slurm.python='/opt/py': not supported"),
-    (("status", SMOKE, "--wait"), "--dry-run and --wait apply to 'run', not 'status'"),
+    (("status", SMOKE, "--wait"), "--dry-run, --show and --wait apply to 'run', not 'status'"),
+    (("status", SMOKE, "--show", "1"), "--dry-run, --show and --wait apply to 'run', not 'status'"),
+    ((SMOKE, "--json"), "--json and --csv apply to 'status', not 'run'"),
+    (("status", SMOKE, "--json", "--csv"), "--json and --csv: choose one"),
+    ((SMOKE, "--show", "4"), "trial index 4 is out of range: sweep 'smoke'"),
+    ((SMOKE, "--show", "two"), "argument --show: invalid int value: 'two'"),
+    (("configs/tiny.yaml",), f"configs/tiny.yaml is a trial config, not a sweep: run it with python -m jobs.train "
+                             f"{REPO}/configs/tiny.yaml run.out_dir="),
+    (("status", "configs/tiny.yaml"), "is a trial config, not a sweep"),
     ((SMOKE, "--frobnicate"), "unrecognized arguments: --frobnicate"),
 ])
 def test_cli_errors_are_one_line_exit_2_and_create_nothing(sweep_env, capsys, monkeypatch, args, message):
@@ -142,8 +159,214 @@ def test_slurm_job_tables_and_sbatch_flags():
     assert parse_job_table(table) == {"41_0": "COMPLETED", "41_1": "PENDING", "41_2": "PENDING", "41_3": "PENDING",
                                       "42": "CANCELLED"}
     assert sbatch_options(("--exclusive", "--nodelist=n1")) == {"exclusive": True, "nodelist": "n1"}
-    rows = [{"index": 0, "trial_id": "abc", "state": "failed (nan loss)", "attempts": 2, "best_val_bpd": 5.5,
-             "job_id": "41_0"}]
-    header, line = format_rows(rows).splitlines()
-    assert header.split() == ["index", "trial", "id", "state", "attempts", "best", "val_bpd", "job", "id"]
-    assert line.split() == ["0", "abc", "failed", "(nan", "loss)", "2", "5.5000", "41_0"]
+
+
+def test_progress_and_eta_from_the_latest_metrics():
+    train = load_sweep(REPO / SMOKE, ["train.epochs=2"]).trials[0].config.train  # batch 32, no step cap
+    assert (train.batch_size, train.epochs, train.steps) == (32, 2, None)
+    # 40 steps in 1.25 epochs → 32 steps/epoch; 100 s so far → 80 s/epoch; 0.75 epoch left → 60 s.
+    metrics = {"samples_seen": 40 * 32.0, "epoch": 1.25, "wall_s": 100.0, "val_epoch": 1.0}
+    assert progress_of(train, metrics) == TrialProgress(step=40, steps=64, epoch=1.25, epochs=2.0, eta_s=60.0)
+    capped = load_sweep(REPO / SMOKE, ["train.epochs=2", "train.steps=48"]).trials[0].config.train
+    assert progress_of(capped, metrics) == TrialProgress(step=40, steps=48, epoch=1.25, epochs=1.5, eta_s=20.0)
+    # The final validation is logged after the last training log: it tells where training ended.
+    assert progress_of(capped, {**metrics, "val_epoch": 1.5}) == TrialProgress(48, 48, 1.5, 1.5, 0.0)
+    assert progress_of(train, {"val_bpd": 6.0}) == TrialProgress()  # no training log yet: all unknown
+    assert progress_of(train, {**metrics, "wall_s": float("nan")}).eta_s is None
+
+    rows = [{"index": 0, "trial_id": "abc", "axes": {"train.batch_size": 64, "run.seed": 1}, "state": "running",
+             "attempts": 2, "step": 40, "steps": 64, "epoch": 1.25, "epochs": 2.0, "eta_s": 3725.0,
+             "best_val_bpd": 5.5, "job_id": "41_0"},
+            {"index": 1, "trial_id": "def", "axes": {"train.batch_size": 128, "run.seed": 1}, "state": "running",
+             "attempts": 1, "step": None, "steps": None, "epoch": None, "epochs": None, "eta_s": None,
+             "best_val_bpd": None, "job_id": ""}]
+    header, first, second = format_table(rows).splitlines()
+    assert header.split() == ["index", "trial", "id", "state", "attempts", "best", "val_bpd", "job", "id", "step",
+                              "epoch", "ETA", "axes"]
+    assert first.split() == ["0", "abc", "running", "2", "5.5000", "41_0", "40/64", "1.25/2", "1:02:05",
+                             "train.batch_size=64", "seed=1"]
+    assert second.split() == ["1", "def", "running", "1", "–", "–", "–", "–", "?", "train.batch_size=128", "seed=1"]
+
+
+# ------------------------------------------------------------------------------------------------
+# --show and status on real stores
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_show_prints_the_config_yaml_a_trial_writes_and_status_reads_its_real_run(sweep_env):
+    """A real trial (4 optimizer steps) through ``jobs.train``: ``--show 1`` is its run folder's
+    ``config.yaml``; ``status`` reads its MLflow run: finished at step 4 of 4 (256 images, batch 32:
+    8 steps per epoch, so epoch 0.5 of 0.5), best val_bpd as logged."""
+    overrides = sweep_env.overrides()
+    shown = sweep_env.run(SMOKE, "--show", "1", *overrides)
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr
+    trained = subprocess.run([sys.executable, "-m", "jobs.train", SMOKE, "--trial", "1", *overrides], cwd=REPO,
+                             env=sweep_env.env, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    trial = load_sweep(REPO / SMOKE, overrides).trial(1)
+    assert shown.stdout == (sweep_env.runs_dir / "smoke" / trial.trial_id / "config.yaml").read_text()
+
+    status = sweep_env.run("status", SMOKE, "--json", *overrides)
+    assert status.returncode == 0, status.stderr
+    row = json.loads(status.stdout)["trials"][1]
+    run = sweep_env.trial_runs()[0]
+    assert (row["trial_id"], row["state"], row["attempts"]) == (trial.trial_id, "finished", 1)
+    assert (row["step"], row["steps"], row["epoch"], row["epochs"], row["eta_s"]) == (4, 4, 0.5, 0.5, None)
+    assert row["best_val_bpd"] == run.data.metrics.get("best_val_bpd", run.data.metrics["val_bpd"])
+    assert row["axes"] == {"train.batch_size": 32, "prior.kind": "gaussian", "run.seed": 0}
+
+
+THOUSAND = """name: thousand
+base_config: {base}
+base: {{train: {{epochs: 4}}, run: {{device: cpu}}}}
+axes:
+  grid:
+    train.lr: [1.0e-4, 2.0e-4, 3.0e-4, 5.0e-4, 7.0e-4, 1.0e-3, 1.5e-3, 2.0e-3, 3.0e-3, 5.0e-3]
+    train.batch_size: [16, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+  seeds: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+"""
+
+
+@dataclass
+class _Store:
+    root: Path
+    path: Path
+    uri: str
+    sweep: object
+    parent: str
+
+    def status(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "jobs.sweep", "status", str(self.path), *args, *self.overrides],
+                              cwd=REPO, env=self.env, capture_output=True, text=True, timeout=300)
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"run.out_dir={self.root / 'runs'}"]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "MLFLOW_TRACKING_URI": self.uri}
+
+
+def _store(root: Path, text: str, name: str, parent_status: str) -> _Store:
+    path = root / f"{name}.yaml"
+    path.write_text(text)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    sweep = load_sweep(path, [f"run.out_dir={root / 'runs'}"])
+    experiment, parent = log_sweep_runs(uri, sweep, params=False, parent_status=parent_status)
+    save_state(root / "runs" / name, SweepState(name, "local", uri, experiment, parent))  # launcher gone, no jobs
+    return _Store(root, path, uri, sweep, parent)
+
+
+@pytest.fixture(scope="module")
+def thousand(tmp_path_factory) -> _Store:
+    """A 1,000-trial sweep whose runs (running, finished, failed, killed, none) are in a sqlite
+    store; its parent run is FINISHED, so nothing is dead (≈20 s to log)."""
+    return _store(tmp_path_factory.mktemp("thousand"), THOUSAND.format(base=REPO / "configs" / "tiny.yaml"),
+                  "thousand", "FINISHED")
+
+
+def _expected(trial) -> dict:
+    """What status must say about a trial of the synthetic store (tests/fixtures/sweep_store.py)."""
+    result, epochs = outcome(trial.index), trial.config.train.epochs
+    if result.state is None:
+        return {"state": "pending", "attempts": 0, "step": None, "steps": None, "epoch": None, "epochs": None,
+                "eta_s": None, "best_val_bpd": None}
+    step = round(result.fraction * epochs * STEPS_PER_EPOCH)
+    running = result.state == "running"
+    return {"state": f"failed ({REASON})" if result.state == "failed" else result.state, "attempts": 1,
+            "step": step, "steps": epochs * STEPS_PER_EPOCH, "epoch": step / STEPS_PER_EPOCH, "epochs": float(epochs),
+            "eta_s": (epochs - step / STEPS_PER_EPOCH) * result.seconds_per_epoch if running else None,
+            "best_val_bpd": result.val_bpd}
+
+
+@pytest.mark.slow
+def test_status_of_1000_trials_lists_every_row(thousand):
+    proc = thousand.status()
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 + 1000 + 1
+    rows = [re.split(r"\s{2,}", line) for line in lines[1:-1]]
+    for trial, row in zip(thousand.sweep.trials, rows, strict=True):
+        want = _expected(trial)
+        assert row[:4] == [str(trial.index), trial.trial_id, want["state"], str(want["attempts"])]
+        assert row[4] == ("–" if want["best_val_bpd"] is None else f"{want['best_val_bpd']:.4f}")
+        assert row[6] == ("–" if want["step"] is None else f"{want['step']}/{want['steps']}")
+        assert row[8] == ("–" if want["eta_s"] is None else _clock(want["eta_s"]))
+    # trial 0: running, 8 of 80 steps, 30 s per epoch → 3.6 epochs × 30 s = 1:48 left
+    assert rows[0][5:] == ["–", "8/80", "0.4/4", "1:48", "train.lr=0.0001 train.batch_size=16 seed=0"]
+    assert rows[999][9] == "train.lr=0.005 train.batch_size=512 seed=9"
+    etas = [_expected(t)["eta_s"] for t in thousand.sweep.trials if outcome(t.index).state == "running"]
+    assert lines[-1] == (f"thousand: 125 failed, 375 finished, 125 killed, 125 pending, 250 running · ETA of the 250 "
+                         f"running: longest {_clock(max(etas))}, total {_clock(sum(etas))}")
+
+
+def _clock(seconds: float) -> str:
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+@pytest.mark.slow
+def test_status_json_and_csv_are_the_same_table(thousand):
+    as_json, as_csv = thousand.status("--json"), thousand.status("--csv")
+    assert as_json.returncode == 0 and as_csv.returncode == 0, as_json.stderr + as_csv.stderr
+    table = json.loads(as_json.stdout)  # nothing but the JSON document on stdout
+    rows = table["trials"]
+    assert len(rows) == 1000
+    for trial, row in zip(thousand.sweep.trials, rows, strict=True):
+        want = _expected(trial)
+        assert row == {"index": trial.index, "trial_id": trial.trial_id, "axes": trial.varying, "job_id": "",
+                       **{k: pytest.approx(v) if isinstance(v, float) else v for k, v in want.items()}}
+    etas = [r["eta_s"] for r in rows if r["state"] == "running"]
+    assert table["summary"] == {"sweep": "thousand", "trials": 1000, "running": 250, "eta_unknown": 0,
+                                "counts": {"failed": 125, "finished": 375, "killed": 125, "pending": 125,
+                                           "running": 250},
+                                "eta_longest_s": max(etas), "eta_total_s": pytest.approx(sum(etas))}
+    lines = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert len(lines) == 1000
+    assert list(lines[0]) == ["index", "trial_id", "train.lr", "train.batch_size", "run.seed", "state", "attempts",
+                              "step", "steps", "epoch", "epochs", "eta_s", "best_val_bpd", "job_id"]
+    for row, line in zip(rows, lines, strict=True):
+        assert line["trial_id"] == row["trial_id"] and line["state"] == row["state"]
+        assert line["step"] == ("" if row["step"] is None else str(row["step"]))
+        assert line["eta_s"] == ("" if row["eta_s"] is None else repr(row["eta_s"]))
+        assert float(line["train.lr"]) == row["axes"]["train.lr"]
+
+
+def _smoke_text() -> str:
+    return (REPO / SMOKE).read_text().replace("../configs", str(REPO / "configs"))
+
+
+def test_status_imports_no_mlflow_torch_or_ray_when_nothing_is_dead(tmp_path):
+    """Runs in a sqlite store, launcher gone, parent run FINISHED: status reads (and checks the
+    parent's status) through sqlite3 alone."""
+    store = _store(tmp_path, _smoke_text(), "smoke", "FINISHED")
+    code = ("import json, sys; from jobs.sweep import main; code = main(sys.argv[1:]); "
+            "print(json.dumps([code, [m for m in ('mlflow', 'torch', 'ray', 'pandas') if m in sys.modules]]), "
+            "file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, "status", str(store.path), *store.overrides], cwd=REPO,
+                          env=store.env, capture_output=True, text=True, timeout=300)
+    assert json.loads(proc.stderr.splitlines()[-1]) == [0, []], proc.stderr
+    assert [line.split()[2] for line in proc.stdout.splitlines()[1:-1]] == ["running", "finished", "failed", "finished"]
+
+
+def test_status_closes_the_parent_run_of_a_dead_sweep(tmp_path):
+    """Launcher and trial processes gone, parent run left RUNNING: status ends it (with mlflow)
+    and says so on stderr, so that ``--json`` stays a JSON document."""
+    store = _store(tmp_path, _smoke_text(), "smoke", "RUNNING")
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # a PID no process can have
+    state = load_state(tmp_path / "runs" / "smoke")
+    state.trials = {store.sweep.trials[0].trial_id: TrialJob(0, str(dead))}
+    save_state(tmp_path / "runs" / "smoke", state)
+    proc = store.status("--json")
+    assert proc.returncode == 0, proc.stderr
+    states = [r["state"] for r in json.loads(proc.stdout)["trials"]]
+    assert states == ["interrupted", "finished", f"failed ({REASON})", "finished"]
+    assert proc.stderr.strip() == f"smoke: all jobs ended; parent run {store.parent} is now FAILED"
+    from mlflow import MlflowClient
+
+    parent = MlflowClient(store.uri).get_run(store.parent)
+    assert parent.info.status == "FAILED" and parent.data.tags["rgflow.state"] == "failed"
+    assert parent.data.tags["rgflow.failure_reason"] == f"1 of 4 trials failed (2: {REASON})"
+    again = store.status()
+    assert again.returncode == 0 and "parent run" not in again.stdout  # closed once

@@ -163,8 +163,13 @@ class RayBackend(Backend):
     @staticmethod
     def trial_resources(ctx: SweepContext) -> dict[str, float]:
         """Tune resource request of one trial from the sweep's ``resources`` (memory in bytes)."""
-        res = ctx.resources
-        out = {"cpu": float(res.get("cpus") or 1), "gpu": float(res.get("gpus") or 0)}
-        if res.get("mem_gb"):
-            out["memory"] = float(res["mem_gb"]) * 2**30
-        return out
+        return trial_request(ctx.resources)
+
+
+def trial_request(res: dict[str, Any]) -> dict[str, float]:
+    """Tune resource request (``cpu``, ``gpu``, ``memory`` in bytes) of one trial from the sweep's
+    resources as a :class:`~jobs.backends.base.SweepContext` holds them (``cpus``, ``gpus``, ``mem_gb``)."""
+    out = {"cpu": float(res.get("cpus") or 1), "gpu": float(res.get("gpus") or 0)}
+    if res.get("mem_gb"):
+        out["memory"] = float(res["mem_gb"]) * 2**30
+    return out

@@ -1,10 +1,11 @@
-"""Talking to the MLflow tracking store: URIs, experiments, the sweep's parent run, trial lookup.
+"""Talking to the MLflow tracking store: experiments, the sweep's parent run, trial lookup.
 
 Everything here uses :class:`mlflow.MlflowClient` directly — never the fluent ``mlflow.start_run``
 global state, whose atexit hook closes a crashed run as FINISHED and whose ``MLFLOW_RUN_ID``
 environment variable silently overrides the parent run.
 
-The layout written and read here is the contract of ``docs/ARCHITECTURE.md`` ("MLflow layout").
+The layout written and read here is the contract of ``docs/ARCHITECTURE.md`` ("MLflow layout");
+its names and :class:`RunSummary` live in ``layout.py``, tracking URIs in ``uri.py``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +22,15 @@ from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
+from .layout import (
+    END_STATES, REASON_TAG, ROLE_TAG, SEARCH_PAGE, STATE_TAG, SWEEP_ID_TAG, SWEEP_TAG, TERMINAL_STATUSES, TRIAL_ID_TAG,
+    RunSummary, filter_literal, keep_trial, run_summary, trial_filter, wanted_ids,
+)
+# Re-exported: the layout and URI names were defined here before they moved to light modules.
+from .layout import ATTEMPT_TAG, PARENT_TAG, RUN_DIR_TAG, TrackingError  # noqa: F401
+from .uri import resolve_tracking_uri  # noqa: F401
+
 log = logging.getLogger(__name__)
-
-ROLE_TAG = "rgflow.role"
-STATE_TAG = "rgflow.state"
-REASON_TAG = "rgflow.failure_reason"
-ATTEMPT_TAG = "rgflow.attempt"
-TRIAL_ID_TAG = "rgflow.trial_id"
-SWEEP_TAG = "rgflow.sweep"
-SWEEP_ID_TAG = "rgflow.sweep_id"
-RUN_DIR_TAG = "rgflow.run_dir"
-PARENT_TAG = "mlflow.parentRunId"
-
-#: ``rgflow.state`` value → MLflow run status (docs/ARCHITECTURE.md, "MLflow run status").
-END_STATES = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "killed": "KILLED"}
-TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 
 MAX_PARAMS_TAGS_PER_BATCH = 100  # MLflow's log_batch limits
 MAX_METRICS_PER_BATCH = 1000
@@ -53,25 +47,6 @@ _HTTP_DEFAULTS = {
 
 
 _SETTLE_S = 1.0
-
-
-class TrackingError(RuntimeError):
-    """The tracking store refused an operation for a reason that retrying will not fix."""
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """Explicit ``uri`` > env ``MLFLOW_TRACKING_URI`` > ``sqlite:///<absolute path of ./mlflow.db>``.
-
-    A relative ``sqlite:///rel/path.db`` is made absolute (against the current directory) so that
-    the same string works from any working directory a backend starts the trial in.
-    """
-    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    if not chosen:
-        return f"sqlite:///{Path('mlflow.db').resolve()}"
-    prefix = "sqlite:///"
-    if chosen.startswith(prefix) and not chosen.startswith(prefix + "/") and chosen != prefix + ":memory:":
-        return f"{prefix}{Path(chosen[len(prefix):]).resolve()}"
-    return chosen
 
 
 @functools.lru_cache(maxsize=16)
@@ -170,8 +145,18 @@ def ensure_experiment(uri: str, name: str) -> str:
     and reads the winner's id. New experiments are tagged as model training
     (``mlflow.experimentKind``), so the MLflow UI opens them on the training-runs view rather
     than the GenAI overview.
+
+    In a sqlite store a new experiment keeps its artifacts beside the database file, in
+    ``<db folder>/mlartifacts/<name>/``: MLflow's default would be ``./mlruns`` of whichever
+    process created the experiment. Other stores (a server, PostgreSQL) use their own root.
     """
     client = get_client(uri)
+    location = None
+    if uri.startswith("sqlite:///") and ":memory:" not in uri:
+        from urllib.parse import unquote
+
+        folder = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".") or "_"
+        location = str(Path(unquote(uri[len("sqlite:///"):].split("?")[0])).resolve().parent / "mlartifacts" / folder)
 
     def attempt() -> str:
         found = client.get_experiment_by_name(name)
@@ -180,7 +165,8 @@ def ensure_experiment(uri: str, name: str) -> str:
                 client.restore_experiment(found.experiment_id)
             return found.experiment_id
         try:
-            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+            return client.create_experiment(name, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -224,33 +210,6 @@ def ensure_sweep_run(uri: str, experiment_id: str, sweep_name: str, sweep_id: st
     return retry_transient(attempt, timeout_s=60.0, what=f"sweep run {sweep_name!r}")
 
 
-def filter_literal(value: str) -> str:
-    """``value`` checked to be safe inside a quoted MLflow search-filter literal."""
-    if "'" in value or "\\" in value:
-        raise ValueError(f"id {value!r} must not contain quotes or backslashes")
-    return value
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """One trial run as read back from MLflow.
-
-    ``metrics`` holds the latest value of each metric (the value at its highest step);
-    ``params`` and ``tags`` are MLflow's strings. ``start_time``/``end_time`` are ms since epoch.
-    """
-
-    run_id: str
-    trial_id: str
-    status: str
-    state: str
-    attempt: int
-    start_time: int
-    end_time: int | None
-    tags: dict[str, str]
-    params: dict[str, str]
-    metrics: dict[str, float]
-
-
 def find_trial_runs(
     uri: str, experiment_id: str, parent_run_id: str | None = None, trial_ids: Iterable[str] | None = None
 ) -> dict[str, RunSummary]:
@@ -260,36 +219,23 @@ def find_trial_runs(
     ``trial_ids`` restricts the result (filtered client-side).
     """
     client = get_client(uri)
-    query = f"tags.`{ROLE_TAG}` = 'trial'"
-    if parent_run_id:
-        query += f" and tags.`{PARENT_TAG}` = '{filter_literal(parent_run_id)}'"
-    wanted = set(trial_ids) if trial_ids is not None else None
+    query = trial_filter(parent_run_id)
+    wanted = wanted_ids(trial_ids)
     found: dict[str, RunSummary] = {}
     token = None
     while True:
         page = retry_transient(
             lambda: client.search_runs(
-                [experiment_id], query, ViewType.ACTIVE_ONLY, max_results=1000,
+                [experiment_id], query, ViewType.ACTIVE_ONLY, max_results=SEARCH_PAGE,
                 order_by=["attributes.start_time DESC"], page_token=token,
             ),
             timeout_s=60.0, what="search trial runs",
         )
         for run in page:
             trial_id = run.data.tags.get(TRIAL_ID_TAG, "")
-            if trial_id in found or (wanted is not None and trial_id not in wanted):
-                continue
-            found[trial_id] = RunSummary(
-                run_id=run.info.run_id,
-                trial_id=trial_id,
-                status=run.info.status,
-                state=run.data.tags.get(STATE_TAG, ""),
-                attempt=int(run.data.tags.get(ATTEMPT_TAG, "0") or 0),
-                start_time=run.info.start_time,
-                end_time=run.info.end_time,
-                tags=dict(run.data.tags),
-                params=dict(run.data.params),
-                metrics=dict(run.data.metrics),
-            )
+            if keep_trial(found, trial_id, wanted):
+                found[trial_id] = run_summary(run.info.run_id, run.info.status, run.info.start_time,
+                                              run.info.end_time, run.data.tags, run.data.params, run.data.metrics)
         token = page.token
         if not token:
             return found

@@ -4,8 +4,16 @@ Public interface: :func:`load_split` (``DataConfig`` + ``train|valid|test`` → 
 :class:`EpochBatcher` (reproducible device batches, resumable mid-epoch) and the CLI
 ``python -m rgflow.data msds1 --seed 0 [--root DIR] [--verify]``.
 """
-from rgflow.data.batching import Batch, EpochBatcher, EvalBatch
-from rgflow.data.celeba import CelebAMissing
-from rgflow.data.splits import ImageSet, load_split
+import importlib
+
+_HOMES = {"Batch": "batching", "EpochBatcher": "batching", "EvalBatch": "batching", "CelebAMissing": "celeba",
+          "ImageSet": "splits", "load_split": "splits"}
 
 __all__ = ["load_split", "ImageSet", "EpochBatcher", "Batch", "EvalBatch", "CelebAMissing"]
+
+
+def __getattr__(name: str):
+    """The public names, imported on first use (so that ``rgflow.data.cache`` & co. need no torch)."""
+    if name not in _HOMES:
+        raise AttributeError(f"module 'rgflow.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"rgflow.data.{_HOMES[name]}"), name)

@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from rgflow.config import ConfigError, DataConfig
 from rgflow.data import cache, celeba, msds
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("rgflow.data")
 SPLITS = ("train", "valid", "test")
@@ -151,6 +154,8 @@ def load_split(cfg: DataConfig, split: str, *, msds_counts: dict[str, int] | Non
     (log.warning if report.action == "rebuilt" else log.info)("data cache: %s", report.line())
     first = _limit(f"{split}_size", size, rows.stop - rows.start)
     rows = slice(rows.start, rows.start + first.stop)
+    import torch  # here: the cache and split logic is used without torch (preflight, dry-run)
+
     images = torch.from_numpy(cache.load_array(path, array, manifest, rows))
     labels = None
     if cfg.name != "celeba":

@@ -1,0 +1,113 @@
+"""``jobs.dryrun``: throughput measured by ``bench/model_bench.py`` where a measurement exists,
+assumed otherwise, and every estimate labelled with where it comes from."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jobs.dryrun import (
+    ASSUMED_CPU_FLOP_S, estimates, format_trials_table, forward_flops, images_per_second, load_measurements,
+    training_passes,
+)
+from jobs.sweep_spec import load_sweep
+from rgflow.config import model_preset
+from tests.fixtures.sweep import REPO
+
+SWEEP = f"""
+name: est
+base_config: {REPO / "configs" / "tiny.yaml"}
+base: {{run: {{device: cpu}}}}
+axes: {{grid: {{train.batch_size: [32, 512]}}}}
+resources: {{cpus: 1, gpus: 0}}
+evaluation: {{fid: false}}
+"""
+
+
+def _sweep(tmp_path, *overrides: str):
+    path = tmp_path / "est.yaml"
+    path.write_text(SWEEP)
+    return load_sweep(path, [f"run.out_dir={tmp_path / 'runs'}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def bench_results(tmp_path_factory):
+    """A results folder written by a real (short) ``bench/model_bench.py`` run of ``tiny`` on the CPU."""
+    folder = tmp_path_factory.mktemp("bench-results")
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "model_bench.py"), "--presets", "tiny",
+                           "--batches", "32", "--ckpt", "on", "--steps", "1", "--out", str(folder / "model.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return folder
+
+
+def test_cpu_estimate_measured_by_the_bench(tmp_path, bench_results):
+    row = json.loads((bench_results / "model.json").read_text())["rows"][0]
+    sweep = _sweep(tmp_path)
+    found = estimates(sweep, bench_results)
+    assert [e.device for e in found] == ["cpu", "cpu"]
+    for est in found:   # the one row (batch 32) is the closest to both batch sizes
+        assert est.throughput.images_per_s == pytest.approx(row["img_per_s"])
+        assert est.throughput.basis == f"measured on cpu, {row['threads']} thread{'s' * (row['threads'] != 1)}, " \
+                                       f"batch 32 ({bench_results / 'model.json'})"
+    table = format_trials_table(sweep, bench_results).splitlines()
+    assert table[1].split()[-1] == "CPU-h" and table[-2].endswith("CPU-hours (estimated)")
+    assert "measured on cpu" in table[-1] and "assumed" not in table[-1]
+
+
+def test_gpu_trials_stay_assumed_without_a_gpu_measurement(tmp_path, bench_results):
+    sweep = _sweep(tmp_path, "resources.gpus=1", "run.device=auto")
+    found = estimates(sweep, bench_results)
+    assert {e.device for e in found} == {"gpu"}
+    assert all(e.throughput.basis == "assumed (guess)" for e in found)
+    assert found[0].throughput.images_per_s == images_per_second(sweep.trials[0].config.model)
+    table = format_trials_table(sweep, bench_results).splitlines()
+    assert table[1].split()[-1] == "GPU-h" and "assumed figures are not measurements" in table[-1]
+
+
+def test_cpu_estimate_without_measurements_is_assumed(tmp_path):
+    sweep = _sweep(tmp_path, "model.preset=msds")
+    est = estimates(sweep, tmp_path / "none")[0]
+    model = sweep.trials[0].config.model
+    assert est.throughput.basis == "assumed (100 GFLOP/s)"
+    step_flops = forward_flops(model) * training_passes(model)
+    assert est.throughput.images_per_s == pytest.approx(ASSUMED_CPU_FLOP_S / step_flops)
+    rate = f"{est.throughput.images_per_s:.3g}"
+    assert f"msds {rate} img/s (fp32 on cpu: assumed (100 GFLOP/s))" in format_trials_table(sweep, tmp_path / "none")
+
+
+def _row(batch: int, img_per_s: float, **kw) -> dict:
+    return {"kind": "train", "preset": "tiny", "batch": batch, "checkpointing": True, "precision": "fp32",
+            "device": "cpu", "threads": 2, "img_per_s": img_per_s, **kw}
+
+
+def test_closest_measurement_is_chosen_and_other_files_are_ignored(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "model-a.json").write_text(json.dumps({"rows": [
+        _row(32, 100.0), _row(128, 400.0), _row(512, 900.0, checkpointing=False), _row(512, 1.0, error="OOM"),
+        _row(512, 5.0, precision="bf16"), _row(512, 7.0, device="cuda", device_name="NVIDIA H200"),
+        {"kind": "sample", "preset": "tiny", "n": 64}]}))
+    (results / "model-b.json").write_text("not json")
+    (results / "reference.json").write_text(json.dumps({"rows": [_row(512, 3.0, impl="ref")]}))
+    assert len(load_measurements(results)) == 5
+    found = estimates(_sweep(tmp_path), results)
+    assert [e.throughput.images_per_s for e in found] == [100.0, 400.0]  # checkpointing matches before batch size
+    assert "batch 128" in found[1].throughput.basis
+    gpu = estimates(_sweep(tmp_path, "resources.gpus=1", "run.device=auto"), results)
+    assert gpu[0].throughput.basis == f"measured on NVIDIA H200, batch 512 ({results / 'model-a.json'})"
+    bf16 = estimates(_sweep(tmp_path, "model.precision=tf32"), results)
+    assert bf16[0].throughput.basis == "assumed (100 GFLOP/s)"
+    one_thread = estimates(_sweep(tmp_path, "run.threads=1"), results)
+    assert one_thread[0].throughput.images_per_s == 100.0   # no 1-thread row: the closest other
+
+
+def test_model_overrides_scale_a_measurement_by_flops(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "model.json").write_text(json.dumps({"rows": [_row(32, 100.0)]}))
+    sweep = _sweep(tmp_path, "model.nhidden=64")
+    ratio = forward_flops(model_preset("tiny")) / forward_flops(sweep.trials[0].config.model)
+    assert estimates(sweep, results)[0].throughput.images_per_s == pytest.approx(100.0 * ratio)
