@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test demo install clean-runs
+.PHONY: test test-fast lint demo install clean-runs
 
 install: $(STAMP)
 
@@ -16,6 +16,13 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit-test loop: no Slurm dev cluster, no headless browser, no test marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not slurm and not browser" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check $(RUFF_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m jobs.demo

@@ -24,6 +24,49 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+REPO = Path(__file__).resolve().parent.parent
+# What a test must never write into the repository root (it writes under its tmp_path instead):
+# MLflow's cwd-relative defaults, ./mlflow.db and ./mlruns, and the project's sqlite artifacts.
+_REPO_OUTPUTS = ("mlflow.db", "mlruns", "mlartifacts")
+_before: dict[str, frozenset] = {}
+
+
+def _repo_outputs() -> dict[str, frozenset]:
+    """Entries (two levels deep) of the repository-root outputs that tests must not create."""
+    found = {}
+    for name in _REPO_OUTPUTS:
+        path = REPO / name
+        if path.is_dir():
+            found[name] = frozenset(str(p.relative_to(REPO)) for p in path.glob("*/*"))
+        elif path.exists():
+            found[name] = frozenset({f"{name} ({path.stat().st_mtime_ns})"})
+    return found
+
+
+def pytest_sessionstart(session) -> None:
+    _before.update(_repo_outputs())
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Warn when ``mlflow.db``, ``mlruns/`` or ``mlartifacts/`` changed in the repository root
+    during the session: a test (or another process started meanwhile) wrote outside its tmp folder."""
+    new = sorted(p for name, now in _repo_outputs().items() for p in now - _before.get(name, frozenset()))
+    if new:
+        shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        terminalreporter.write_line(f"warning: the repository root changed during the tests: {shown} — tests must "
+                                    "write under their tmp_path (or another process wrote there meanwhile)",
+                                    yellow=True)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """A test that uses the Slurm dev cluster is a ``slurm`` test even if its marker was forgotten,
+    so that ``make test-fast`` (``-m "not slurm"``) never starts the cluster."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slurm") is None:
+            item.add_marker(pytest.mark.slurm)
+
+
 def services_required() -> bool:
     return os.environ.get("RGFLOW_REQUIRE_SERVICES") == "1"
 

@@ -200,7 +200,7 @@ def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
     assert E.main(["0" * 32, "--tracking-uri", trained["uri"]]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no MLflow run 00000000") and "\n" not in err
-    assert E.main(["not-a-run"]) == 2
+    assert E.main(["not-a-run", "--tracking-uri", trained["uri"]]) == 2  # not the default ./mlflow.db
     assert "neither a file, an MLflow run id" in capsys.readouterr().err
     with pytest.raises(E.EvalInputError, match="no valid checkpoint in .*train the trial first"):
         E.choose_checkpoint(tmp_path, "best")

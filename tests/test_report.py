@@ -109,7 +109,7 @@ def synth(tmp_path_factory):
     sweep_file.write_text(SWEEP.format(config=Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", uri=uri))
     sweep = load_sweep(sweep_file)
     client = MlflowClient(uri)
-    exp = client.create_experiment("synth")
+    exp = client.create_experiment("synth", artifact_location=str(tmp / "mlartifacts"))  # not ./mlruns
     parent = client.create_run(exp, tags={"rgflow.role": "sweep", "rgflow.sweep": "synth",
                                           "rgflow.sweep_id": sweep.sweep_id}).info.run_id
     runs = {}

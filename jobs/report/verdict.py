@@ -451,6 +451,12 @@ def final_value(trials: pd.DataFrame, curves: dict[str, pd.DataFrame], group: pd
     return f"validation BPD at epoch {x:.3g}", lambda rid: value_at(curves.get(rid, EMPTY), "epoch", x)
 
 
+def prior_arm(group: pd.DataFrame, prior: str, value: Callable[[str], float]) -> Arm:
+    """The arm of ``prior`` in ``group``: ``value(run_id)`` per finished seed, the others as lost."""
+    sel = group[group["prior"] == prior]
+    return Arm(prior, {int(r.seed): value(rid) for rid, r in finished(sel).iterrows()}, lost_trials(sel))
+
+
 def prior_findings(trials: pd.DataFrame, val: pd.DataFrame, margin: float = DEFAULT_MARGIN,
                    tests: dict | None = None) -> list[Finding]:
     """Do the priors differ, at each batch size and LR scaling? Deferred (``not_tested``, reason
@@ -468,18 +474,14 @@ def prior_findings(trials: pd.DataFrame, val: pd.DataFrame, margin: float = DEFA
             continue
         what, value = final_value(trials, curves, group)
         base = priors[0]
-
-        def arm(prior: str) -> Arm:
-            sel = group[group["prior"] == prior]
-            return Arm(prior, {int(r.seed): value(rid) for rid, r in finished(sel).iterrows()}, lost_trials(sel))
-
         for other in priors[1:]:
             improving = [p for p in (other, base) if (context, p, scaling, size) in tests
                          and tests[(context, p, scaling, size)][0].state == "improving"]
             numbers = {"batch_size": int(size), "lr_scaling": scaling, "compared_on": what}
             if improving:
                 numbers["deferred"] = f"deferred: not converged — {' and '.join(improving)} still improving"
-            findings.append(compare_finding("priors", where, f"{what}, {other} vs {base}", arm(other), arm(base), margin,
+            findings.append(compare_finding("priors", where, f"{what}, {other} vs {base}", prior_arm(group, other, value),
+                                            prior_arm(group, base, value), margin,
                                             f"{other} is worse than {base}", f"{other} is better than {base}",
                                             f"{other} and {base}", **numbers))
     return findings
