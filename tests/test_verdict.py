@@ -242,6 +242,7 @@ def test_b_simple_per_group_at_matched_bpd():
     assert "plain-SGD assumptions" in small.text and "Adam-preconditioned" in small.text
     crit = only(findings, "critical batch")
     assert "batch 64: " in crit.text and "batch 512: " in crit.text
+    assert small.numbers["target_bpd"] == big.numbers["target_bpd"] == crit.numbers["target_bpd"]
 
 
 def test_b_simple_window_is_a_ratio_of_sums():

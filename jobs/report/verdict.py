@@ -530,13 +530,14 @@ def b_simple_window(series: pd.DataFrame, until: float, adam: bool = False) -> f
 
 def noise_scale_findings(trials: pd.DataFrame, val: pd.DataFrame, noise: pd.DataFrame) -> list[Finding]:
     """B_simple per group (context, prior, LR scaling, batch size) at a validation BPD every
-    finished trial of the context reached — never pooled across groups."""
+    finished trial of its (context, prior, LR scaling) reached — the target the critical batch size
+    is measured at, so the two stand side by side — never pooled across groups."""
     curves, series = by_run(val), by_run(noise)
     findings = []
     done = finished(trials)
-    for context, ctx in done.groupby("context", sort=True):
-        target = target_bpd(curves, ctx.index)
-        for (prior, scaling, size), group in ctx.groupby(["prior", "lr_scaling", "batch_size"], sort=True):
+    for (context, prior, scaling), sizes in done.groupby(["context", "prior", "lr_scaling"], sort=True):
+        target = target_bpd(curves, sizes.index)
+        for size, group in sizes.groupby("batch_size", sort=True):
             where = label(context, prior=prior, lr_scaling=scaling, batch=size)
             values, adam = {}, {}
             for rid, row in group.iterrows():
@@ -550,7 +551,7 @@ def noise_scale_findings(trials: pd.DataFrame, val: pd.DataFrame, noise: pd.Data
                                      "noise_grad_sq) were logged up to the matched validation BPD: B_simple not "
                                      "estimated.", batch_size=int(size), prior=prior, lr_scaling=scaling))
                 continue
-            text = (f"[{where}] At validation BPD {target:.3f} (reached by every trial of this context), "
+            text = (f"[{where}] At validation BPD {target:.3f} (reached by every trial of this prior and LR rule), "
                     f"B_simple = {ci_words(plain)} images; batch {size} is {count(size / plain.mean)}× B_simple")
             if pre.n:
                 text += f"; Adam-preconditioned B_simple = {ci_words(pre)} images"
