@@ -1,7 +1,8 @@
 """The MLflow UI shows a sweep's runs: a real server, a real tiny sweep, a real headless Chromium.
 
-The rendered page's DOM must contain every trial run's name; the screenshot is kept as a test
-artifact under ``test-artifacts/`` (git-ignored) for a person to look at.
+The rendered page's DOM must contain every trial run's name; the screenshot is written to the
+folder named by ``$RGFLOW_TEST_ARTIFACTS`` for a person to look at (default: the test's own
+temporary folder, so that the suite leaves the working tree as it found it).
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import pytest
 from tests.conftest import skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -81,10 +81,11 @@ def test_mlflow_ui_lists_the_sweep_runs(mlflow_server, tmp_path):
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`rgflow.role` = 'trial'")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
 
-    ARTIFACTS.mkdir(exist_ok=True)
+    artifacts = Path(os.environ.get("RGFLOW_TEST_ARTIFACTS") or tmp_path / "artifacts")
+    artifacts.mkdir(parents=True, exist_ok=True)
     runs_page = f"{mlflow_server.uri}/#/experiments/{experiment.experiment_id}/runs"
-    dom = _render(chromium, runs_page, ARTIFACTS / "mlflow-ui-runs.png")
-    assert (ARTIFACTS / "mlflow-ui-runs.png").stat().st_size > 10_000, "the screenshot is (nearly) empty"
+    dom = _render(chromium, runs_page, artifacts / "mlflow-ui-runs.png")
+    assert (artifacts / "mlflow-ui-runs.png").stat().st_size > 10_000, "the screenshot is (nearly) empty"
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
     assert parent.info.run_name in dom, "the sweep's parent run is not on the runs page"
     assert f"{len(runs) + 1} matching runs" in _visible_text(dom), "the runs page does not count the sweep's parent and trial runs"
