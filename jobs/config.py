@@ -60,7 +60,7 @@ from jobs.overrides import ConfigError, Multirun, did_you_mean, load_yaml_file, 
 DEFAULT_PRESET = "msds"
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
 EVAL_CHECKPOINTS = ("best", "last")
-RECEPTIVE_FIELD_SPACES = ("image", "logit")  # rgflow.receptive.SPACES (not imported here: it imports torch)
+RECEPTIVE_FIELD_SPACES = lib.RECEPTIVE_FIELD_SPACES
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SWEEP_MARKERS = ("name", "axes", "base", "base_config")  # top-level keys only a sweep file has
 
@@ -240,9 +240,10 @@ def is_list_key(key: str) -> bool:
 
 def takes_text(key: str) -> bool:
     """Whether the trial key is free text: a string (or null) without a fixed set of choices —
-    paths, URIs, names, ``run.device``. A comma in its override value is part of the text."""
+    paths, URIs, names (not ``run.device``, whose values never hold a comma: ``run.device=cpu,cuda``
+    is an axis). A comma in its override value is part of the text."""
     section, _, name = key.partition(".")
-    return key not in CHOICES and is_text_type(field_types(section)[name])
+    return key not in CHOICES and key != "run.device" and is_text_type(field_types(section)[name])
 
 
 def _origin(origin: str | None) -> str:

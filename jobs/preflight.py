@@ -411,15 +411,15 @@ def _check_slurm(sweep: Sweep) -> list[Problem]:
 
 
 def _check_this_machine(sweep: Sweep) -> list[Problem]:
-    """Ray started here, or the local backend: this machine must have what one trial asks for
-    (GPUs as :mod:`jobs.backends.gpus` finds them, which is what the local backend uses)."""
+    """Ray started here: this machine has the CPUs, memory and GPUs one trial asks for; the local
+    backend: the GPU slots its trials need (:func:`jobs.backends.gpus.gpu_pool`, as the backend)."""
     from jobs.backends.gpus import gpu_pool, visible_gpus
     from jobs.overrides import ConfigError
 
     r = sweep.resources
     if sweep.backend == "local":
         try:
-            gpu_pool(sweep.local.parallel, r.gpus, os.environ)
+            gpu_pool(min(sweep.local.parallel, len(sweep.trials)), r.gpus, os.environ)
         except ConfigError as err:
             return [_error("resources", str(err))]
         return []

@@ -25,6 +25,7 @@ from jobs.overrides import ConfigError
 from jobs.progress import Progress, console_to_file
 from jobs.sweep_state import StateError, SweepState, load_state, save_state
 from jobs.tracking.layout import TrackingError
+from jobs.tracking.uri import redact_uri
 
 COMMANDS = ("run", "status", "cancel")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -46,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("sweep", help="sweep file (sweeps/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="Hydra-style key=value overrides")
-    parser.add_argument("--dry-run", action="store_true", help="print the expanded trials and exit (run only)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the expanded trials and the preflight problems, then exit (2 if one is fatal; run only)")
     parser.add_argument("--show", type=int, metavar="N",
                         help="print trial N's resolved config as YAML and exit (run only)")
     parser.add_argument("--wait", action="store_true", help="slurm: follow the jobs until they end (run only)")
@@ -234,7 +236,7 @@ def _run(args, sweep, console) -> int:
     best = min((b for r in runs.values() if (b := best_val_bpd(r.metrics)) is not None), default=None)
     n_done = sum(s == "finished" for s in states.values())
     say(f"sweep {sweep.name}: {len(sweep.trials)} trials, {n_done} already finished, {len(skipped)} skipped, "
-        f"{len(todo)} to run on {sweep.backend}; MLflow {uri} experiment {experiment_id} parent run {parent}; "
+        f"{len(todo)} to run on {sweep.backend}; MLflow {redact_uri(uri)} experiment {experiment_id} parent run {parent}; "
         f"run folder {ctx.sweep_dir} (logs in logs/)")
     for tid, why in skipped.items():
         say(f"  skip {tid}: {why}")

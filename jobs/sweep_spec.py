@@ -98,7 +98,7 @@ RAY_ADDRESS = re.compile(r"^(local|auto|ray://\S+|[A-Za-z0-9_.-]+:[0-9]+)$")
 
 @dataclass(frozen=True)
 class Resources:
-    """Per trial: ``cpus``, ``gpus`` (fractions below 1 share a GPU on Ray; above 1 must be whole),
+    """Per trial: ``cpus``, ``gpus`` (fractions below 1 share a GPU on Ray and local; above 1 must be whole),
     ``memory_gb`` (GiB, ``None``: backend default), ``time_limit_min`` (minutes, ``None``: none)."""
 
     cpus: int = 1

@@ -39,6 +39,7 @@ def _check_positive(key: str, value: Any, *, allow_zero: bool = False, integer: 
 # ----------------------------------------------------------------------------------------------
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+RECEPTIVE_FIELD_SPACES = ("image", "logit")  # what rgflow.receptive differentiates the generator into
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 import torch.autograd.forward_ad as fwad
 
-from rgflow.config import ModelConfig
+from rgflow.config import RECEPTIVE_FIELD_SPACES, ModelConfig
 from rgflow.geometry import level_map
 from rgflow.logit import from_logit
 from rgflow.model import RGFlowModel
 from rgflow.nn import plain_autograd
 
-SPACES = ("image", "logit")  # what the generator is differentiated into
+SPACES = RECEPTIVE_FIELD_SPACES
 
 
 def representative_latents(cfg: ModelConfig) -> dict[int, tuple[int, int, int]]:

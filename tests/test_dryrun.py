@@ -91,7 +91,7 @@ def test_closest_measurement_is_chosen_and_other_files_are_ignored(tmp_path):
         _row(512, 5.0, precision="bf16"), _row(512, 7.0, device="cuda", device_name="NVIDIA H200"),
         {"kind": "sample", "preset": "tiny", "n": 64}]}))
     (results / "model-b.json").write_text("not json")
-    (results / "reference.json").write_text(json.dumps({"rows": [_row(512, 3.0, impl="ref")]}))
+    (results / "model-ref.json").write_text(json.dumps({"rows": [_row(512, 3.0, impl="ref")]}))
     assert len(load_measurements(results)) == 5
     found = estimates(_sweep(tmp_path), results)
     assert [e.throughput.images_per_s for e in found] == [100.0, 400.0]  # checkpointing matches before batch size

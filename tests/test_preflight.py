@@ -178,7 +178,9 @@ def test_gpus_asked_for_on_this_machine(sweep_of, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")   # two GPUs, as the local backend sees them
     assert check_resources(sweep_of("resources.gpus=1", "local.parallel=2")) == []
     assert check_resources(sweep_of("backend=ray", "resources.gpus=1")) == []
-    message = _one(check_resources(sweep_of("resources.gpus=1", "local.parallel=3")), "error", "resources")
+    assert check_resources(sweep_of("resources.gpus=1", "local.parallel=3")) == []  # 2 trials: 2 at once at most
+    three = sweep_of("resources.gpus=1", "local.parallel=3", "train.batch_size=[32,64,128]")
+    message = _one(check_resources(three), "error", "resources")
     assert "local.parallel=3: more trials at once than the 2 GPU slots here" in message
 
 
@@ -222,12 +224,10 @@ def ray_head(tmp_path):
     try:
         yield f"127.0.0.1:{port}"
     finally:
+        from jobs.backends.base import is_process
+
         for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if str(temp).encode() in cmdline and pid != os.getpid():
+            if pid != os.getpid() and is_process(pid, str(temp)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)

@@ -122,7 +122,7 @@ def trials_frame(rows: list[dict]) -> pd.DataFrame:
     """A trial table as trial_table builds it, from the fields that matter here."""
     base = dict(context="", lr_scaling="none", prior="laplace", dataset="msds1", preset="msds", state="finished",
                 failure_reason="", final_val_bpd=math.nan, best_val_bpd=math.nan, test_bpd=math.nan,
-                gpu_hours=math.nan, cpu_hours=math.nan)
+                gpu_hours=math.nan, cpu_hours=math.nan, effective_lr=1e-3, epochs=100.0)
     frame = pd.DataFrame([{**base, **r} for r in rows])
     frame.index = [f"r{i}" for i in range(len(frame))]
     return frame
@@ -205,6 +205,9 @@ def test_reproduction_like_for_like_source_and_fid():
     assert not small["like_for_like"] and small["conclusion"] == "not like for like"
     assert small["unlike"] == "batch 64 (theirs 512)"
     assert bpd_row(reproduction([1.899, 1.900, 1.901], preset="tiny"))["unlike"] == "model tiny (theirs msds)"
+    short = bpd_row(reproduction([1.899, 1.900, 1.901], epochs=[2.0, 2.0, 2.0], effective_lr=[2.83e-3] * 3))
+    assert short["unlike"] == "effective LR 0.00283 (theirs 0.001); 2 epochs (theirs 60)"
+    assert short["conclusion"] == "not like for like"
     assert reproduction([1.9, 1.9], prior="student").empty
 
 

@@ -55,7 +55,7 @@ def test_local_trials_are_pinned_to_gpu_slots(sweep_env):
     sweep_env.env["CUDA_VISIBLE_DEVICES"] = "0,1"
     logs = sweep_env.runs_dir / "smoke" / "logs"
     common = ("backend=local", "resources.gpus=1", "prior.kind=laplace", "evaluation.enabled=false")
-    refused = sweep_env.run(SMOKE, *sweep_env.overrides(*common, "local.parallel=3"))
+    refused = sweep_env.run(SMOKE, *sweep_env.overrides(*common, "local.parallel=3", "train.batch_size=[32,64,128]"))
     assert refused.returncode == 2
     assert ("local.parallel=3: more trials at once than the 2 GPU slots here (2 GPUs from CUDA_VISIBLE_DEVICES='0,1', "
             "resources.gpus=1 per trial)") in refused.stderr

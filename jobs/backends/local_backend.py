@@ -19,8 +19,8 @@ launcher) is forwarded to the running trials as SIGINT, so each checkpoints and 
 
 GPUs (:mod:`jobs.backends.gpus`): each trial process gets ``CUDA_VISIBLE_DEVICES`` (in its
 environment only) set to the ``resources.gpus`` GPUs of a free slot of the visible ones, and ``""``
-when it asks for none; the value is the first line the launcher writes to the trial's log. A launch
-whose ``local.parallel`` exceeds the GPU slots is refused before any trial starts
+when it asks for none; the launcher writes the value as the first line of each attempt in the trial's log. A launch
+whose parallel trials (``local.parallel``, at most the trials to run) exceed the GPU slots is refused before any trial starts
 (:class:`~jobs.overrides.ConfigError`, exit 2).
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ class LocalBackend(Backend):
         self, ctx: SweepContext, tasks: list[TrialTask], tracker: ProgressTracker, state: SweepState, wait: bool
     ) -> LaunchResult:
         parallel = int(ctx.settings.get("parallel") or 1)
-        slots = gpu_pool(parallel, float(ctx.resources.get("gpus") or 0), os.environ)
+        slots = gpu_pool(min(parallel, len(tasks)), float(ctx.resources.get("gpus") or 0), os.environ)
         queue = sorted(tasks, key=lambda t: t.index)
         running: list[_Running] = []
         states: dict[str, str] = {}

@@ -67,7 +67,7 @@ def representatives(table: pd.DataFrame) -> pd.DataFrame:
 
 def eval_files(client, run_id: str, run_dir: str | None, work: Path) -> dict[str, Path]:
     """The trial's evaluation outputs the report shows (``samples_T*.png``, :data:`FIELDS_NAME`) by
-    file name: its MLflow ``eval/`` artifacts, downloaded into ``work``, else the same files in its
+    file name: each one from its MLflow ``eval/`` artifacts (downloaded into ``work``), else from its
     run folder's ``eval/``."""
     def shown(name: str) -> bool:
         return bool(SAMPLE_NAME.search(name)) or name == FIELDS_NAME
@@ -77,12 +77,16 @@ def eval_files(client, run_id: str, run_dir: str | None, work: Path) -> dict[str
     except Exception as exc:  # noqa: BLE001 - an unreadable artifact store only loses this trial's panels
         log.warning("run %s: cannot list eval artifacts (%s)", run_id, exc)
         names = []
-    if names:
-        dst = work / run_id
-        dst.mkdir(parents=True, exist_ok=True)
-        return {Path(n).name: Path(client.download_artifacts(run_id, n, str(dst))) for n in names}
     folder = Path(run_dir) / "eval" if run_dir else None
-    return {f.name: f for f in folder.iterdir() if shown(f.name)} if folder and folder.is_dir() else {}
+    found = {f.name: f for f in folder.iterdir() if shown(f.name)} if folder and folder.is_dir() else {}
+    dst = work / run_id
+    for name in names:  # MLflow's copy wins over the run folder's, file by file
+        try:
+            dst.mkdir(parents=True, exist_ok=True)
+            found[Path(name).name] = Path(client.download_artifacts(run_id, name, str(dst)))
+        except Exception as exc:  # noqa: BLE001 - an unreadable artifact only loses this panel
+            log.warning("run %s: cannot download %s (%s)", run_id, name, exc)
+    return found
 
 
 def eval_panels(data: SweepRuns, table: pd.DataFrame, work: Path) -> tuple[list, list]:
@@ -139,7 +143,7 @@ def make_figures(data: SweepRuns, table: pd.DataFrame, val: pd.DataFrame, noise:
     if path:
         made.append(("Optimizer steps to the lowest validation BPD every trial reached, against batch size (log–log): "
                      "grey points one seed each, squares the mean over seeds, solid line the fit S = S_min·(1 + "
-                     "B_crit/B), dashed line perfect scaling S ∝ 1/B", path))
+                     "B_crit/B) where B_crit is finite and positive, dashed line perfect scaling S ∝ 1/B", path))
     with tempfile.TemporaryDirectory(dir=out) as work:
         samples, fields = eval_panels(data, table, Path(work))
         path = figures.sample_grid_figure(samples, f"Samples per temperature, {trained}", out / "samples.png")

@@ -5,8 +5,8 @@ Curves: one line per (batch size, LR scaling), the mean over seeds with a band o
 interval over seeds (:func:`jobs.report.stats.mean_ci`; no band with one seed, and the legend
 says ``n=1``); facets: rows = context (other varying settings), columns = prior. Every figure's
 title names the dataset(s) and model preset(s); lines of at most :data:`MARKER_MAX_POINTS`
-points carry markers; tick labels are plain numbers (no offset, no scientific notation; on log
-axes 100, 1,000, …).
+points carry markers; tick labels are plain numbers (no offset; on log axes 100, 1,000, …; six
+significant digits, so values below 10⁻⁴ still print with an exponent).
 """
 from __future__ import annotations
 
@@ -151,7 +151,10 @@ def _plot_band(ax, histories: list[pd.DataFrame], x_key: str, y_key: str, style:
     ax.plot(grid, mean, style, color=color, marker=marker, markersize=3.5,
             label=line_label(batch, scaling, len(pieces), prefix))
     if half is not None:
-        ax.fill_between(grid, mean - half, mean + half, color=color, alpha=0.25, linewidth=0)
+        low = mean - half
+        if ax.get_yscale() == "log":  # a t band of few seeds can reach below 0: show it down to the axis
+            low = np.maximum(low, np.nanmin(mean) * 1e-3)
+        ax.fill_between(grid, low, mean + half, color=color, alpha=0.25, linewidth=0)
 
 
 def val_bpd_figure(trials: pd.DataFrame, val: pd.DataFrame, axis: str, path: Path) -> Path | None:
@@ -214,12 +217,12 @@ def noise_scale_figure(trials: pd.DataFrame, noise: pd.DataFrame, path: Path) ->
     series = dict(tuple(noise.groupby("run_id", sort=False)))
     fig, cells = _facets(trials, "Gradient noise scale B_simple (band: 95 % t CI over seeds)")
     for ax, sel in cells:
+        ax.set_yscale("log")
         for (batch, scaling), group in sel.groupby(["batch_size", "lr_scaling"]):
             _plot_band(ax, [series[rid] for rid in group.index if rid in series], "samples_seen", "noise_scale",
                        LINESTYLES.get(scaling, "-."), colors[batch], batch, scaling, prefix="B_simple at ")
         for batch, color in colors.items():
             ax.axhline(batch, color=color, linewidth=1, linestyle=(0, (1, 2)), label=f"batch size {batch} (dotted)")
-        ax.set_yscale("log")
         ax.set_xlabel("samples seen (images)")
         ax.set_ylabel("gradient noise scale B_simple (images)")
         ax.grid(alpha=0.3)
@@ -261,8 +264,9 @@ def sample_grid_figure(panels: list[tuple[str, dict[float, Path]]], title: str, 
 
 def receptive_field_figure(panels: list[tuple[str, dict[int, np.ndarray]]], title: str,
                            path: Path) -> Path | None:
-    """Receptive-field maps E|∂x/∂z_l| (``(L, L)`` arrays, mean absolute pixel change per unit
-    latent change) per RG level: one row per trial (``label``), one panel per level, each with its
+    """Receptive-field maps E|∂G(z)/∂z_l| (``(L, L)`` arrays: mean absolute change of the
+    generator's output per unit change of one latent, summed over colour channels, in the space of
+    ``eval.receptive_field_space``) per RG level: one row per trial (``label``), one panel per level, each with its
     own colour bar."""
     grid = _panel_grid(panels, title, (3.2, 3.0, 0.6))
     if grid is None:

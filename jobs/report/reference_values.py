@@ -27,3 +27,6 @@ RECIPE_2025 = ("batch 512, AdamW at LR 1e-3 with weight decay 5e-5, 100 epochs (
                "uncertainty, seed count or BPD split stated; FID temperature and image count not stated")
 
 __all__ = ["REPRODUCTION_2025_TABLE_1", "SOURCE_2025", "BATCH_2025", "PRESET_2025", "RECIPE_2025"]
+#: Their recipe's effective learning rate (AdamW, no batch-size scaling) and epochs per dataset.
+LR_2025 = 1e-3
+EPOCHS_2025 = {"celeba": 100, "msds1": 60, "msds2": 60}

@@ -20,7 +20,7 @@ import pandas as pd
 from jobs.config import DEFAULT_PRESET, ID_EXCLUDED
 from jobs.report import stats
 from jobs.report.query import NOISE_KEYS, SweepRuns
-from jobs.report.reference_values import BATCH_2025, PRESET_2025, REPRODUCTION_2025_TABLE_1
+from jobs.report.reference_values import BATCH_2025, EPOCHS_2025, LR_2025, PRESET_2025, REPRODUCTION_2025_TABLE_1
 from jobs.report.verdict import DEFAULT_MARGIN
 from jobs.tracking.store import REASON_TAG
 from rgflow.config import DataConfig, TrainConfig
@@ -93,10 +93,6 @@ def effective_lr(params: dict[str, str]) -> float:
         return math.nan
 
 
-def last_value(frame: pd.DataFrame | None) -> float:
-    return float(frame["value"].iloc[-1]) if frame is not None and not frame.empty else math.nan
-
-
 def last_and_best(frame: pd.DataFrame | None) -> tuple[float, float]:
     if frame is None or frame.empty:
         return math.nan, math.nan
@@ -136,7 +132,7 @@ def trial_table(data: SweepRuns, resources: dict[str, float] | None = None) -> p
             row[column] = FACTOR_DEFAULTS[column] if value is None else value
         row.update(dataset=parse_param(run.params.get("data.name")) or DataConfig.name,
                    preset=parse_param(run.params.get("model.preset")) or DEFAULT_PRESET,
-                   effective_lr=effective_lr(run.params), final_lr=last_value(hist.get("lr")))
+                   effective_lr=effective_lr(run.params), final_lr=last_and_best(hist.get("lr"))[0])
         row.update(final_val_bpd=final, best_val_bpd=best,
                    **{k: run.metrics.get(k, math.nan) for k in ("test_bpd", "test_bpd_se", "test_bpd_se_draws")})
         row.update({k: run.metrics.get(k, math.nan) for k in fids})
@@ -406,9 +402,14 @@ def reproduction_table(table: pd.DataFrame, margin: float = DEFAULT_MARGIN) -> p
         if reference is None:
             continue
         preset = ", ".join(sorted(set(group["preset"])))
+        lrs = sorted({float(v) for v in group["effective_lr"] if v == v})
+        epochs = float(group["epochs"].min())
         unlike = "; ".join(why for why, bad in (
             (f"batch {setting['batch_size']} (theirs {BATCH_2025})", setting["batch_size"] != BATCH_2025),
-            (f"model {preset} (theirs {PRESET_2025[dataset]})", preset != PRESET_2025[dataset])) if bad)
+            (f"model {preset} (theirs {PRESET_2025[dataset]})", preset != PRESET_2025[dataset]),
+            (f"effective LR {', '.join(f'{v:.3g}' for v in lrs) or '?'} (theirs {LR_2025:g})",
+             lrs != [LR_2025]),
+            (f"{epochs:.3g} epochs (theirs {EPOCHS_2025[dataset]})", not epochs >= EPOCHS_2025[dataset])) if bad)
         bpd_column = "test_bpd" if group["test_bpd"].notna().all() else "final_val_bpd"
         fid_column = fid_column_near_one(group)
         choices = [("BPD", bpd_column, "test BPD" if bpd_column == "test_bpd" else "final validation BPD",

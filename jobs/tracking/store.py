@@ -15,7 +15,6 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
@@ -28,7 +27,7 @@ from .layout import (
 )
 # Re-exported: the layout and URI names were defined here before they moved to light modules.
 from .layout import ATTEMPT_TAG, PARENT_TAG, RUN_DIR_TAG, TrackingError  # noqa: F401
-from .uri import resolve_tracking_uri  # noqa: F401
+from .uri import resolve_tracking_uri, sqlite_path  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +151,10 @@ def ensure_experiment(uri: str, name: str) -> str:
     """
     client = get_client(uri)
     location = None
-    if uri.startswith("sqlite:///") and ":memory:" not in uri:
-        from urllib.parse import unquote
-
+    db = sqlite_path(uri)
+    if db is not None:
         folder = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".") or "_"
-        location = str(Path(unquote(uri[len("sqlite:///"):].split("?")[0])).resolve().parent / "mlartifacts" / folder)
+        location = str(db.resolve().parent / "mlartifacts" / folder)
 
     def attempt() -> str:
         found = client.get_experiment_by_name(name)
