@@ -56,6 +56,7 @@ import yaml
 from rgflow import config as lib
 from rgflow.config import DataConfig, ModelConfig, PriorConfig, TrainConfig, model_preset
 from jobs.overrides import ConfigError, Multirun, did_you_mean, load_yaml_file, nest, parse_override
+from jobs.tracking.uri import take_credentials
 
 DEFAULT_PRESET = "msds"
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
@@ -69,8 +70,9 @@ SWEEP_MARKERS = ("name", "axes", "base", "base_config")  # top-level keys only a
 class RunConfig:
     """Where and how a trial runs.
 
-    ``seed`` seeds initialisation, batch order and the training dequantisation noise (validation
-    noise: one fixed seed for every trial, ``jobs.train.VALIDATION_NOISE_SEED``; test noise:
+    ``seed`` (0 ≤ seed < 2^63, ``rgflow.config.SEED_LIMIT``) seeds initialisation, batch order and
+    the training dequantisation noise (validation noise: one fixed seed for every trial,
+    ``jobs.train.VALIDATION_NOISE_SEED``; test noise:
     ``eval.noise_seed``; ``data.seed`` is the MSDS generation seed). ``device``:
     ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``. ``out_dir`` is the
     root of run folders ``<out_dir>/<sweep or single>/<trial id>/``. ``deterministic`` asks for
@@ -85,7 +87,7 @@ class RunConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        lib._check_positive("run.seed", self.seed, allow_zero=True)
+        lib._check_seed("run.seed", self.seed)
         if not DEVICE_PATTERN.match(self.device):
             raise lib.ConfigError("run.device", self.device, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if not self.out_dir:
@@ -98,7 +100,11 @@ class RunConfig:
 class TrackingConfig:
     """MLflow tracking. ``uri`` ``None`` means env ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``
     (see :attr:`resolved_uri`). ``experiment`` names the experiment of single trials (a sweep's
-    trials go to the sweep's experiment). ``enabled: false`` trains without MLflow."""
+    trials go to the sweep's experiment). ``enabled: false`` trains without MLflow.
+
+    A ``user:password@`` in an ``http(s)`` ``uri`` is moved to ``MLFLOW_TRACKING_USERNAME`` /
+    ``MLFLOW_TRACKING_PASSWORD`` when the config is built (:func:`jobs.tracking.uri.take_credentials`):
+    ``uri`` holds the URI without them, so params, ``config.yaml`` and logs never show them."""
 
     uri: str | None = None
     experiment: str = "rgflow"
@@ -107,13 +113,16 @@ class TrackingConfig:
     def __post_init__(self) -> None:
         if self.uri is not None and not self.uri:
             raise lib.ConfigError("tracking.uri", self.uri, "must be a non-empty URI or null")
+        if self.uri:
+            object.__setattr__(self, "uri", take_credentials(self.uri))
         if not self.experiment:
             raise lib.ConfigError("tracking.experiment", self.experiment, "must be a non-empty name")
 
     @property
     def resolved_uri(self) -> str:
-        """The tracking URI to use now: ``uri``, else env ``MLFLOW_TRACKING_URI``, else local sqlite."""
-        return self.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        """The tracking URI to use now: ``uri``, else env ``MLFLOW_TRACKING_URI``, else local sqlite
+        (without credentials: :func:`jobs.tracking.uri.take_credentials`)."""
+        return self.uri or take_credentials(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
 
 @dataclass(frozen=True)
@@ -156,7 +165,7 @@ class EvalConfig:
             lib._check_positive(f"eval.{key}", getattr(self, key))
         if self.test_size is not None:
             lib._check_positive("eval.test_size", self.test_size)
-        lib._check_positive("eval.noise_seed", self.noise_seed, allow_zero=True)
+        lib._check_seed("eval.noise_seed", self.noise_seed)
         lib._check_choice("eval.checkpoint", self.checkpoint, EVAL_CHECKPOINTS)
         lib._check_choice("eval.receptive_field_space", self.receptive_field_space, RECEPTIVE_FIELD_SPACES)
 
@@ -172,6 +181,9 @@ class TrialConfig:
     run: RunConfig
     tracking: TrackingConfig
     eval: EvalConfig
+
+    def __post_init__(self) -> None:
+        lib.check_model_fits_data(self.model, self.data)
 
 
 SECTIONS: dict[str, type] = {
@@ -378,11 +390,14 @@ def compose(layers: list[tuple[Any, str | None]]) -> TrialConfig:
         for section, cls in SECTIONS.items():
             if section != "model":
                 parts[section] = cls(**tree.get(section, {}))
+        return TrialConfig(**parts)
     except lib.ConfigError as err:
         if isinstance(err, ConfigError):
             raise
-        raise value_error(err.key, err.value, err.rule, origins.get(err.key)) from None
-    return TrialConfig(**parts)
+        origin = origins.get(err.key)
+        if origin is None and err.key in ("model.size", "model.channels"):  # set by the preset: blame the data
+            origin = origins.get("data.name")
+        raise value_error(err.key, err.value, err.rule, origin) from None
 
 
 def build_trial_config(raw: dict[str, Any] | None, origin: str | None = None) -> TrialConfig:

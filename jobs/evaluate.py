@@ -29,16 +29,18 @@ import torch
 from jobs.config import TrialConfig, load_trial_config
 from jobs.fid import FidScorer, FidUnavailable
 from jobs.staging import staged_dir
-from rgflow.checkpoint import BEST_NAME, InvalidCheckpoint, load_checkpoint, load_latest, sidecar_path
+from jobs.tracking.tags import EVAL_PROTOCOL_TAG, EVAL_TAG_PREFIX, RUN_DIR_TAG, TRIAL_ID_TAG
+from rgflow.checkpoint import BEST_NAME, InvalidCheckpoint, checkpoint_sha256, load_checkpoint, load_latest
 
 if TYPE_CHECKING:
+    from jobs.tracking import RunSummary
     from rgflow.train import HeldOutBpd
 
 log = logging.getLogger("jobs.evaluate")
 
 EVALUATIONS = ("test_bpd", "samples", "fid", "receptive_fields")
-PROTOCOL_TAG = "rgflow.eval.protocol"
-TAG_PREFIX = "rgflow.eval."
+PROTOCOL_TAG = EVAL_PROTOCOL_TAG  # the names of jobs.tracking.tags, kept here for older importers
+TAG_PREFIX = EVAL_TAG_PREFIX
 EVAL_DIR = "eval"
 PER_IMAGE_FILE = "test_bpd_per_image.npy"  # in EVAL_DIR: float64 (N,) per-image test BPD, test-set order
 _STREAM = 2000  # derive_seed tag of evaluation sampling (distinct from training streams)
@@ -108,7 +110,7 @@ def make_protocol(config: TrialConfig, which: str, path: Path, state: dict, test
     of any value, e.g. of the dequantisation scheme, makes :func:`evaluate_trial` recompute.
     ``seed``: the run seed (sampling latents); ``noise_seed``: the dequantisation noise."""
     ev = config.eval
-    digest = sidecar_path(path).read_text().split()[0]
+    digest = checkpoint_sha256(path)
     return {
         "checkpoint": which, "checkpoint_step": int(state["loop"]["step"]), "checkpoint_sha256": digest,
         "evaluations": ",".join(selected), "seed": config.run.seed, "test_images": test_images,
@@ -238,29 +240,24 @@ def write_receptive_fields(model, config: TrialConfig, device: torch.device, out
 # MLflow
 # ----------------------------------------------------------------------------------------------
 
-def _already_done(run, protocol: dict[str, Any]) -> bool:
+def _already_done(run: RunSummary, protocol: dict[str, Any]) -> bool:
     """The protocol tag is written in the same ``log_batch`` as the metrics: it marks a complete evaluation."""
-    return run.data.tags.get(PROTOCOL_TAG) == protocol_hash(protocol)
+    return run.tags.get(EVAL_PROTOCOL_TAG) == protocol_hash(protocol)
 
 
-def log_to_run(client, run_id: str, metrics: dict[str, float], step: int, protocol: dict[str, Any],
+def protocol_tags(protocol: dict[str, Any]) -> dict[str, str]:
+    """``rgflow.eval.<key>`` per protocol value, then ``rgflow.eval.protocol`` (its hash)."""
+    return {f"{EVAL_TAG_PREFIX}{k}": str(v) for k, v in protocol.items()} | {EVAL_PROTOCOL_TAG: protocol_hash(protocol)}
+
+
+def log_to_run(uri: str, run_id: str, metrics: dict[str, float], step: int, protocol: dict[str, Any],
                eval_dir: Path) -> None:
     """Metrics at ``step`` (a value already logged at that step is not logged again), protocol
-    tags, and ``eval_dir`` as artifacts under ``eval/``. The run's status is not changed."""
-    import time
+    tags, and ``eval_dir`` as artifacts under ``eval/`` (first: the protocol tag, logged with the
+    metrics, marks a complete evaluation). The run's status is not changed."""
+    from jobs.tracking import log_evaluation
 
-    from mlflow.entities import Metric, RunTag
-
-    now = int(time.time() * 1000)
-    new = []
-    for key, value in metrics.items():
-        history = client.get_metric_history(run_id, key)
-        if not any(m.step == step and math.isclose(m.value, value, rel_tol=1e-12, abs_tol=0) for m in history):
-            new.append(Metric(key, float(value), now, step))
-    tags = [RunTag(f"{TAG_PREFIX}{k}", str(v)) for k, v in protocol.items()]
-    tags.append(RunTag(PROTOCOL_TAG, protocol_hash(protocol)))
-    client.log_artifacts(run_id, str(eval_dir), EVAL_DIR)  # first: the protocol tag marks a complete evaluation
-    client.log_batch(run_id, metrics=new, tags=tags, synchronous=True)
+    log_evaluation(uri, run_id, metrics, step, protocol_tags(protocol), eval_dir, EVAL_DIR)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +274,7 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
 
     Raises :class:`EvalInputError` for bad input (no checkpoint, no run).
     """
-    from jobs.tracking import get_client, resolve_tracking_uri
+    from jobs.tracking import resolve_tracking_uri
     from rgflow.data import CelebAMissing, load_split
     from rgflow.device import DeviceUnavailable, choose_device
     from rgflow.model import RGFlowModel
@@ -285,8 +282,7 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
     run_dir = Path(run_dir)
     uri = resolve_tracking_uri(tracking_uri or config.tracking.resolved_uri)
     run_id = run_id or _run_id_from_folder(run_dir)
-    client = get_client(uri)
-    run = _get_run(client, run_id, uri)
+    run = _get_run(uri, run_id)
     which, ckpt, state, notes = choose_checkpoint(run_dir, config.eval.checkpoint)
     for note in notes:
         log.warning("%s", note)
@@ -316,7 +312,7 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
     eval_dir = run_dir / EVAL_DIR
     if not force and _already_done(run, protocol):
         log.info("run %s: already evaluated with this protocol (%s); --force recomputes", run_id, protocol_hash(protocol))
-        done = {k: run.data.metrics[k] for k in expected if k in run.data.metrics}
+        done = {k: run.metrics[k] for k in expected if k in run.metrics}
         return EvalResult(run_id, done, protocol, eval_dir, True, notes)
 
     model = RGFlowModel(config.model, config.prior)
@@ -339,7 +335,7 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
             write_receptive_fields(model, config, dev, work)
         (work / "metrics.json").write_text(json.dumps({"metrics": metrics, "protocol": protocol,
                                                        "warnings": notes}, indent=1))
-    log_to_run(client, run_id, metrics, protocol["checkpoint_step"], protocol, eval_dir)
+    log_to_run(uri, run_id, metrics, protocol["checkpoint_step"], protocol, eval_dir)
     return EvalResult(run_id, metrics, protocol, eval_dir, False, notes)
 
 
@@ -354,16 +350,14 @@ def _run_id_from_folder(run_dir: Path) -> str:
     return run_id
 
 
-def _get_run(client, run_id: str, uri: str):
-    from mlflow.exceptions import MlflowException
+def _get_run(uri: str, run_id: str) -> RunSummary:
+    from jobs.tracking import find_run
 
-    try:
-        return client.get_run(run_id)
-    except MlflowException as err:
-        if err.get_http_status_code() == 404 or "not found" in str(err).lower():
-            raise EvalInputError(f"no MLflow run {run_id} at {uri} (pass --tracking-uri or set "
-                                 "MLFLOW_TRACKING_URI to the store that holds it)") from None
-        raise
+    run = find_run(uri, run_id)
+    if run is None:
+        raise EvalInputError(f"no MLflow run {run_id} at {uri} (pass --tracking-uri or set "
+                             "MLFLOW_TRACKING_URI to the store that holds it)")
+    return run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,7 +369,7 @@ def resolve_targets(target: str, *, trial: int | None = None, all_trials: bool =
     """The trials named by a run id, a trial id, a trial config file or a sweep file (+ index/all)."""
     from jobs.sweep_spec import is_sweep_file, load_sweep
     from jobs.overrides import load_yaml_file
-    from jobs.tracking import get_client, resolve_tracking_uri
+    from jobs.tracking import resolve_tracking_uri
     from jobs.train import run_dir_for
 
     path = Path(target)
@@ -395,52 +389,43 @@ def resolve_targets(target: str, *, trial: int | None = None, all_trials: bool =
     if target.endswith((".yaml", ".yml")):
         raise EvalInputError(f"{target}: no such file")
     uri = resolve_tracking_uri(tracking_uri)
-    client = get_client(uri)
     if RUN_ID.match(target):
-        run = _get_run(client, target, uri)
+        run = _get_run(uri, target)
     elif TRIAL_ID.match(target):
-        run = _find_trial_run(client, target, uri)
+        run = _find_trial_run(uri, target)
     else:
         raise EvalInputError(f"{target!r} is neither a file, an MLflow run id (32 hex digits) nor a trial id "
                              "(12 hex digits)")
-    run_dir = run.data.tags.get("rgflow.run_dir")
+    run_dir = run.tags.get(RUN_DIR_TAG)
     if not run_dir or not (Path(run_dir) / "config.yaml").is_file():
-        raise EvalInputError(f"run {run.info.run_id}: its run folder {run_dir!r} (tag rgflow.run_dir) has no "
+        raise EvalInputError(f"run {run.run_id}: its run folder {run_dir!r} (tag {RUN_DIR_TAG}) has no "
                              "config.yaml on this machine")
     config = load_trial_config(Path(run_dir) / "config.yaml", list(overrides), program="jobs.evaluate")
-    return [TrialRef(config, Path(run_dir), run.info.run_id, uri, run.data.tags.get("rgflow.trial_id", target))]
+    return [TrialRef(config, Path(run_dir), run.run_id, uri, run.tags.get(TRIAL_ID_TAG, target))]
 
 
 def _ref_from_folder(config: TrialConfig, run_dir: Path, tracking_uri: str | None, label: str,
                      experiment: str | None) -> TrialRef:
-    from jobs.tracking import find_trial_runs, get_client, resolve_tracking_uri
+    from jobs.tracking import find_experiment, find_trial_runs, resolve_tracking_uri
     from jobs.config import trial_id
 
     uri = resolve_tracking_uri(tracking_uri or config.tracking.resolved_uri)
     try:
         run_id = _run_id_from_folder(run_dir)
     except EvalInputError:
-        exp = get_client(uri).get_experiment_by_name(experiment or config.tracking.experiment)
-        found = find_trial_runs(uri, exp.experiment_id, trial_ids=[trial_id(config)]) if exp else {}
+        exp = find_experiment(uri, experiment or config.tracking.experiment)
+        found = find_trial_runs(uri, exp, trial_ids=[trial_id(config)]) if exp is not None else {}
         run_id = next(iter(found.values())).run_id if found else None
     return TrialRef(config, run_dir, run_id, uri, label)
 
 
-def _find_trial_run(client, trial: str, uri: str):
-    from mlflow.entities import ViewType
+def _find_trial_run(uri: str, trial: str) -> RunSummary:
+    from jobs.tracking import find_run_by_trial_id
 
-    ids, token = [], None
-    while True:
-        page = client.search_experiments(page_token=token)
-        ids += [e.experiment_id for e in page]
-        token = page.token
-        if not token:
-            break
-    runs = client.search_runs(ids, f"tags.`rgflow.trial_id` = '{trial}'", ViewType.ACTIVE_ONLY, max_results=1,
-                              order_by=["attributes.start_time DESC"]) if ids else []
-    if not runs:
+    run = find_run_by_trial_id(uri, trial)
+    if run is None:
         raise EvalInputError(f"no MLflow run with trial id {trial} at {uri}")
-    return runs[0]
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,11 @@ Shared by the trial config (``jobs.config``) and sweep files (``jobs.sweep_spec`
 about which keys exist.
 
 * Files are read with a :class:`yaml.SafeLoader` subclass that also reads exponent floats without a
-  dot (``1e-3``, ``5e-5``) as floats — plain ``yaml.safe_load`` reads them as strings (YAML 1.1).
-  Nothing else differs from ``yaml.safe_load``: no Python objects are ever constructed.
+  dot (``1e-3``, ``5e-5``) as floats — plain ``yaml.safe_load`` reads them as strings (YAML 1.1) —
+  and refuses a key written twice in one mapping (``yaml.safe_load`` keeps the last silently):
+  ``FILE:LINE:COL: invalid YAML: duplicate key 'lr' (first on line N): keep one``. Keys that a
+  merge (``<<: *anchor``) brings in may still be overridden. Nothing else differs from
+  ``yaml.safe_load``: no Python objects are ever constructed.
 * An override is ``dotted.key=value``; the value is parsed as a YAML scalar or flow sequence /
   mapping: ``64`` → int, ``1e-3`` → float, ``laplace`` → str, ``null`` → None, ``true`` → bool,
   ``[0.9,0.99]`` → list, ``'[a, b]'`` (quoted) → str.
@@ -45,7 +48,31 @@ class ConfigError(_LibraryConfigError):
 
 
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also resolves ``1e-3``-style floats (YAML 1.2 behaviour)."""
+    """``yaml.SafeLoader`` that also resolves ``1e-3``-style floats (YAML 1.2 behaviour) and refuses
+    duplicate mapping keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            _check_unique_keys(self, node)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_unique_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> None:
+    """A ``ConstructorError`` at the second occurrence of a key written twice in ``node`` (merge
+    keys ``<<`` are not keys of the mapping and are skipped)."""
+    first: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            earlier = first.setdefault(key, key_node)
+        except TypeError:  # an unhashable key: SafeConstructor reports it
+            continue
+        if earlier is not key_node:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"duplicate key {key!r} (first on line {earlier.start_mark.line + 1}): keep one", key_node.start_mark)
 
 
 _Loader.add_implicit_resolver(

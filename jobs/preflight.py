@@ -16,8 +16,10 @@ fix it. ``error`` problems are fatal (the sweep would fail or never run: exit 2,
   ``http(s)`` (``GET /health`` answered within :data:`HTTP_TIMEOUT_S`, with the credentials and TLS
   settings of ``jobs.tracking.rest_read``; URIs are printed redacted), a file store (its folder);
   other stores are not checked (a warning);
-* **resources** — Slurm: the partition (``slurm.partition``, else the default one) exists and its
-  nodes have the GPUs (GRES ``gpu``), CPUs, memory and time limit a trial asks for (``sinfo``);
+* **resources** — a sweep whose trials could never start is refused within 30 s. Slurm: ``sinfo``
+  answers (within :data:`SINFO_TIMEOUT_S`) in a form that parses, the partition (``slurm.partition``,
+  else the default one) exists and its nodes have the GPUs (GRES ``gpu``; none on the whole cluster
+  is said so), CPUs, memory and time limit a trial asks for;
   local: the GPU slots for ``local.parallel`` trials (``jobs.backends.gpus.gpu_pool``, as the
   backend itself); Ray started here (``ray.address=local``): this machine has the CPUs, memory and
   GPUs one trial asks for; a Ray cluster: reachable (TCP), and one alive node has the CPUs, GPUs and
@@ -50,9 +52,10 @@ from jobs.sweep_spec import Sweep
 
 LEVELS = ("error", "warning")
 HTTP_TIMEOUT_S = 3.0
-RAY_PROBE_TIMEOUT_S = 60.0  # s: connecting a driver to a cluster takes a few seconds
+RAY_PROBE_TIMEOUT_S = 25.0  # s: connecting a driver takes a few seconds; a sweep that cannot run fails within 30 s
 RAY_TIMEOUT_S = 3.0
 SINFO_TIMEOUT_S = 15.0
+SINFO_FORMAT = "%P|%G|%c|%m|%l"  # partition (default: *), GRES, CPUs, memory (MB), time limit
 CHECKPOINT_COPIES = 3  # weights + AdamW's two moments, float32 each
 MSDS_BYTES_PER_IMAGE = 3 * 32 * 32 + 16 * 6 * 4  # uint8 image + float32 labels
 CELEBA_BYTES_PER_IMAGE = 3 * 32 * 32
@@ -166,7 +169,8 @@ def _celeba_images(data) -> tuple[Path, int]:
     try:
         listed = celeba.read_partition(partition)
     except ValueError as err:
-        raise celeba.CelebAMissing(f"CelebA's partition file is malformed ({err}); {celeba.OBTAIN}") from None
+        raise celeba.CelebAMissing(f"CelebA's partition file is malformed ({err}); fix that line, or "
+                                   f"{celeba.OBTAIN}") from None
     count = sum(map(len, listed.values()))
     if not count:
         raise celeba.CelebAMissing(f"CelebA's {partition.resolve()} lists no images; {celeba.OBTAIN}")
@@ -332,7 +336,7 @@ def _leading_int(text: str) -> int:
 
 def parse_sinfo(text: str) -> dict[str, Partition]:
     """``sinfo -h -o '%P|%G|%c|%m|%l'`` output → partitions by name (nodes of one partition merged:
-    the largest of each)."""
+    the largest of each); lines without those five fields are skipped."""
     out: dict[str, Partition] = {}
     for line in text.splitlines():
         fields = line.strip().split("|")
@@ -364,7 +368,7 @@ def _check_slurm(sweep: Sweep) -> list[Problem]:
                                       "GPUs were not checked; launch from a Slurm login node (sbatch, squeue, sacct, "
                                       "sinfo)")]
     try:
-        done = subprocess.run(["sinfo", "-h", "-o", "%P|%G|%c|%m|%l"], capture_output=True, text=True,
+        done = subprocess.run(["sinfo", "-h", "-o", SINFO_FORMAT], capture_output=True, text=True,
                               timeout=SINFO_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return [_error("resources", f"backend=slurm: sinfo gave no answer within {SINFO_TIMEOUT_S:g} s; is the Slurm "
@@ -374,6 +378,11 @@ def _check_slurm(sweep: Sweep) -> list[Problem]:
         return [_error("resources", f"backend=slurm: sinfo failed (exit {done.returncode}: {detail}); is the Slurm "
                                     "controller up (SLURM_CONF)?")]
     partitions = parse_sinfo(done.stdout)
+    if done.stdout.strip() and not partitions:
+        first = " ".join(done.stdout.strip().splitlines()[0].split())[:120]
+        return [_error("resources", f"backend=slurm: cannot parse the partitions sinfo lists (expected "
+                                    f"'{SINFO_FORMAT}' fields, got {first!r}); check the Slurm client "
+                                    "(sinfo --version) and SLURM_CONF")]
     names = ", ".join(sorted(partitions)) or "none"
     if s.partition:
         wanted = [p.strip() for p in s.partition.split(",") if p.strip()]
@@ -390,7 +399,12 @@ def _check_slurm(sweep: Sweep) -> list[Problem]:
     problems = []
     gpus, cpus, mem_gb, minutes = s.gpus_per_trial or 0, s.cpus_per_trial or 1, s.mem_gb, s.time_min
     label = f"slurm.partition={s.partition}" if s.partition else f"the default partition {chosen[0].name}"
-    if gpus and not any(p.gpus >= gpus for p in chosen):
+    if gpus and not any(p.gpus for p in partitions.values()):
+        problems.append(_error("resources", f"trials ask for {gpus} GPU(s) (slurm.gpus_per_trial) but no node of this "
+                                            f"cluster has GPUs (no GRES gpu in any partition: {names}): the jobs "
+                                            "would never start; set resources.gpus=0 (and run.device=cpu) or use "
+                                            "a cluster with GPUs"))
+    elif gpus and not any(p.gpus >= gpus for p in chosen):
         have = ", ".join(f"{p.name}: {p.gpus}" for p in chosen)
         problems.append(_error("resources", f"trials ask for {gpus} GPU(s) (slurm.gpus_per_trial) but the nodes of "
                                             f"{label} have at most {have} (GRES gpu); choose a GPU partition "
@@ -478,6 +492,7 @@ def ray_nodes(address: str, timeout_s: float = RAY_PROBE_TIMEOUT_S) -> list[dict
 
 def _check_ray_cluster(sweep: Sweep) -> list[Problem]:
     """A Ray cluster (``ray.address``): reachable, and one alive node has what one trial asks for."""
+    from jobs.backends.base import TrialResources
     from jobs.backends.ray_backend import trial_request
 
     address = sweep.ray.address
@@ -493,7 +508,7 @@ def _check_ray_cluster(sweep: Sweep) -> list[Problem]:
         return [_error("resources", f"ray.address={address}: cannot read the cluster's resources ({nodes}); check "
                                     "that a Ray head runs there (ray status --address ADDRESS)")]
     r = sweep.resources
-    wanted = trial_request({"cpus": r.cpus, "gpus": r.gpus, "mem_gb": r.memory_gb})
+    wanted = trial_request(TrialResources(r.cpus, r.gpus, r.memory_gb))
     names = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
     if any(all(node.get(names[k], 0.0) >= v for k, v in wanted.items()) for node in nodes):
         return []

@@ -2,8 +2,9 @@
 
 ``python -m jobs.sweep [run|status|cancel] SWEEP.yaml [--dry-run] [--show N] [--json|--csv] [overrides…]``:
 the preflight, then skip finished trials, resume unfinished ones, retry failed ones and hand the
-rest to the backend; ``status`` and ``cancel`` read and stop what runs. Full reference (options,
-re-run rules, end states, exit codes ``0`` / ``1`` / ``2`` / ``130``): docs/CLI.md.
+rest to the backend; ``status`` and ``cancel`` read and stop what runs. What a re-run does with each
+trial is :func:`jobs.attempt.plan_trial`. Full reference (options, re-run rules, end states, exit
+codes ``0`` / ``1`` / ``2`` / ``3`` / ``130``): docs/CLI.md.
 """
 from __future__ import annotations
 
@@ -16,19 +17,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.attempt import LIVE_STATES, ExitCode, failures_of, plan_trial, sweep_end_state
 from jobs.backends import get_backend
 from jobs.backends.base import (
-    LIVE_STATES, Backend, LaunchResult, ProgressTracker, SweepContext, TrialTask, best_val_bpd, failures_of,
-    is_process,
+    Backend, LaunchResult, ProgressTracker, SweepContext, TrialResources, TrialTask, best_val_bpd, is_process,
 )
 from jobs.overrides import ConfigError
 from jobs.progress import Progress, console_to_file
+from jobs.run_lock import DRIVER_LOCK, RunFolderLock, RunFolderLocked, holder_alive
 from jobs.sweep_state import StateError, SweepState, load_state, save_state
 from jobs.tracking.layout import TrackingError
+from jobs.tracking.tags import BACKEND_TAG, SWEEP_OVERRIDES_TAG
 from jobs.tracking.uri import redact_uri
 
 COMMANDS = ("run", "status", "cancel")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: ``jobs.sweep`` exit codes: the sweep finished; a trial failed (or the store was unreachable at
+#: the end); bad input; another ``jobs.sweep`` runs this sweep; interrupted.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, int(ExitCode.LOCKED), 130
 CANCEL_WAIT_S = 90.0
 
 
@@ -74,44 +79,37 @@ def tracking_uri_of(sweep) -> str:
     return resolve_tracking_uri(sweep.trials[0].config.tracking.uri)
 
 
-def backend_settings(sweep, backend: str) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """(settings dict, resources dict, max failures) for ``backend`` from the loaded sweep."""
+def backend_settings(sweep, backend: str):
+    """(typed settings, :class:`TrialResources`, max failures) for ``backend`` from the loaded sweep;
+    ConfigError for settings the backend cannot honour."""
     res = sweep.resources
-    resources = {"cpus": res.cpus, "gpus": res.gpus, "mem_gb": res.memory_gb, "time_min": res.time_limit_min}
+    resources = TrialResources(res.cpus, res.gpus, res.memory_gb, res.time_limit_min)
+    settings = getattr(sweep, backend)
     if backend == "slurm":
-        s = sweep.slurm
-        if s.python:
-            raise ConfigError(f"slurm.python={s.python!r}: not supported by the submitit backend (submitit 1.5 "
-                              "ignores it for job arrays); install the same environment path on the compute nodes",
-                              "slurm.python", s.python)
-        resources = {"cpus": s.cpus_per_trial, "gpus": s.gpus_per_trial, "mem_gb": s.mem_gb, "time_min": s.time_min}
-        settings = {"partition": s.partition, "account": s.account, "qos": s.qos, "constraint": s.constraint,
-                    "array_parallelism": s.array_parallelism, "max_array_size": s.max_array_size,
-                    "extra": sbatch_options(s.extra_sbatch)}
-    else:
-        settings = dataclasses.asdict(getattr(sweep, backend))
-    return settings, resources, sweep.ray.max_failures
+        if settings.python:
+            raise ConfigError(f"slurm.python={settings.python!r}: not supported by the submitit backend (submitit "
+                              "1.5 ignores it for job arrays); install the same environment path on the compute nodes",
+                              "slurm.python", settings.python)
+        resources = TrialResources(settings.cpus_per_trial, settings.gpus_per_trial, settings.mem_gb, settings.time_min)
+    return settings, resources, sweep.max_failures
 
 
-def sbatch_options(flags: tuple[str, ...]) -> dict[str, Any]:
-    """``('--exclusive', '--nodelist=n1')`` → ``{'exclusive': True, 'nodelist': 'n1'}`` (submitit's
-    ``slurm_additional_parameters``)."""
-    out: dict[str, Any] = {}
-    for flag in flags:
-        key, sep, value = flag[2:].partition("=")
-        out[key] = value if sep else True
-    return out
-
-
-def make_context(sweep, uri: str, experiment_id: str, parent_run_id: str) -> SweepContext:
+def make_context(sweep, uri: str, experiment_id: str | None, parent_run_id: str | None) -> SweepContext:
     settings, resources, max_failures = backend_settings(sweep, sweep.backend)
     return SweepContext(
         name=sweep.name, sweep_path=str(Path(sweep.path).resolve()), overrides=tuple(sweep.overrides),
         sweep_dir=str(sweep_dir_of(sweep)), tracking_uri=uri, experiment_id=experiment_id,
         parent_run_id=parent_run_id, backend=sweep.backend, sweep_id=sweep.sweep_id,
         evaluations=tuple(sweep.evaluation.selected), max_failures=max_failures, settings=settings,
-        resources=resources, cwd=os.getcwd(),
+        resources=resources, cwd=os.getcwd(), parent_params=parent_params(sweep),
     )
+
+
+def parent_params(sweep) -> dict[str, Any]:
+    """The params of the sweep's parent run."""
+    from jobs.train import sweep_parent_params
+
+    return {**sweep_parent_params(sweep), "resources": {"gpus": sweep.resources.gpus, "cpus": sweep.resources.cpus}}
 
 
 def tasks_of(sweep) -> list[TrialTask]:
@@ -126,63 +124,25 @@ def _busy(ctx: SweepContext, state: SweepState) -> bool:
     return get_backend(state.backend).busy(dataclasses.replace(ctx, backend=state.backend), state)
 
 
-def _other_backend_live(ctx: SweepContext, state: SweepState | None) -> dict[str, str]:
-    """Live jobs recorded by an earlier launch, whatever its backend."""
-    if state is None:
-        return {}
-    other = dataclasses.replace(ctx, backend=state.backend)
-    return get_backend(state.backend).live_jobs(other, state)
-
-
 # ----------------------------------------------------------------------------------------------
 # run
 # ----------------------------------------------------------------------------------------------
 
-def plan(sweep, runs: dict, live: dict[str, str], max_failures: int) -> tuple[dict[str, str], list[str], dict[str, str]]:
-    """Decide what each trial needs: (initial states, trial ids to launch, reasons for skips).
-
-    FINISHED → ``finished`` (skipped); a live job → ``running`` (skipped); FAILED more than
-    ``max_failures`` times → ``failed`` (skipped, given up); anything else (no run, RUNNING left by
-    a killed driver, KILLED, FAILED with retries left) → launched, resuming its checkpoint.
-    """
+def plan(sweep, runs: dict, live: dict[str, str], max_failures: int,
+         evaluations: tuple[str, ...] = ()) -> tuple[dict[str, str], list[str], dict[str, str]]:
+    """(initial states, trial ids to launch, reasons for skips) of every trial of ``sweep`` by
+    :func:`jobs.attempt.plan_trial`."""
     states, todo, skipped = {}, [], {}
     for trial in sweep.trials:
         run = runs.get(trial.trial_id)
-        if run is not None and run.status == "FINISHED":
-            states[trial.trial_id] = "finished"
-        elif trial.trial_id in live:
-            states[trial.trial_id] = "running"
-            skipped[trial.trial_id] = f"job {live[trial.trial_id]} still alive"
-        elif run is not None and run.status == "FAILED" and failures_of(run.tags, run.status) > max_failures:
-            states[trial.trial_id] = "failed"
-            skipped[trial.trial_id] = f"failed {failures_of(run.tags, run.status)} times (ray.max_failures={max_failures})"
-        else:
-            states[trial.trial_id] = "pending"
+        failures = failures_of(run.tags, run.status) if run is not None else 0
+        decision = plan_trial(run, live.get(trial.trial_id), max_failures, evaluations, failures)
+        states[trial.trial_id] = decision.state
+        if decision.launch:
             todo.append(trial.trial_id)
+        if decision.why:
+            skipped[trial.trial_id] = decision.why
     return states, todo, skipped
-
-
-def summarize(sweep, runs: dict, launched: dict[str, str] | None = None) -> tuple[str, str | None]:
-    """The parent run's end state and reason from the trial runs (and, for trials that never got a
-    run, e.g. rejected input, this launch's states): all FINISHED → finished; any failed → failed."""
-    launched = launched or {}
-
-    def failed(t) -> bool:
-        run = runs.get(t.trial_id)
-        return run.status == "FAILED" if run is not None else launched.get(t.trial_id) == "failed"
-
-    def why(t) -> str:
-        run = runs.get(t.trial_id)
-        return run.tags.get("rgflow.failure_reason", "no reason given")[:120] if run else "rejected its input (no run)"
-
-    bad = [t for t in sweep.trials if failed(t)]
-    unfinished = [t for t in sweep.trials if runs.get(t.trial_id) is None or runs[t.trial_id].status != "FINISHED"]
-    if not unfinished:
-        return "finished", None
-    if bad:
-        detail = "; ".join(f"{t.index}: {why(t)}" for t in bad[:5])
-        return "failed", f"{len(bad)} of {len(sweep.trials)} trials failed ({detail})"
-    return "killed", f"{len(unfinished)} of {len(sweep.trials)} trials unfinished"
 
 
 def cmd_run(args) -> int:
@@ -208,38 +168,76 @@ def cmd_run(args) -> int:
 
 
 def _run(args, sweep, console) -> int:
-    from jobs.tracking import ensure_experiment, ensure_sweep_run, end_run, find_trial_runs, get_client, mark_killed
-    from jobs.tracking.store import log_tags
+    """Launch under the sweep folder's driver lock: a second ``jobs.sweep`` of a running sweep
+    names the driver and exits (3) instead of taking the sweep state over."""
+    sweep_dir = sweep_dir_of(sweep)
+    try:
+        with RunFolderLock(sweep_dir, DRIVER_LOCK):
+            return _launch(args, sweep, console)
+    except RunFolderLocked as err:
+        print(f"error: {err}: follow it with python -m jobs.sweep status {args.sweep}, stop it with "
+              f"python -m jobs.sweep cancel {args.sweep}", file=console, flush=True)
+        return EXIT_BUSY
+
+
+def _open_parent(sweep, uri: str, say) -> tuple[str | None, str | None]:
+    """(experiment id, parent run id) of the sweep, created if missing; (None, None) while the
+    store is unreachable (the trials start offline and find them later)."""
+    from jobs.tracking import ensure_experiment, ensure_sweep_run, log_parent_tags
+    from jobs.tracking.store import is_transient
+
+    try:
+        experiment_id = ensure_experiment(uri, sweep.name, timeout_s=20.0)
+        parent = ensure_sweep_run(uri, experiment_id, sweep.name, sweep.sweep_id, parent_params(sweep), timeout_s=20.0)
+        log_parent_tags(uri, parent, {BACKEND_TAG: sweep.backend, SWEEP_OVERRIDES_TAG: " ".join(sweep.overrides)})
+    except Exception as err:  # noqa: BLE001 - an outage is not fatal; a refusal is
+        if not is_transient(err):
+            raise TrackingError(f"tracking store {redact_uri(uri)}: {str(err).splitlines()[0][:200]}") from None
+        say(f"sweep {sweep.name}: tracking store {redact_uri(uri)} unreachable; trials start offline and their runs "
+            "appear, complete, when it is back")
+        return None, None
+    return experiment_id, parent
+
+
+def _launch(args, sweep, console) -> int:
+    from jobs.reaper import settle
+    from jobs.tracking import find_trial_runs
 
     def say(message: str) -> None:
         print(message, file=console, flush=True)
 
     backend = get_backend(sweep.backend)
     uri = tracking_uri_of(sweep)
-    experiment_id = ensure_experiment(uri, sweep.name)
-    parent = ensure_sweep_run(uri, experiment_id, sweep.name, sweep.sweep_id, {
-        "sweep": {"path": str(Path(sweep.path).resolve()), "trials": len(sweep.trials),
-                  "varying": ",".join(sweep.varying_keys) or "-"},
-        "resources": {"gpus": sweep.resources.gpus, "cpus": sweep.resources.cpus}})
-    log_tags(get_client(uri), parent, {"rgflow.backend": sweep.backend, "rgflow.sweep_overrides": " ".join(sweep.overrides)})
+    experiment_id, parent = _open_parent(sweep, uri, say)
     ctx = make_context(sweep, uri, experiment_id, parent)
     ids = [t.trial_id for t in sweep.trials]
-    runs = find_trial_runs(uri, experiment_id, trial_ids=ids)
     previous = load_state(ctx.sweep_dir)
-    live = _other_backend_live(ctx, previous)
-    states, todo, skipped = plan(sweep, runs, live, ctx.max_failures)
-    state = SweepState(sweep.name, sweep.backend, uri, experiment_id, parent,
+    jobs = _previous_jobs(ctx, previous)
+    live = {tid: job for tid, (job, st) in jobs.items() if st in LIVE_STATES and not tid.startswith("eval:")}
+    if previous is not None and previous.backend != sweep.backend and live:
+        say(f"error: sweep {sweep.name} still has {len(live)} live {previous.backend} job(s) from an earlier launch; "
+            f"wait for them or run python -m jobs.sweep cancel {args.sweep} before launching on {sweep.backend}")
+        return EXIT_BUSY
+    runs = find_trial_runs(uri, experiment_id, trial_ids=ids) if experiment_id else {}
+    settled = settle(uri, {t.trial_id: t for t in tasks_of(sweep)}, runs, jobs,
+                     previous.backend if previous else None) if experiment_id else []
+    for line in settled:
+        say(f"  {line}")
+    if settled:
+        runs = find_trial_runs(uri, experiment_id, trial_ids=ids)
+    states, todo, notes = plan(sweep, runs, live, ctx.max_failures, ctx.evaluations)
+    state = SweepState(sweep.name, sweep.backend, uri, experiment_id or "", parent or "",
                        trials=dict(previous.trials) if previous and previous.backend == sweep.backend else {},
                        submitit_folder=previous.submitit_folder if previous else None,
                        driver_pid=None if sweep.backend == "slurm" else os.getpid())
     save_state(ctx.sweep_dir, state)
     best = min((b for r in runs.values() if (b := best_val_bpd(r.metrics)) is not None), default=None)
     n_done = sum(s == "finished" for s in states.values())
-    say(f"sweep {sweep.name}: {len(sweep.trials)} trials, {n_done} already finished, {len(skipped)} skipped, "
-        f"{len(todo)} to run on {sweep.backend}; MLflow {redact_uri(uri)} experiment {experiment_id} parent run {parent}; "
-        f"run folder {ctx.sweep_dir} (logs in logs/)")
-    for tid, why in skipped.items():
-        say(f"  skip {tid}: {why}")
+    say(f"sweep {sweep.name}: {len(sweep.trials)} trials, {n_done} already finished, {len(ids) - len(todo) - n_done} "
+        f"skipped, {len(todo)} to run on {sweep.backend}; MLflow {redact_uri(uri)} experiment {experiment_id or '-'} "
+        f"parent run {parent or '-'}; run folder {ctx.sweep_dir} (logs in logs/)")
+    for tid, why in notes.items():
+        say(f"  {'run' if tid in todo else 'skip'} {tid}: {why}")
 
     result = LaunchResult(states={})
     if todo:
@@ -252,22 +250,49 @@ def _run(args, sweep, console) -> int:
                 result = LaunchResult(states={}, interrupted=True)
     if result.message:
         say(f"sweep {sweep.name}: {result.message}")
+    if state.driver_pid is not None:
+        state.driver_pid = None
+        save_state(ctx.sweep_dir, state)
     if result.queued or (not todo and previous is not None and _busy(ctx, previous)):
         say(f"sweep {sweep.name}: {len(todo)} trials submitted, jobs queued or running; parent run {parent} stays "
             f"RUNNING. Follow with: python -m jobs.sweep status {args.sweep}")
         return EXIT_OK
-    runs = find_trial_runs(uri, experiment_id, trial_ids=ids)
-    if result.interrupted:
-        left = [r.run_id for tid, r in runs.items() if tid in set(todo) and r.status == "RUNNING"]
-        mark_killed(uri, left, "sweep driver interrupted")
+    return _close_parent(args, sweep, ctx, result, todo, say)
+
+
+def _previous_jobs(ctx: SweepContext, previous: SweepState | None) -> dict[str, tuple[str, str]]:
+    """Scheduler view (trial id → (job id, state)) of the jobs an earlier launch recorded, whatever its backend."""
+    if previous is None:
+        return {}
+    return get_backend(previous.backend).job_states(dataclasses.replace(ctx, backend=previous.backend), previous)
+
+
+def _close_parent(args, sweep, ctx: SweepContext, result: LaunchResult, todo: list[str], say) -> int:
+    """End the parent run in the state its trials add up to; exit code of the launch."""
+    from jobs.tracking import end_run, ensure_experiment, find_trial_runs, mark_killed
+    from jobs.tracking.store import is_transient
+
+    uri, ids = ctx.tracking_uri, [t.trial_id for t in sweep.trials]
+    try:
+        experiment_id = ctx.experiment_id or ensure_experiment(uri, sweep.name, timeout_s=30.0)
         runs = find_trial_runs(uri, experiment_id, trial_ids=ids)
-    end_state, reason = summarize(sweep, runs, result.states)
-    if result.interrupted and end_state != "finished":
-        end_state, reason = "killed", f"interrupted by the user; {reason}"
-    if state.driver_pid is not None:
-        state.driver_pid = None
-        save_state(ctx.sweep_dir, state)
-    end_run(uri, parent, end_state, reason)
+        if result.interrupted:
+            left = [r.run_id for tid, r in runs.items() if tid in set(todo) and r.status == "RUNNING"]
+            mark_killed(uri, left, "sweep driver interrupted")
+            runs = find_trial_runs(uri, experiment_id, trial_ids=ids)
+        end_state, reason = sweep_end_state(sweep.trials, runs, result.states)
+        if result.interrupted and end_state != "finished":
+            end_state, reason = "killed", f"interrupted by the user; {reason}"
+        parent = ctx.parent_run_id or _open_parent(sweep, uri, say)[1]
+        if parent is None:
+            raise ConnectionError("the parent run could not be created")
+        end_run(uri, parent, end_state, reason)
+    except Exception as err:  # noqa: BLE001 - an outage at the end leaves the parent run for the next launch
+        if not is_transient(err) and not isinstance(err, ConnectionError):
+            raise
+        say(f"sweep {sweep.name}: tracking store {redact_uri(uri)} unreachable at the end; trial runs are kept in their "
+            f"run folders. Re-run the same command (or python -m jobs.sweep status {args.sweep}) when it is back")
+        return EXIT_INTERRUPTED if result.interrupted else EXIT_FAILED
     finished = sum(r.status == "FINISHED" for r in runs.values())
     say(f"sweep {sweep.name}: {finished}/{len(sweep.trials)} trials finished; parent run {end_state.upper()}"
         + (f" ({reason})" if reason else ""))
@@ -281,22 +306,29 @@ def _run(args, sweep, console) -> int:
 # ----------------------------------------------------------------------------------------------
 
 def cmd_status(args) -> int:
-    """The status table (text, ``--json`` or ``--csv`` on stdout); closes the parent run of a
-    sweep whose launcher and jobs are all gone. Reads the store without mlflow where it can
-    (:mod:`jobs.tracking.fast_read`); mlflow is imported only to close that parent run."""
+    """The status table (text, ``--json`` or ``--csv`` on stdout). Settles trials whose attempt
+    is gone (:mod:`jobs.reaper`) and closes the parent run of a sweep whose launcher and jobs are
+    all gone. Reads the store without mlflow where it can (:mod:`jobs.tracking.fast_read`); mlflow
+    is imported only to settle a trial or close the parent run."""
+    from jobs.reaper import needs_settling, settle
     from jobs.sweep_status import format_summary, format_table, summarize_rows, to_csv, to_json, trial_rows
     from jobs.tracking import fast_read
-
     sweep = _load(args)
     uri = tracking_uri_of(sweep)
+    note = sys.stderr if args.json or args.csv else sys.stdout
     experiment_id = fast_read.experiment_id(uri, sweep.name)
     state = load_state(sweep_dir_of(sweep))
     ids = [t.trial_id for t in sweep.trials]
     runs = fast_read.trial_runs(uri, experiment_id, trial_ids=ids) if experiment_id else {}
-    jobs: dict[str, tuple[str, str]] = {}
-    if state is not None:
-        ctx = make_context(sweep, uri, experiment_id or "", state.parent_run_id)
-        jobs = get_backend(state.backend).job_states(dataclasses.replace(ctx, backend=state.backend), state)
+    ctx = make_context(sweep, uri, experiment_id, state.parent_run_id if state else None)
+    jobs = _previous_jobs(ctx, state)
+    driver_gone = state is None or holder_alive(ctx.sweep_dir, DRIVER_LOCK) is False
+    tasks = {t.trial_id: t for t in tasks_of(sweep)}
+    if experiment_id and driver_gone and any(
+            needs_settling(t, runs.get(tid), jobs.get(tid, ("", None))[1]) for tid, t in tasks.items()):
+        for line in settle(uri, tasks, runs, jobs, state.backend if state else None):
+            print(f"{sweep.name}: {line}", file=note)
+        runs = fast_read.trial_runs(uri, experiment_id, trial_ids=ids)
     rows = trial_rows(sweep, runs, jobs)
     summary = summarize_rows(sweep.name, rows)
     if args.json:
@@ -306,15 +338,14 @@ def cmd_status(args) -> int:
     else:
         print(format_table(rows))
         print(format_summary(summary))
-    if state is not None and experiment_id and not is_process(state.driver_pid, "jobs.sweep") \
+    if state is not None and experiment_id and driver_gone and state.parent_run_id \
             and not any(s in LIVE_STATES for _, s in jobs.values()) \
             and fast_read.run_status(uri, state.parent_run_id) == "RUNNING":
         from jobs.tracking import end_run
 
-        end_state, reason = summarize(sweep, runs)
+        end_state, reason = sweep_end_state(sweep.trials, runs)
         end_run(uri, state.parent_run_id, end_state, reason)
-        print(f"{sweep.name}: all jobs ended; parent run {state.parent_run_id} is now {end_state.upper()}",
-              file=sys.stderr if args.json or args.csv else sys.stdout)
+        print(f"{sweep.name}: all jobs ended; parent run {state.parent_run_id} is now {end_state.upper()}", file=note)
     return EXIT_OK
 
 
@@ -322,40 +353,59 @@ def cmd_status(args) -> int:
 # cancel
 # ----------------------------------------------------------------------------------------------
 
-def _interrupt_driver(pid: int | None) -> bool:
-    """SIGINT to the launcher of an in-process sweep if it still runs (checked by its command line)."""
-    if not is_process(pid, "jobs.sweep"):
-        return False
-    os.kill(pid, signal.SIGINT)
-    return True
+CANCELLED = "cancelled by python -m jobs.sweep cancel"
 
 
 def cmd_cancel(args) -> int:
+    """Stop the sweep: SIGINT to its live launcher (which forwards it once to each trial), or —
+    with no launcher — to the backend's jobs directly; then mark KILLED only the runs whose attempt
+    is gone (a trial still ending keeps its own end state)."""
     from jobs.tracking import end_run, find_trial_runs
 
     sweep = _load(args)
     uri = tracking_uri_of(sweep)
-    state = load_state(sweep_dir_of(sweep))
+    sweep_dir = sweep_dir_of(sweep)
+    state = load_state(sweep_dir)
     if state is None:
-        print(f"{sweep.name}: never launched from {sweep_dir_of(sweep)}; nothing to cancel")
+        print(f"{sweep.name}: never launched from {sweep_dir}; nothing to cancel")
         return EXIT_OK
+    driver = holder_alive(sweep_dir, DRIVER_LOCK)
+    if driver is None:
+        from jobs.run_lock import read_holder
+
+        holder = read_holder(sweep_dir, DRIVER_LOCK)
+        print(f"error: sweep {sweep.name} is run by a jobs.sweep on {holder.host if holder else 'another host'}: run "
+              "cancel there", file=sys.stderr)
+        return EXIT_BUSY
     ctx = dataclasses.replace(make_context(sweep, uri, state.experiment_id, state.parent_run_id), backend=state.backend)
     backend: Backend = get_backend(state.backend)
-    driver = _interrupt_driver(state.driver_pid)
-    cancelled = backend.cancel(ctx, state)
+    cancelled: list[str] = []
+    if driver and is_process(state.driver_pid, "jobs.sweep"):
+        os.kill(state.driver_pid, signal.SIGINT)
+    else:
+        driver = False
+        cancelled = backend.cancel(ctx, state)
     deadline = time.monotonic() + CANCEL_WAIT_S
-    while time.monotonic() < deadline and (
-            backend.live_jobs(ctx, state) or is_process(state.driver_pid, "jobs.sweep")):
+    while time.monotonic() < deadline and (backend.live_jobs(ctx, state) or holder_alive(sweep_dir, DRIVER_LOCK)):
         time.sleep(1.0)
     runs = find_trial_runs(uri, state.experiment_id, trial_ids=[t.trial_id for t in sweep.trials])
-    killed = []
-    for run in runs.values():
-        if run.status == "RUNNING" or (run.status == "KILLED" and run.state != "killed"):
-            end_run(uri, run.run_id, "killed", "cancelled by python -m jobs.sweep cancel")
-            killed.append(run.run_id)
-    end_run(uri, state.parent_run_id, "killed", "cancelled by python -m jobs.sweep cancel")
+    live = backend.live_jobs(ctx, state)
+    killed, still = [], []
+    for task in tasks_of(sweep):
+        run = runs.get(task.trial_id)
+        if run is None or not (run.status == "RUNNING" or (run.status == "KILLED" and run.state != "killed")):
+            continue
+        if run.status == "RUNNING" and (holder_alive(task.run_dir) or task.trial_id in live):
+            still.append(run.run_id)
+            continue
+        end_run(uri, run.run_id, "killed", CANCELLED)
+        killed.append(run.run_id)
+    if not still:
+        end_run(uri, state.parent_run_id, "killed", CANCELLED)
     print(f"{sweep.name}: cancelled {len(cancelled)} job(s)" + (" and the launcher" if driver else "")
-          + f"; {len(killed)} run(s) marked KILLED; parent run {state.parent_run_id} KILLED")
+          + f"; {len(killed)} run(s) marked KILLED"
+          + (f"; {len(still)} run(s) still ending, parent run left RUNNING" if still
+             else f"; parent run {state.parent_run_id} KILLED"))
     return EXIT_OK
 
 

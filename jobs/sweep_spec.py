@@ -20,7 +20,8 @@ The shape (every key but ``name`` is optional; see ``sweeps/README.md`` for a co
       seeds: [0, 1, 2]                 # run.seed values: the innermost repeat
     resources: {cpus: 1, gpus: 1, memory_gb: 32, time_limit_min: 1440}   # per trial
     backend: ray                       # ray | slurm | local
-    ray: {address: local, max_concurrent_trials: null, max_failures: 2, storage_path: null}
+    max_failures: 2                    # failed attempts retried per trial (each resumes its checkpoint)
+    ray: {address: local, max_concurrent_trials: null, storage_path: null}   # ray.max_failures: old name
     slurm: {partition: gpu, account: null, qos: null, constraint: null, gpus_per_trial: null,
             cpus_per_trial: null, mem_gb: null, time_min: null, array_parallelism: null,
             max_array_size: 1000, extra_sbatch: [], python: null}   # null: from resources
@@ -56,6 +57,10 @@ Every key is checked (one-line :class:`~jobs.config.ConfigError` with did-you-me
 config is built (so a bad axis value is reported with its key, value and origin), and two trials
 with the same trial id are an error naming both indexes.
 
+``Sweep.overrides`` are the overrides as given, except that a ``tracking.uri=`` value has its
+credentials moved to the environment (:func:`jobs.tracking.uri.take_credentials`): the overrides are
+passed on to every trial's command line and logged as the tag ``rgflow.sweep_overrides``.
+
 ``Sweep.sweep_id`` is 12 hex digits of SHA-256 over the name and the ordered trial ids: it
 identifies what the sweep trains, not where (backend, resources and tracking do not change it).
 """
@@ -80,14 +85,16 @@ from jobs.config import (
     is_text_type, load_trial_config, resolved_dict, show, takes_text, trial_id, unknown_key_error, value_error,
 )
 from jobs.overrides import Multirun, did_you_mean, load_yaml_file, nest, parse_override
+from jobs.tracking.uri import take_credentials
 
 BACKENDS = ("ray", "slurm", "local")
-SWEEP_KEYS = ("name", "description", "base_config", "base", "axes", "resources", "backend", "ray", "slurm",
-              "local", "evaluation", "report")
+SWEEP_KEYS = ("name", "description", "base_config", "base", "axes", "resources", "backend", "max_failures", "ray",
+              "slurm", "local", "evaluation", "report")
 AXIS_KINDS = ("zip", "grid", "random", "seeds")
 RANDOM_KEYS = ("samples", "seed", "params")
 DISTRIBUTIONS = ("uniform", "loguniform", "choice")
 SEED_KEYS = ("seeds", "seed", "run.seed")
+DEFAULT_MAX_FAILURES = 2
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 RAY_ADDRESS = re.compile(r"^(local|auto|ray://\S+|[A-Za-z0-9_.-]+:[0-9]+)$")
 
@@ -121,12 +128,13 @@ class Resources:
 class RaySettings:
     """``address``: ``local`` (an embedded Ray started for the sweep), ``auto`` (the running
     cluster), ``ray://host:port`` or ``host:port``. ``max_concurrent_trials`` (``None``: as many
-    as resources allow), ``max_failures`` retries per trial from its checkpoint, ``storage_path``
+    as resources allow), ``max_failures`` the old name of the sweep's top-level ``max_failures``
+    (used when that is not set), ``storage_path``
     for Ray Tune's experiment state (``None``: chosen by the Ray backend under the run folder)."""
 
     address: str = "local"
     max_concurrent_trials: int | None = None
-    max_failures: int = 2
+    max_failures: int | None = None
     storage_path: str | None = None
 
     def __post_init__(self) -> None:
@@ -134,7 +142,8 @@ class RaySettings:
             raise lib.ConfigError("ray.address", self.address, "must be 'local', 'auto', 'ray://HOST:PORT' or 'HOST:PORT'")
         if self.max_concurrent_trials is not None:
             lib._check_positive("ray.max_concurrent_trials", self.max_concurrent_trials)
-        lib._check_positive("ray.max_failures", self.max_failures, allow_zero=True)
+        if self.max_failures is not None:
+            lib._check_positive("ray.max_failures", self.max_failures, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -436,6 +445,7 @@ class Sweep:
     sweep_id: str
     overrides: tuple[str, ...] = ()
     report: ReportSettings = ReportSettings()
+    max_failures: int = DEFAULT_MAX_FAILURES  #: failed attempts retried per trial, on every backend
 
     @property
     def varying_keys(self) -> list[str]:
@@ -488,6 +498,8 @@ def _apply_override(text: str, state: dict[str, Any]) -> None:
                                             origins={**axes.origins, "run.seed": origin})
     elif key in ("backend", "name", "description"):
         state[key] = (_setting_value(text, key, value, str), origin)
+    elif key == "max_failures":
+        state[key] = (_setting_value(text, key, value, int), origin)
     elif head in SETTINGS:
         tp = _settings_types(SETTINGS[head]).get(rest)
         state["settings"][head].append((nest(rest, _setting_value(text, key, value, tp)) if rest else value, origin))
@@ -581,7 +593,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     base.append((raw.get("base"), f"{where} base"))
     state: dict[str, Any] = {
         "name": (raw.get("name"), where), "description": (raw.get("description") or "", where),
-        "backend": (raw.get("backend", "ray"), where), "base": base, "axes": _parse_axes(raw.get("axes"), where),
+        "backend": (raw.get("backend", "ray"), where), "max_failures": (raw.get("max_failures"), where), "base": base, "axes": _parse_axes(raw.get("axes"), where),
         "settings": {s: [(raw.get(s), where)] for s in SETTINGS},
     }
     for text in overrides:
@@ -600,6 +612,12 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         hint = did_you_mean(backend, BACKENDS) if isinstance(backend, str) else ""
         raise ConfigError(f"backend={show(backend)}: must be one of {', '.join(map(repr, BACKENDS))}{hint} [{backend_origin}]", "backend", backend)
     settings = {s: _build_settings(s, layers) for s, layers in state["settings"].items()}
+    max_failures, failures_origin = state["max_failures"]
+    if max_failures is None:
+        max_failures = DEFAULT_MAX_FAILURES if settings["ray"].max_failures is None else settings["ray"].max_failures
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
+        raise ConfigError(f"max_failures={show(max_failures)}: must be an integer ≥ 0 (failed attempts retried per "
+                          f"trial) [{failures_origin}]", "max_failures", max_failures)
     resources: Resources = settings["resources"]
     slurm: SlurmSettings = settings["slurm"]
     slurm = dataclasses.replace(
@@ -613,7 +631,19 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     trials = _expand(axes, state["base"])
     sweep_id = hashlib.sha256(json.dumps([name, [t.trial_id for t in trials]]).encode()).hexdigest()[:12]
     return Sweep(name, path, description, trials, axes, resources, backend, settings["ray"], slurm,
-                 settings["local"], settings["evaluation"], sweep_id, tuple(overrides), settings["report"])
+                 settings["local"], settings["evaluation"], sweep_id, tuple(map(without_credentials, overrides)),
+                 settings["report"], max_failures)
+
+
+def without_credentials(text: str) -> str:
+    """An override as it may be logged and passed on: ``tracking.uri=http://user:pw@host`` becomes
+    ``tracking.uri=http://host`` (the credentials go to the environment, see
+    :func:`jobs.tracking.uri.take_credentials`); every other override is returned unchanged."""
+    key, sep, value = text.partition("=")
+    if not sep or key.strip() != "tracking.uri":
+        return text
+    clean = take_credentials(value.strip())
+    return text if clean == value.strip() else f"{key}={clean}"
 
 
 def _expand(axes: Axes, base: list[tuple[Any, str]]) -> list[Trial]:
@@ -638,5 +668,5 @@ def _expand(axes: Axes, base: list[tuple[Any, str]]) -> list[Trial]:
 
 __all__ = [
     "BACKENDS", "Resources", "RaySettings", "SlurmSettings", "LocalSettings", "EvaluationSettings", "RandomAxis",
-    "Axes", "Trial", "Sweep", "is_sweep_file", "load_sweep", "load_trial",
+    "Axes", "Trial", "Sweep", "is_sweep_file", "load_sweep", "load_trial", "without_credentials",
 ]

@@ -1,7 +1,7 @@
 """The saved state of a launched sweep: which backend job runs which trial.
 
 One JSON file per sweep, ``<run.out_dir>/<sweep name>/sweep-state.json``, written atomically
-(temp file + fsync + rename) so that a crash never leaves it half-written. It lets ``status``,
+(:mod:`rgflow.atomic`) so that a crash never leaves it half-written. It lets ``status``,
 ``cancel`` and re-runs work from a new shell: the Slurm backend records the job id of every
 trial (``"1234_5"`` for array task 5 of job 1234) and its evaluation job, the local backend the
 PID of every running trial subprocess. MLflow stays the source of truth for trial outcomes; this
@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rgflow.atomic import write_atomic
 
 STATE_FILE = "sweep-state.json"
 VERSION = 1
@@ -75,17 +76,7 @@ def save_state(sweep_dir: str | os.PathLike, state: SweepState) -> Path:
     """Write ``state`` atomically; returns the file path. Creates ``sweep_dir`` if needed."""
     path = state_path(sweep_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(dataclasses.asdict(state), indent=1, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(dataclasses.asdict(state), indent=1, sort_keys=True) + "\n")
     return path
 
 

@@ -25,7 +25,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.backends.base import LIVE_STATES, best_val_bpd
+from jobs.attempt import LIVE_STATES
+from jobs.backends.base import best_val_bpd
+from jobs.tracking.tags import REASON_TAG
 from jobs.config import format_value
 
 AXIS_LABELS = {"run.seed": "seed"}  # short names in the text table
@@ -70,7 +72,7 @@ def _state(run, job_state: str) -> str:
     if run.status == "FINISHED":
         return "finished"
     if run.status == "FAILED":
-        return f"failed ({run.tags.get('rgflow.failure_reason', 'no reason given')})"
+        return f"failed ({run.tags.get(REASON_TAG, 'no reason given')})"
     if run.status == "KILLED":
         if run.state == "preempted":
             return "preempted (requeued)" if job_state in ("PENDING", "REQUEUED") else "preempted"

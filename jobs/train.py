@@ -2,7 +2,8 @@
 ``python -m jobs.train SWEEP.yaml --trial N [--device D] [--cfg] [overrides…]``.
 
 Creates or resumes the trial's run folder and MLflow run, trains, and ends the run in a true state
-(exit ``0`` finished, ``1`` failed, ``2`` bad input, ``75`` preempted, ``130`` interrupted). Full
+(exit codes: :class:`jobs.attempt.ExitCode` — ``0`` finished, ``1`` failed, ``2`` bad input, ``3`` run
+folder held by another attempt, ``75`` preempted, ``130`` interrupted). Full
 reference (run folder contents, resume, signals): docs/CLI.md. In-process API for the sweep
 backends: :func:`run_trial` (never installs signal handlers outside the main thread; pass
 ``stop_flag`` instead).
@@ -11,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import shutil
 import signal
 import sys
 import threading
-import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,83 +25,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.attempt import CODE_OF, ExitCode, TrialOutcome
 from jobs.config import TrialConfig, flatten, resolved_dict, to_yaml, trial_id
+from jobs.run_folder import LOG_FILE, SINGLE, read_state, run_dir_for, write_state  # noqa: F401 - run_dir_for re-exported
+from jobs.run_lock import RunFolderLock, RunFolderLocked
+from jobs.tracking.tags import (
+    BACKEND_TAG, BEST_CHECKPOINT_TAG, CHECKPOINT_TAG, FAILURES_TAG, SWEEP_ID_TAG, SWEEP_TAG, TRIAL_INDEX_TAG,
+)
+from rgflow.atomic import write_atomic
 from rgflow.config import ConfigError as LibraryConfigError  # the base of jobs.config.ConfigError too
 
 log = logging.getLogger("jobs.train")
 
-EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED, EXIT_KILLED = 0, 1, 2, 75, 130
-EXIT_CODES = {"finished": EXIT_FINISHED, "failed": EXIT_FAILED, "preempted": EXIT_PREEMPTED, "killed": EXIT_KILLED}
-STATE_FILE = "state.json"
 #: Dequantisation noise seed of validation, the same for every trial (and not a setting, so that it
 #: cannot differ between trials of one id): validation curves of any two trials are paired image by image.
 VALIDATION_NOISE_SEED = 0
-LOG_FILE = "train.log"
-SINGLE = "single"
 
 
 class BadInput(Exception):
     """The trial cannot start (nothing is created); ``str()`` is one line. ``exit_code`` 2 for what
     the user must fix (config, device, data), 1 for an unreachable tracking store."""
 
-    def __init__(self, message: str, exit_code: int = 2):
+    def __init__(self, message: str, exit_code: ExitCode = ExitCode.BAD_INPUT):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    """How :func:`run_trial` ended. ``state``: finished | failed | preempted | killed; ``exit_code``:
-    the ``python -m jobs.train`` exit code for it (2 for bad input, with state ``failed`` and no
-    run); ``reason``: one line for anything but ``finished``; ``best_val_bpd`` / ``val_bpd``: bits
-    per dim on the validation images (best over the run, and at the end), when known; ``step``:
-    optimizer steps completed (the last good step after a non-finite failure), when known."""
-
-    state: str
-    exit_code: int
-    trial_id: str
-    run_dir: Path
-    run_id: str | None = None
-    attempt: int | None = None
-    reason: str | None = None
-    best_val_bpd: float | None = None
-    val_bpd: float | None = None
-    step: int | None = None
 
 
 # ----------------------------------------------------------------------------------------------
 # Run folder
 # ----------------------------------------------------------------------------------------------
-
-def run_dir_for(config: TrialConfig, sweep: str | None = None) -> Path:
-    """``<run.out_dir>/<sweep or single>/<trial id>`` as an absolute path."""
-    return (Path(config.run.out_dir) / (sweep or SINGLE) / trial_id(config)).resolve()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def read_state(run_dir: Path) -> dict[str, Any] | None:
-    """``state.json`` of a run folder, or None if absent or unreadable."""
-    try:
-        state = json.loads((run_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) else None
-
-
-def write_state(run_dir: Path, **fields: Any) -> dict[str, Any]:
-    """Update ``state.json`` atomically with ``fields`` (and the time); returns the new content."""
-    state = {**(read_state(run_dir) or {}), **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    _write_atomic(run_dir / STATE_FILE, json.dumps(state, indent=1, sort_keys=True) + "\n")
-    return state
-
 
 @contextlib.contextmanager
 def _file_log(path: Path) -> Iterator[None]:
@@ -195,6 +146,10 @@ def _make_hooks(trial: str, tracked, stops: _StopRequests):
             if tracked is not None:
                 tracked.log_artifact(path, artifact_path)
 
+        def before_checkpoint(self, step: int) -> None:
+            if tracked is not None:
+                tracked.sync()
+
         def on_checkpoint(self, path: Path, step: int) -> None:
             log.info("checkpoint %s (step %d)", path, step)
 
@@ -214,8 +169,9 @@ class _Prepared:
     resume: tuple[Path, dict[str, Any]] | None
 
 
-def _prepare(config: TrialConfig, run_dir: Path, trial: str) -> _Prepared:
-    """Device, data and the newest valid checkpoint; BadInput for what the user must fix."""
+def _prepare(config: TrialConfig, run_dir: Path, trial: str, tid: str) -> _Prepared:
+    """Device, data and the newest valid checkpoint of trial ``tid`` (one written for another
+    trial is skipped with a warning); BadInput for what the user must fix."""
     from rgflow.checkpoint import load_latest
     from rgflow.data import CelebAMissing, load_split
     from rgflow.device import DeviceUnavailable, choose_device
@@ -229,12 +185,16 @@ def _prepare(config: TrialConfig, run_dir: Path, trial: str) -> _Prepared:
         valid_set = load_split(config.data, "valid")
     except (CelebAMissing, LibraryConfigError) as err:
         raise BadInput(str(err)) from None
+    except ValueError as err:  # CelebA's list_eval_partition.txt does not parse (rgflow.data.celeba.read_partition)
+        if config.data.name != "celeba":
+            raise
+        raise BadInput(f"CelebA's partition file is malformed ({err}); fix that line, or replace the file") from None
     if len(train_set) < config.train.batch_size:
         raise BadInput(f"train.batch_size={config.train.batch_size}: more than the {len(train_set)} training images "
                        f"(lower train.batch_size or raise data.train_size)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        resume = load_latest(run_dir / "checkpoints")
+        resume = load_latest(run_dir / "checkpoints", expect={"trial_id": tid})
     for w in caught:
         print(f"[{trial}] warning: {w.message}", file=sys.stderr, flush=True)
     return _Prepared(device, train_set, valid_set, resume)
@@ -251,6 +211,7 @@ def run_trial(
     experiment_id: str | None = None,
     backend: str = SINGLE,
     stop_flag: Callable[[], str | None] | None = None,
+    sweep_params: dict[str, Any] | None = None,
 ) -> TrialOutcome:
     """Run (or resume, or skip if finished) one trial in this process; never raises for a trial
     failure — the :class:`TrialOutcome` says how it ended.
@@ -263,65 +224,118 @@ def run_trial(
     ``backend``: the ``rgflow.backend`` tag. ``stop_flag``: polled before every step (and during
     validation); a non-empty string stops the trial as ``preempted`` after a checkpoint (exit 75).
     Signal handlers (SIGTERM/SIGUSR2/SIGINT) are installed only when called from the main thread.
+    ``sweep_params``: the parent run's params, used when the store was down and the parent run is
+    created later. The attempt holds the run folder's lock (:mod:`jobs.run_lock`) throughout; a
+    second attempt at the same folder returns at once with ``ExitCode.LOCKED``.
     """
     tid = trial_id(config)
     run_dir = run_dir_for(config, sweep)
     label = tid if trial_index is None else f"{trial_index}:{tid}"
-    previous = read_state(run_dir)
-    if previous and previous.get("state") == "finished":
-        _say(label, f"already finished ({run_dir}); nothing to do")
-        return TrialOutcome("finished", EXIT_FINISHED, tid, run_dir, previous.get("run_id"), previous.get("attempt"),
-                            best_val_bpd=previous.get("best_val_bpd"), val_bpd=previous.get("val_bpd"),
-                            step=previous.get("step"))
-    existed = run_dir.exists()
-    stops = _StopRequests(stop_flag)
-    stops.install()
+    created = [p for p in (run_dir, run_dir.parent, run_dir.parent.parent) if not p.exists()]  # removed on bad input
+    lock = RunFolderLock(run_dir)
     try:
+        lock.acquire()
+    except RunFolderLocked as err:
+        print(f"[{label}] error: {err}", file=sys.stderr, flush=True)
+        return TrialOutcome("running", ExitCode.LOCKED, tid, run_dir, reason=str(err))
+    try:
+        previous = read_state(run_dir)
+        if previous and previous.get("state") == "finished":
+            _deliver_pending(run_dir, label)
+            _say(label, f"already finished ({run_dir}); nothing to do")
+            return TrialOutcome("finished", ExitCode.FINISHED, tid, run_dir, previous.get("run_id"),
+                                previous.get("attempt"), best_val_bpd=previous.get("best_val_bpd"),
+                                val_bpd=previous.get("val_bpd"), step=previous.get("step"),
+                                failures=int(previous.get("failures", 0)))
+        stops = _StopRequests(stop_flag)
+        stops.install()
         try:
-            prepared = _prepare(config, run_dir, label)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            tracked = _open_tracking(config, run_dir, tid, sweep, sweep_id, trial_index, parent_run_id, tracking_uri,
-                                     experiment_id, backend, prepared)
-        except (BadInput, LibraryConfigError) as err:
-            if not existed and run_dir.exists():
-                shutil.rmtree(run_dir, ignore_errors=True)
-            print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
-            return TrialOutcome("failed", getattr(err, "exit_code", EXIT_BAD_INPUT), tid, run_dir, reason=_one_line(err))
-        with _file_log(run_dir / LOG_FILE):
-            return _train_tracked(config, run_dir, tid, label, tracked, prepared, stops, previous)
+            try:
+                prepared = _prepare(config, run_dir, label, tid)
+                where = _Where(sweep, sweep_id, trial_index, parent_run_id, tracking_uri, experiment_id, backend,
+                               dict(sweep_params or {}))
+                tracked = _open_tracking(config, run_dir, tid, where, prepared)
+            except (BadInput, LibraryConfigError) as err:
+                if created:
+                    shutil.rmtree(created[-1], ignore_errors=True)
+                print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
+                return TrialOutcome("failed", getattr(err, "exit_code", ExitCode.BAD_INPUT), tid, run_dir,
+                                    reason=_one_line(err))
+            with _file_log(run_dir / LOG_FILE):
+                return _train_tracked(config, run_dir, tid, label, tracked, prepared, stops, previous)
+        finally:
+            stops.restore()
     finally:
-        stops.restore()
+        lock.release()
 
 
-def _open_tracking(config: TrialConfig, run_dir: Path, tid: str, sweep: str | None, sweep_id: str | None,
-                   trial_index: int | None, parent_run_id: str | None, tracking_uri: str | None,
-                   experiment_id: str | None, backend: str, prepared: _Prepared):
+def _deliver_pending(run_dir: Path, label: str) -> None:
+    """Deliver what a finished trial's run folder still holds for the store (an end state or
+    metrics its last attempt could not send); a store still down leaves them for the next try."""
+    from jobs.tracking.record import has_pending
+    from jobs.tracking.trial import replay_run_dir
+
+    if has_pending(run_dir):
+        ok = replay_run_dir(run_dir, timeout_s=30.0)
+        _say(label, "delivered the run's pending end state and metrics" if ok else
+             "tracking store unreachable: the run's end state is still pending (python -m jobs.tracking replay)")
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a trial's run belongs: sweep name, id and index, parent run, store, experiment, the
+    ``rgflow.backend`` tag, and the parent run's params (to create it if the store was down)."""
+
+    sweep: str | None
+    sweep_id: str | None
+    trial_index: int | None
+    parent_run_id: str | None
+    tracking_uri: str | None
+    experiment_id: str | None
+    backend: str
+    sweep_params: dict[str, Any]
+
+
+def _open_tracking(config: TrialConfig, run_dir: Path, tid: str, where: _Where, prepared: _Prepared):
     """The trial's :class:`jobs.tracking.TrialRun` (reopened when resuming), or None when tracking
-    is disabled. A refusing store is BadInput."""
-    if not config.tracking.enabled and tracking_uri is None:
+    is disabled. A refusing store is BadInput; an unreachable one starts the run offline (the
+    experiment and parent run are then found or created when the store answers)."""
+    if not config.tracking.enabled and where.tracking_uri is None:
         return None
     from jobs.tracking import TrackingError, ensure_experiment, open_trial_run, resolve_tracking_uri
     from jobs.tracking.store import is_transient
 
-    uri = resolve_tracking_uri(tracking_uri or config.tracking.resolved_uri)
+    uri = resolve_tracking_uri(where.tracking_uri or config.tracking.resolved_uri)
     existing = None
     if prepared.resume is not None:  # the checkpoint's run, if it lives in this store
         meta = prepared.resume[1].get("meta", {})
         existing = meta.get("run_id") if meta.get("tracking_uri") == uri else None
-    tags = {"rgflow.sweep": sweep or SINGLE, "rgflow.backend": backend}
-    if trial_index is not None:
-        tags["rgflow.trial_index"] = trial_index
-    if sweep_id:
-        tags["rgflow.sweep_id"] = sweep_id
-    run_name = tid if trial_index is None else f"trial-{trial_index:04d}-{tid}"
+    tags = {SWEEP_TAG: where.sweep or SINGLE, BACKEND_TAG: where.backend}
+    if where.trial_index is not None:
+        tags[TRIAL_INDEX_TAG] = where.trial_index
+    if where.sweep_id:
+        tags[SWEEP_ID_TAG] = where.sweep_id
+    run_name = tid if where.trial_index is None else f"trial-{where.trial_index:04d}-{tid}"
+    name = where.sweep or config.tracking.experiment
+    experiment, connect_s = where.experiment_id, 30.0
+    parent = where.parent_run_id
+    deferred_parent = None
+    if parent is None and where.sweep and where.sweep_id:
+        deferred_parent = {"name": where.sweep, "sweep_id": where.sweep_id, "params": where.sweep_params}
     try:
-        experiment = experiment_id or ensure_experiment(uri, sweep or config.tracking.experiment)
-        return open_trial_run(uri, experiment, tid, run_name, parent_run_id, flatten(config), tags, run_dir,
-                              existing, device=str(prepared.device))
-    except Exception as err:  # noqa: BLE001 - classified: unreachable (1) or refused (2)
-        if is_transient(err):
-            raise BadInput(f"tracking store {uri} unreachable ({_one_line(err)}): start it, or run with "
-                           "tracking.enabled=false", EXIT_FAILED) from None
+        if experiment is None:
+            try:
+                experiment = ensure_experiment(uri, name, timeout_s=10.0)
+            except Exception as err:  # noqa: BLE001 - an outage starts the run offline
+                if not is_transient(err):
+                    raise
+                print(f"warning: tracking store {uri} unreachable ({_one_line(err)}): training offline; the run "
+                      "appears with all its metrics when the store answers", file=sys.stderr, flush=True)
+                experiment, connect_s = None, 0.0
+        return open_trial_run(uri, experiment, tid, run_name, parent, flatten(config), tags, run_dir,
+                              existing, device=str(prepared.device), connect_timeout_s=connect_s,
+                              experiment_name=name, deferred_parent=deferred_parent)
+    except Exception as err:  # noqa: BLE001 - a refusal is bad input; anything else is a bug
         if isinstance(err, (TrackingError, ValueError)) or type(err).__name__ == "MlflowException":
             raise BadInput(f"tracking store {uri}: {_one_line(err)}") from None
         raise
@@ -339,10 +353,12 @@ def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tra
 
     run_id = tracked.run_id if tracked is not None else None
     attempt = tracked.attempt if tracked is not None else int((previous or {}).get("attempt", 0)) + 1
+    failures = _count_previous_death(label, tracked, previous)
     state, reason, result, step = "failed", None, None, None
     try:
-        write_state(run_dir, trial_id=tid, run_id=run_id, state="running", attempt=attempt, reason=None)
-        _write_atomic(run_dir / "config.yaml", to_yaml(config))
+        write_state(run_dir, trial_id=tid, run_id=run_id, state="running", attempt=attempt, reason=None,
+                    failures=failures)
+        write_atomic(run_dir / "config.yaml", to_yaml(config))
         if tracked is not None:
             tracked.log_artifact(run_dir / "config.yaml", None)
         resume = prepared.resume
@@ -382,19 +398,36 @@ def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tra
         torch.use_deterministic_algorithms(False)
 
     best = result.best_val_bpd if result else None
-    fields = dict(state=state, reason=reason, attempt=attempt, run_id=run_id)
+    if state == "failed":
+        failures += 1
+        if tracked is not None:
+            tracked.set_tags({FAILURES_TAG: failures})
+    fields = dict(state=state, reason=reason, attempt=attempt, run_id=run_id, failures=failures)
     if result is not None:
         fields.update(step=result.step, best_val_bpd=best, val_bpd=result.val_bpd,
                       checkpoint=str(result.checkpoint), best_checkpoint=str(result.best_checkpoint or ""))
     if tracked is not None:
         if result is not None:
-            tracked.set_tags({"rgflow.checkpoint": result.checkpoint, "rgflow.best_checkpoint": result.best_checkpoint or ""})
+            tracked.set_tags({CHECKPOINT_TAG: result.checkpoint, BEST_CHECKPOINT_TAG: result.best_checkpoint or ""})
         tracked.end(state, reason)
         fields["run_id"] = tracked.run_id
     write_state(run_dir, **fields)
-    return TrialOutcome(state, EXIT_CODES[state], tid, run_dir, fields["run_id"], attempt, reason,
+    return TrialOutcome(state, CODE_OF[state], tid, run_dir, fields["run_id"], attempt, reason,
                         best_val_bpd=best, val_bpd=result.val_bpd if result else None,
-                        step=result.step if result else step)
+                        step=result.step if result else step, failures=failures)
+
+
+def _count_previous_death(label: str, tracked, previous: dict[str, Any] | None) -> int:
+    """Failed attempts so far (``state.json``), counting the previous attempt as failed when it
+    died without ending (its state still says running: SIGKILL, out of memory, node failure)."""
+    failures = int((previous or {}).get("failures", 0))
+    if previous and previous.get("state") == "running":
+        failures += 1
+        _say(label, f"attempt {previous.get('attempt', '?')} died without ending its run (killed, out of memory or "
+                    f"node failure?): counted as failure {failures}")
+        if tracked is not None:
+            tracked.set_tags({FAILURES_TAG: failures})
+    return failures
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,21 +460,33 @@ def main(argv: list[str] | None = None) -> int:
         sweep, config = load_trial(args.path, overrides, args.trial)
         if args.cfg:
             print(to_yaml(config), end="", flush=True)
-            return EXIT_FINISHED
+            return ExitCode.FINISHED
         if sweep is not None:
             parent, experiment = _sweep_parent(config, sweep)
     except (BadInput, LibraryConfigError) as err:  # jobs.config.ConfigError is a LibraryConfigError
         print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
-        return getattr(err, "exit_code", EXIT_BAD_INPUT)
+        return getattr(err, "exit_code", ExitCode.BAD_INPUT)
     if sweep is None:
         return run_trial(config, backend=args.backend or SINGLE).exit_code
     backend = args.backend or ("slurm" if os.environ.get("SLURM_JOB_ID") else "local")
-    return run_trial(config, sweep=sweep.name, sweep_id=sweep.sweep_id, trial_index=args.trial,
-                     parent_run_id=parent, experiment_id=experiment, backend=backend).exit_code
+    outcome = run_trial(config, sweep=sweep.name, sweep_id=sweep.sweep_id, trial_index=args.trial,
+                        parent_run_id=parent, experiment_id=experiment, backend=backend,
+                        sweep_params=sweep_parent_params(sweep))
+    if parent is not None and outcome.exit_code is not ExitCode.LOCKED:
+        _close_bare_sweep(config, sweep, parent, experiment)
+    return outcome.exit_code
+
+
+def sweep_parent_params(sweep) -> dict[str, Any]:
+    """The params of a sweep's parent run (``jobs.sweep`` adds the resources)."""
+    return {"sweep": {"path": str(Path(sweep.path).resolve()), "trials": len(sweep.trials),
+                      "varying": ",".join(sweep.varying_keys) or "-"}}
 
 
 def _sweep_parent(config: TrialConfig, sweep) -> tuple[str | None, str | None]:
-    """The sweep's experiment and parent run (created if this trial runs before any launcher did)."""
+    """The sweep's experiment and parent run (created if this trial runs before any launcher did);
+    ``(None, None)`` without tracking or while the store is unreachable (the trial then starts
+    offline and its run finds them later)."""
     if not config.tracking.enabled:
         return None, None
     from jobs.tracking import ensure_experiment, ensure_sweep_run, resolve_tracking_uri
@@ -449,13 +494,35 @@ def _sweep_parent(config: TrialConfig, sweep) -> tuple[str | None, str | None]:
 
     uri = resolve_tracking_uri(config.tracking.resolved_uri)
     try:
-        experiment = ensure_experiment(uri, sweep.name)
-        parent = ensure_sweep_run(uri, experiment, sweep.name, sweep.sweep_id, {
-            "sweep": {"path": str(Path(sweep.path).resolve()), "trials": len(sweep.trials),
-                      "varying": ",".join(sweep.varying_keys) or "-"}})
+        experiment = ensure_experiment(uri, sweep.name, timeout_s=10.0)
+        parent = ensure_sweep_run(uri, experiment, sweep.name, sweep.sweep_id, sweep_parent_params(sweep),
+                                  timeout_s=10.0)
     except Exception as err:  # noqa: BLE001 - one line instead of a traceback
-        raise BadInput(f"tracking store {uri}: {_one_line(err)}", EXIT_FAILED if is_transient(err) else EXIT_BAD_INPUT) from None
+        if is_transient(err):
+            return None, None
+        raise BadInput(f"tracking store {uri}: {_one_line(err)}") from None
     return parent, experiment
+
+
+def _close_bare_sweep(config: TrialConfig, sweep, parent: str, experiment: str) -> None:
+    """End the parent run of a sweep launched without ``jobs.sweep`` (``sbatch --array
+    slurm/train.sh``: no sweep state, no driver) once its last trial has ended."""
+    from jobs.attempt import sweep_end_state
+    from jobs.sweep_state import state_path
+    from jobs.tracking import end_run, find_trial_runs, resolve_tracking_uri
+    from jobs.tracking.store import is_transient
+
+    if state_path(Path(config.run.out_dir).resolve() / sweep.name).exists():
+        return  # launched by jobs.sweep: its driver or status closes the parent run
+    uri = resolve_tracking_uri(config.tracking.resolved_uri)
+    try:
+        runs = find_trial_runs(uri, experiment, trial_ids=[t.trial_id for t in sweep.trials])
+        if len(runs) == len(sweep.trials) and all(r.status != "RUNNING" for r in runs.values()):
+            end_state, reason = sweep_end_state(sweep.trials, runs)
+            end_run(uri, parent, end_state, reason)
+    except Exception as err:  # noqa: BLE001 - the trial's own outcome stands; status closes it later
+        if not is_transient(err):
+            raise
 
 
 if __name__ == "__main__":

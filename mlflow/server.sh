@@ -19,7 +19,12 @@
 #   MLFLOW_AUTH=1            basic authentication (--app-name basic-auth); needs the mlflow[auth] extra,
 #                            MLFLOW_FLASK_SERVER_SECRET_KEY and, on first start, MLFLOW_AUTH_ADMIN_PASSWORD
 #   PYTHON                   interpreter with mlflow installed (default: <repo>/.venv/bin/python)
+#
+# The folder, and all the server writes in it (sqlite store, artifacts, log, pid file), is readable
+# by its owner only: the script runs under umask 077, so a folder it creates is mode 0700 (an
+# existing folder open to others is kept as it is, with a warning).
 set -euo pipefail
+umask 077
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dir="${MLFLOW_SERVER_DIR:-$repo/mlruns/server}"
@@ -63,6 +68,10 @@ start() {
   [[ "$workers" =~ ^[0-9]+$ ]] || die "MLFLOW_WORKERS=$workers: must be a positive integer"
   "$python" -c "import mlflow.server" 2>/dev/null || die "$python cannot import mlflow.server: install the full 'mlflow' package (make install)"
   mkdir -p "$dir"
+  [[ -z "${MLFLOW_DEFAULT_ARTIFACT_ROOT:-}${MLFLOW_ARTIFACTS_DESTINATION:-}" ]] && mkdir -p "$dir/artifacts"
+  local mode
+  mode="$(stat -c %a "$dir")"
+  (( (8#$mode & 8#077) == 0 )) || echo "warning: $dir is mode $mode: others can read the store; chmod 700 $dir" >&2
   local args=(-m mlflow server
     --backend-store-uri "${MLFLOW_BACKEND_URI:-sqlite:///$dir/mlflow.db}"
     --host "$host" --port "$port" --workers "$workers")

@@ -34,6 +34,20 @@ def _check_positive(key: str, value: Any, *, allow_zero: bool = False, integer: 
         raise ConfigError(key, value, f"must be {what} {'integer' if integer else 'number'}")
 
 
+#: Seeds are integers in ``[0, SEED_LIMIT)``: ``torch.manual_seed`` takes up to 2^64 − 1 and numpy's
+#: ``SeedSequence`` any non-negative integer, but ``jobs.report`` reads seeds back from MLflow params
+#: as 64-bit signed integers (pandas ``int64``), so a seed must fit in one.
+SEED_LIMIT = 2**63
+
+
+def _check_seed(key: str, value: Any) -> None:
+    """``value`` is a seed: an integer with ``0 ≤ value < 2^63`` (see :data:`SEED_LIMIT`)."""
+    _check_positive(key, value, allow_zero=True)
+    if value >= SEED_LIMIT:
+        raise ConfigError(key, value, "must be below 2^63 (a seed is an integer 0 ≤ seed < 2^63: it is stored as a "
+                                      "signed 64-bit integer); pick a smaller seed")
+
+
 # ----------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------
@@ -157,6 +171,9 @@ class PriorConfig:
 
 DATASETS = ("msds1", "msds2", "celeba")
 INTERPOLATIONS = ("bicubic", "bilinear")
+#: (channels, image size) of each data set's images: MSDS is rendered at 3×32×32
+#: (``rgflow.data.msds``), CelebA cropped and resized to 3×32×32 (``rgflow.data.celeba.SIZE``).
+DATA_SHAPES: dict[str, tuple[int, int]] = {"msds1": (3, 32), "msds2": (3, 32), "celeba": (3, 32)}
 
 
 @dataclass(frozen=True)
@@ -185,7 +202,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_choice("data.name", self.name, DATASETS)
         _check_choice("data.interpolation", self.interpolation, INTERPOLATIONS)
-        _check_positive("data.seed", self.seed, allow_zero=True)
+        _check_seed("data.seed", self.seed)
         _check_positive("data.msds_valid_holdout", self.msds_valid_holdout)
         for key in ("train_size", "valid_size", "test_size"):
             if getattr(self, key) is not None:
@@ -261,6 +278,17 @@ class TrainConfig:
         return self.lr * {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
 
 
+def check_model_fits_data(model: ModelConfig, data: DataConfig) -> None:
+    """``model.channels`` and ``model.size`` are those of ``data``'s images (:data:`DATA_SHAPES`);
+    otherwise the flow would only fail at its first batch."""
+    channels, size = DATA_SHAPES[data.name]
+    shape = f"data.name={data.name!r} has {channels}×{size}×{size} images (channels×height×width)"
+    if model.channels != channels:
+        raise ConfigError("model.channels", model.channels, f"must be {channels}: {shape}; set model.channels={channels}")
+    if model.size != size:
+        raise ConfigError("model.size", model.size, f"must be {size}: {shape}; set model.size={size}")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML/JSON-serialisable dict of a config dataclass (tuples become lists)."""
 
@@ -276,5 +304,5 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 __all__ = [
     "ConfigError", "ModelConfig", "MODEL_PRESETS", "model_preset", "PriorConfig", "DataConfig",
-    "TrainConfig", "to_dict",
+    "TrainConfig", "to_dict", "DATA_SHAPES", "SEED_LIMIT", "check_model_fits_data",
 ]

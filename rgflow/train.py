@@ -36,8 +36,8 @@ Sample grids at ``train.sample_temperatures`` are written every ``train.sample_e
 and at the end to ``run_dir/samples/step-<step>_T<t>.png`` (same latent noise every time).
 
 Checkpoints (``run_dir/checkpoints``, :mod:`rgflow.checkpoint`): every ``train.checkpoint_minutes``,
-at every epoch end, on a stop request and at the end (``loop.finished``); ``best.ckpt`` whenever
-``val_bpd`` improves. A checkpoint holds everything the loop's future depends on, so resuming
+at every epoch end, on a stop request and at the end (``loop.finished``), each after
+``hooks.before_checkpoint``; ``best.ckpt`` whenever ``val_bpd`` improves. A checkpoint holds everything the loop's future depends on, so resuming
 reproduces the uninterrupted run bitwise under deterministic settings (fixed threads,
 ``torch.use_deterministic_algorithms``): the batch order and dequantisation noise come from
 ``(seed, epoch, index)`` (:class:`rgflow.data.batching.EpochBatcher`), the learning rate is a
@@ -96,6 +96,11 @@ class TrainHooks:
 
     def on_artifact(self, path: Path, artifact_path: str) -> None:
         """A file written under the run folder, to be stored under ``artifact_path``."""
+
+    def before_checkpoint(self, step: int) -> None:
+        """A step checkpoint at ``step`` is about to be written: make what was reported so far
+        durable (e.g. fsync the metric spool), so that no crash leaves a checkpoint newer than the
+        reports — a resumed run repeats only the steps after its checkpoint."""
 
     def on_checkpoint(self, path: Path, step: int) -> None:
         """A checkpoint was written (atomically) at ``step``."""
@@ -269,6 +274,7 @@ class _Trainer:
     def save(self) -> Path:
         """Checkpoint now, unless the newest checkpoint already holds this exact loop state."""
         if self.loop_key() != self.saved_loop or self.last_checkpoint is None:
+            self.hooks.before_checkpoint(self.state.step)
             self.last_checkpoint = self.checkpoints.save(self.state_dict(), self.state.step)
             self.saved_loop = self.loop_key()
             self.hooks.on_checkpoint(self.last_checkpoint, self.state.step)

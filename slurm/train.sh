@@ -9,7 +9,8 @@
 # The trainer (`python -m jobs.train`) runs in the background so that this shell can forward
 # SIGUSR2 (sent 120 s before the time limit, or by `scancel --signal=USR2 --batch`) and SIGTERM
 # (preemption, `scancel`, `scontrol requeue`) to it. Its exit code decides what happens next:
-#   0 finished → exit 0;  1 failed, 2 bad input → exit with that code, no requeue;
+#   0 finished → exit 0;  1 failed, 2 bad input, 3 run folder held by another attempt → exit with
+#      that code, no requeue;
 #   75 interrupted after a checkpoint → `scontrol requeue` this job (or array task) unless Slurm is
 #      already requeueing or cancelling it; the next attempt resumes from the checkpoint;
 #   130 interrupted by the user → exit 130, no requeue.

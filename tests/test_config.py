@@ -240,6 +240,46 @@ def test_flatten_gives_override_syntax():
     assert load_trial_config(None, [f"{k}={v}" for k, v in flat.items()]) == cfg
 
 
+def test_seeds_must_fit_a_signed_64_bit_integer():
+    limit = rgflow.config.SEED_LIMIT
+    assert limit == 2**63
+    assert load_trial_config(None, [f"run.seed={limit - 1}", f"eval.noise_seed={limit - 1}"]).run.seed == limit - 1
+    for key in ("run.seed", "eval.noise_seed", "data.seed"):
+        message = error_of([f"{key}={limit}"])
+        assert message == (f"{key}={limit}: must be below 2^63 (a seed is an integer 0 ≤ seed < 2^63: it is stored "
+                           f"as a signed 64-bit integer); pick a smaller seed [override '{key}={limit}']")
+    assert error_of(["run.seed=-3"]) == "run.seed=-3: must be a non-negative integer [override 'run.seed=-3']"
+
+
+def test_model_must_fit_the_images_of_the_data(tmp_path):
+    assert set(rgflow.config.DATA_SHAPES) == set(rgflow.config.DATASETS)
+    from rgflow.data import celeba
+
+    assert rgflow.config.DATA_SHAPES["celeba"] == (3, celeba.SIZE)
+    assert error_of(["model.size=16"]) == ("model.size=16: must be 32: data.name='msds1' has 3×32×32 images "
+                                           "(channels×height×width); set model.size=32 [override 'model.size=16']")
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {preset: tiny, channels: 1}\n")
+    assert error_of(["data.name=celeba"], path).endswith("set model.channels=3 [in " + str(path) + "]")
+    assert load_trial_config(None, ["model.preset=tiny", "model.kernel=8"]).model.size == 32
+
+
+def test_duplicate_yaml_keys_name_the_file_line_and_key(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("train:\n  epochs: 3\n  lr: 1.0e-3\n  epochs: 4\n")
+    assert error_of([], path) == f"{path}:4:3: invalid YAML: duplicate key 'epochs' (first on line 2): keep one"
+    path.write_text("run: {seed: 1}\nrun: {device: cpu}\n")
+    assert error_of([], path) == f"{path}:2:1: invalid YAML: duplicate key 'run' (first on line 1): keep one"
+    merged = tmp_path / "merge.yaml"   # a merge key's values may be overridden: not a duplicate
+    merged.write_text("train: &t {epochs: 3, lr: 1.0e-3}\neval: {test_draws: 2}\n")
+    assert load_trial_config(merged, []).train.epochs == 3
+    from jobs.overrides import parse_yaml
+
+    assert parse_yaml("a: &x {b: 1, c: 2}\nd: {<<: *x, b: 3}\n", "s") == {"a": {"b": 1, "c": 2}, "d": {"b": 3, "c": 2}}
+    with pytest.raises(ConfigError, match=r"^s:1:8: invalid YAML: duplicate key 'b' \(first on line 1\): keep one$"):
+        parse_yaml("{b: 1, b: 2}", "s")
+
+
 def test_tracking_uri_resolution(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert load_trial_config(None, []).tracking.resolved_uri == "sqlite:///mlflow.db"

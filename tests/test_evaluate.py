@@ -80,6 +80,9 @@ def test_evaluate_writes_into_run_status_unchanged_fid_skipped(trained, no_weigh
     assert tags["rgflow.eval.noise_seed"] == "3" and tags["rgflow.eval.dequantisation"] == "per-image"
     assert tags["rgflow.eval.seed"] == "1" and tags["rgflow.eval.fid_reference"] == "none"
     assert tags["rgflow.eval.receptive_field_space"] == "image"
+    from jobs.tracking.tags import EVAL_PROTOCOL_KEYS, EVAL_PROTOCOL_TAG, EVAL_TAG_PREFIX  # the one list is complete
+    assert {k for k in tags if k.startswith(EVAL_TAG_PREFIX)} == {EVAL_TAG_PREFIX + k for k in EVAL_PROTOCOL_KEYS} | {
+        EVAL_PROTOCOL_TAG}
     names = {a.path for a in client.list_artifacts(run_id, "eval")}
     assert {"eval/samples_T0.5.png", "eval/samples_T1.png", "eval/receptive_fields.png",
             "eval/mixed_temperature.png", "eval/metrics.json", f"eval/{E.PER_IMAGE_FILE}"} <= names

@@ -12,13 +12,14 @@ import time
 import pytest
 
 from jobs.backends import local_backend
-from jobs.backends.base import ProgressTracker, SweepContext, TrialTask
+from jobs.backends.base import ProgressTracker, SweepContext, TrialResources, TrialTask
 from jobs.backends.gpus import (
     SlotPool, gpu_pool, gpu_slots, parse_nvidia_smi, parse_visible_devices, trials_per_gpu, visible_gpus,
 )
 from jobs.overrides import ConfigError
 from jobs.progress import Progress
 from jobs.sweep_state import SweepState
+from jobs.sweep_spec import LocalSettings
 
 NVIDIA_SMI_MIG = """GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-2222-3333-4444-555555555555)
   MIG 3g.40gb     Device  0: (UUID: MIG-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee)
@@ -145,8 +146,8 @@ def _launch(tmp_path, monkeypatch, n_trials: int, parallel: int, gpus: float, se
     monkeypatch.setattr(local_backend, "_run_bpd", lambda ctx, trial_id: None)  # no tracking store here
     ctx = SweepContext(name="gpus", sweep_path=str(tmp_path / "sweep.yaml"), overrides=(),
                        sweep_dir=str(tmp_path / "sweep"), tracking_uri="sqlite:///unused.db", experiment_id="1",
-                       parent_run_id="p", backend="local", settings={"parallel": parallel},
-                       resources={"cpus": 1, "gpus": gpus, "mem_gb": None, "time_min": None})
+                       parent_run_id="p", backend="local", settings=LocalSettings(parallel=parallel),
+                       resources=TrialResources(cpus=1, gpus=gpus))
     tasks = [TrialTask(i, f"trial{i:07d}", None, str(tmp_path / f"run{i}")) for i in range(n_trials)]
     progress = Progress("gpus", stream=io.StringIO(), enabled=False)
     tracker = ProgressTracker(progress, {t.trial_id: "pending" for t in tasks})

@@ -125,3 +125,22 @@ def test_server_script_rejects_bad_settings(tmp_path):
     assert not (tmp_path / "server.pid").exists()
     usage = subprocess.run(["bash", str(SCRIPT), "restart"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and usage.stderr.startswith("usage: mlflow/server.sh start|stop|status")
+
+
+def test_server_folder_is_readable_by_its_owner_only(mlflow_server, tmp_path):
+    """A folder the script creates is mode 0700 (umask 077), and so is what the server writes in it.
+    The new folder is made by a start refused after the folder exists (basic auth without its secret
+    key), so no second server is needed; the running server's store, log and artifacts are checked."""
+    from tests.fixtures.mlflow_server import SCRIPT
+
+    folder = tmp_path / "new" / "server"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=60,
+                          env=dict(env, MLFLOW_SERVER_DIR=str(folder), MLFLOW_AUTH="1", MLFLOW_PORT="1"))
+    assert done.returncode == 2 and "MLFLOW_AUTH=1 needs" in done.stderr
+    assert (folder.stat().st_mode & 0o777, (folder / "artifacts").stat().st_mode & 0o777) == (0o700, 0o700)
+    assert (tmp_path / "new").stat().st_mode & 0o077 == 0
+    root = mlflow_server.root
+    assert (root / "artifacts").stat().st_mode & 0o777 == 0o700
+    for name in ("mlflow.db", "server.log", "server.pid"):
+        assert (root / name).stat().st_mode & 0o077 == 0, name

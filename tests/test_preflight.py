@@ -150,14 +150,18 @@ def test_sqlite_with_a_multi_node_backend_warns(sweep_of, overrides, where):
     assert check_tracking(sweep_of("backend=ray", "ray.address=local")) == []
 
 
-def test_unreachable_tracking_server_is_an_error_within_seconds(sweep_of):
+def test_unreachable_tracking_server_is_an_error_within_seconds(sweep_of, monkeypatch):
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, "")   # restored to unset after the test
+        monkeypatch.delenv(name)
     port = free_port()   # bound and released: nothing listens there
     started = time.monotonic()
     problems = check_tracking(sweep_of(f"tracking.uri=http://alice:s3cret@127.0.0.1:{port}"))
     assert time.monotonic() - started < 5
     message = _one(problems, "error", "tracking")
-    assert f"tracking server http://***@127.0.0.1:{port} is unreachable (connection refused)" in message
+    assert f"tracking server http://127.0.0.1:{port} is unreachable (connection refused)" in message
     assert "mlflow/server.sh start" in message and "s3cret" not in message and "alice" not in message
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("alice", "s3cret")
 
 
 def test_running_tracking_server_passes(sweep_of, mlflow_server):
@@ -260,6 +264,34 @@ def test_parse_sinfo_and_slurm_times():
     assert parts["cpu"].gpus == 0 and parts["cpu"].time_limit_min == 30
     assert [slurm_minutes(t) for t in ("5", "5:30", "2:00:00", "1-12", "1-00:30", "2-00:00:01", "UNLIMITED")] == \
         [5, 6, 120, 2160, 1470, 2881, None]
+
+
+def _fake_sinfo(tmp_path, monkeypatch, output: str) -> None:
+    """An ``sinfo`` first on ``PATH`` that prints ``output``."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "sinfo").write_text(f"#!/bin/sh\ncat <<'EOF'\n{output}EOF\n")
+    (folder / "sinfo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_slurm_cluster_without_any_gpu_refuses_gpu_trials(sweep_of, tmp_path, monkeypatch):
+    _fake_sinfo(tmp_path, monkeypatch, "cpu*|(null)|16|64000|infinite\nbig|(null)|64|512000|2-00:00:00\n")
+    assert check_resources(sweep_of("backend=slurm")) == []
+    started = time.monotonic()
+    message = _one(check_resources(sweep_of("backend=slurm", "resources.gpus=0.5", "run.device=auto")),
+                   "error", "resources")
+    assert time.monotonic() - started < 30
+    assert message == ("trials ask for 1 GPU(s) (slurm.gpus_per_trial) but no node of this cluster has GPUs (no GRES "
+                       "gpu in any partition: big, cpu): the jobs would never start; set resources.gpus=0 (and "
+                       "run.device=cpu) or use a cluster with GPUs")
+
+
+def test_sinfo_output_that_does_not_parse_is_an_error(sweep_of, tmp_path, monkeypatch):
+    _fake_sinfo(tmp_path, monkeypatch, "sinfo: something unexpected\n")
+    message = _one(check_resources(sweep_of("backend=slurm")), "error", "resources")
+    assert message == ("backend=slurm: cannot parse the partitions sinfo lists (expected '%P|%G|%c|%m|%l' fields, got "
+                       "'sinfo: something unexpected'); check the Slurm client (sinfo --version) and SLURM_CONF")
 
 
 @pytest.mark.slurm

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from jobs.progress import Counts, Progress, count_states, format_line
-from jobs.sweep import main, plan, sbatch_options, summarize
+from jobs.attempt import sweep_end_state
+from jobs.backends.slurm_backend import sbatch_options
+from jobs.sweep import main, plan
 from jobs.sweep_state import StateError, SweepState, TrialJob, load_state, save_state
 from jobs.sweep_spec import load_sweep
 from jobs.sweep_status import TrialProgress, format_table, progress_of
@@ -150,8 +152,8 @@ def test_plan_skips_finished_live_and_exhausted_trials():
     assert todo == [c, d] and "failed 2 times" in skipped[b]
     states, todo, skipped = plan(sweep, {}, live={c: "17_2"}, max_failures=1)
     assert todo == [a, b, d] and states[c] == "running" and "17_2" in skipped[c]
-    assert summarize(sweep, runs) == ("failed", summarize(sweep, runs)[1])
-    assert summarize(sweep, {t: _Run("FINISHED") for t in (a, b, c, d)}) == ("finished", None)
+    assert sweep_end_state(sweep.trials, runs) == ("failed", sweep_end_state(sweep.trials, runs)[1])
+    assert sweep_end_state(sweep.trials, {t: _Run("FINISHED") for t in (a, b, c, d)}) == ("finished", None)
 
 
 def test_slurm_job_tables_and_sbatch_flags():
@@ -370,3 +372,37 @@ def test_status_closes_the_parent_run_of_a_dead_sweep(tmp_path):
     assert parent.data.tags["rgflow.failure_reason"] == f"1 of 4 trials failed (2: {REASON})"
     again = store.status()
     assert again.returncode == 0 and "parent run" not in again.stdout  # closed once
+
+
+def test_slurm_settings_reach_submitit_typed(tmp_path):
+    """The backend gets the sweep file's typed ``SlurmSettings``: ``array_parallelism: null``
+    (documented as no cap) must not become submitit's default of 256."""
+    from jobs.backends.base import SweepContext, TrialResources
+    from jobs.backends.slurm_backend import SlurmBackend
+    from jobs.sweep_spec import SlurmSettings
+
+    def params(**settings):
+        ctx = SweepContext(name="x", sweep_path=str(tmp_path / "x.yaml"), overrides=(), sweep_dir=str(tmp_path),
+                           tracking_uri="sqlite:///x.db", experiment_id="1", parent_run_id="p", backend="slurm",
+                           settings=SlurmSettings(**settings), resources=TrialResources(2, 1, 3.5, 30))
+        return SlurmBackend().executor(ctx)._executor.parameters
+
+    uncapped = params(array_parallelism=None, max_array_size=1000, extra_sbatch=("--exclusive",))
+    assert uncapped["array_parallelism"] == 1000
+    assert uncapped["additional_parameters"] == {"exclusive": True}
+    assert (uncapped["cpus_per_task"], uncapped["gpus_per_node"], uncapped["mem"], uncapped["time"]) == (2, 1, "4GB", 30)
+    assert params(array_parallelism=16)["array_parallelism"] == 16
+
+
+def test_max_failures_is_backend_neutral_and_accepts_its_old_name(tmp_path):
+    from jobs.overrides import ConfigError
+
+    assert load_sweep(REPO / SMOKE, []).max_failures == 1  # top-level in smoke.yaml
+    assert load_sweep(REPO / SMOKE, ["max_failures=4"]).max_failures == 4
+    text = _smoke_text().replace("max_failures: 1\n", "").replace("  max_concurrent_trials: 2\n",
+                                                                  "  max_concurrent_trials: 2\n  max_failures: 3\n")
+    assert "ray:\n  address: local\n  max_concurrent_trials: 2\n  max_failures: 3\n" in text
+    (tmp_path / "old.yaml").write_text(text)
+    assert load_sweep(tmp_path / "old.yaml", []).max_failures == 3
+    with pytest.raises(ConfigError, match=r"max_failures=-1: must be an integer ≥ 0"):
+        load_sweep(REPO / SMOKE, ["max_failures=-1"])

@@ -364,7 +364,7 @@ def test_duplicate_trials_name_both_indexes(tmp_path):
     ("name: x\nresources: {gpus: -1}\n", "resources.gpus=-1.0: must be a non-negative number [in {path}]"),
     ("name: x\nbase_config: nope.yaml\n", "{dir}/nope.yaml: no such file"),
     ("name: x\naxes:\n  grid: [1\n", "{path}:4:1: invalid YAML: expected ',' or ']', but got '<stream end>'"),
-    ("- 1\n", "expected a sweep mapping with keys name, description, base_config, base, axes, resources, backend, ray, slurm, local, evaluation, report, got [1] [in {path}]"),
+    ("- 1\n", "expected a sweep mapping with keys name, description, base_config, base, axes, resources, backend, max_failures, ray, slurm, local, evaluation, report, got [1] [in {path}]"),
 ])
 def test_file_errors(tmp_path, text, message):
     path = write(tmp_path, text)
@@ -462,3 +462,20 @@ def test_dry_run_of_the_study_totals():
     # CelebA: 162,770 images × 100 epochs at ≈ 200 img/s is ≈ 22.6 h of training per trial.
     assert gpu_hours(celeba[0].config, sweep.evaluation) == pytest.approx(162_770 * 100 / 200 / 3600, rel=0.15)
     assert gpu_hours(msds[0].config, sweep.evaluation) == pytest.approx(85_000 * 60 / 370 / 3600, rel=0.15)
+
+
+def test_duplicate_key_in_a_sweep_file_names_the_file_line_and_key(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("name: x\naxes:\n  grid: {train.lr: [1.0e-3]}\n  seeds: [0]\n  grid: {train.lr: [2.0e-3]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_sweep(path)
+    assert str(info.value) == f"{path}:5:3: invalid YAML: duplicate key 'grid' (first on line 3): keep one"
+
+
+def test_sweep_seeds_beyond_int64_are_refused(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"name: x\naxes: {{seeds: [0, {2**64}]}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_sweep(path)
+    assert str(info.value).startswith(f"run.seed={2**64}: must be below 2^63")
+    assert str(info.value).endswith(f"[in {path} axes.seeds]")

@@ -253,6 +253,52 @@ def test_sweep_run_lifecycle_and_mark_killed(store, exp, tmp_path):
     assert client.get_run(sweep).info.status == "RUNNING"
 
 
+def test_named_operations_for_code_outside_jobs_tracking(store, exp, tmp_path, request):
+    from jobs.tracking.tags import BACKEND_TAG, EVAL_PROTOCOL_TAG, FAILURES_TAG
+
+    assert T.find_experiment(store, request.node.name) == exp == T.ensure_experiment(store, request.node.name,
+                                                                                      timeout_s=0.0)
+    assert T.find_experiment(store, "no such experiment") is None
+    sweep = T.ensure_sweep_run(store, exp, "ops", "sid-ops", {}, timeout_s=0.0)
+    assert T.find_sweep_run(store, exp, "sid-ops").run_id == sweep == T.find_sweep_run(store, exp).run_id
+    assert T.find_sweep_run(store, exp, "sid-other") is None
+    T.log_parent_tags(store, sweep, {BACKEND_TAG: "local"})
+    assert T.find_run(store, sweep).tags[BACKEND_TAG] == "local"
+    assert T.find_run(store, "0" * 32) is None
+
+    assert T.bump_failures(store, exp, "nope") == 1  # no run: nothing written
+    trial = _open(store, exp, tmp_path / "run", trial_id="tops", parent=sweep)
+    trial.log_metrics({"val_bpd": 3.0}, 5)
+    assert trial.end("failed", reason="nan loss")
+    assert T.bump_failures(store, exp, "tops") == 1 and T.bump_failures(store, exp, "tops") == 2
+    assert T.find_run(store, trial.run_id).tags[FAILURES_TAG] == "2"
+    found = T.find_run_by_trial_id(store, "tops")
+    assert (found.run_id, found.status, found.state, found.metrics) == (trial.run_id, "FAILED", "failed", {"val_bpd": 3.0})
+    assert T.find_run_by_trial_id(store, "nothere") is None
+
+    out = tmp_path / "eval-out"
+    out.mkdir()
+    (out / "a.txt").write_text("a")
+    tags = {"rgflow.eval.seed": "1", EVAL_PROTOCOL_TAG: "h"}
+    assert T.log_evaluation(store, trial.run_id, {"val_bpd": 3.0, "test_bpd": 2.5}, 5, tags, out, "eval") == ["test_bpd"]
+    assert T.log_evaluation(store, trial.run_id, {"test_bpd": 2.5}, 5, tags) == []  # same value at that step
+    assert [(s, v) for s, _, v in T.read_metric_history(store, trial.run_id, "test_bpd")] == [(5, 2.5)]
+    assert T.read_metric_history(store, trial.run_id, "no_such_metric") == []
+    after = T.find_run(store, trial.run_id)
+    assert after.status == "FAILED" and after.tags[EVAL_PROTOCOL_TAG] == "h"  # status unchanged
+    assert T.list_artifacts(store, trial.run_id, "eval") == ["eval/a.txt"]
+    (tmp_path / "dl").mkdir()
+    assert T.download_artifact(store, trial.run_id, "eval/a.txt", tmp_path / "dl").read_text() == "a"
+    with pytest.raises(ValueError, match="at most 100 tags"):
+        T.log_evaluation(store, trial.run_id, {}, 5, {f"k{i}": "v" for i in range(101)})
+
+    T.log_report(store, sweep, out)
+    assert T.list_artifacts(store, sweep, "report") == ["report/a.txt"]
+    T.end_run(store, sweep, "killed", "cancelled")
+    closed = T.find_run(store, sweep)
+    assert (closed.status, closed.state, closed.tags["rgflow.failure_reason"]) == ("KILLED", "killed", "cancelled")
+
+
 # ---- pure logic ------------------------------------------------------------------------------
 
 def test_resolve_tracking_uri(monkeypatch, tmp_path):

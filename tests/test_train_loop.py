@@ -39,6 +39,7 @@ class Recorder(TrainHooks):
         self.metrics: list[tuple[int, dict]] = []
         self.artifacts: list[tuple[str, str]] = []
         self.checkpoints: list[tuple[str, int]] = []
+        self.checkpoint_calls: list[tuple[str, int]] = []  # ("before" | "after", step), in order
         self.stop_at_poll = stop_at_poll
         self.polls = 0
 
@@ -48,8 +49,12 @@ class Recorder(TrainHooks):
     def on_artifact(self, path, artifact_path):
         self.artifacts.append((path.name, artifact_path))
 
+    def before_checkpoint(self, step):
+        self.checkpoint_calls.append(("before", step))
+
     def on_checkpoint(self, path, step):
         self.checkpoints.append((path.name, step))
+        self.checkpoint_calls.append(("after", step))
 
     def should_stop(self):
         self.polls += 1
@@ -132,6 +137,13 @@ def test_bpd_falls_and_metrics_follow_the_contract(images, reference):
     for key, value in model.state_dict().items():
         assert torch.equal(state["model"][key], value)
     assert load_checkpoint(result.best_checkpoint)["loop"]["val_bpd"] == result.best_val_bpd
+
+
+def test_before_checkpoint_precedes_every_step_checkpoint(reference):
+    """The caller makes its reports durable (the metric spool's fsync) before each checkpoint is written."""
+    _, hooks, _, _ = reference
+    steps = [s for _, s in hooks.checkpoints]
+    assert steps and hooks.checkpoint_calls == [(when, s) for s in steps for when in ("before", "after")]
 
 
 def test_warmup_is_linear():

@@ -2,7 +2,7 @@
 
 A backend receives the trials still to run (:class:`TrialTask`) with the sweep's context
 (:class:`SweepContext`: where the sweep's run folder is, the MLflow experiment and the parent run
-already created by ``jobs.sweep``) and
+already created by ``jobs.sweep``, and the backend's typed settings) and
 
 * :meth:`Backend.launch` runs them (Ray, local: blocking, with the progress line) or submits them
   (Slurm: returns once queued, or follows them with ``wait=True``);
@@ -11,35 +11,32 @@ already created by ``jobs.sweep``) and
 * :meth:`Backend.job_states` reports the scheduler's view of each trial for ``status``;
 * :meth:`Backend.cancel` stops the sweep's jobs.
 
+What an attempt's end means and what happens next is not decided here: :mod:`jobs.attempt` holds
+that contract (exit codes, retry rule, the in-process attempt :func:`jobs.attempt.execute`).
 Trial outcomes always come from MLflow (``jobs.tracking``), never from the scheduler alone.
-:func:`execute_trial` is the in-process entry used by the Ray trainable and the Slurm job: it calls
-``jobs.train.run_trial`` with the parent run id passed explicitly and counts failures on the run.
 """
 from __future__ import annotations
 
 import abc
 import os
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from jobs.progress import Counts, Progress, count_states
+from jobs.sweep_spec import LocalSettings, RaySettings, SlurmSettings
 from jobs.sweep_state import SweepState
 
-# Exit codes of jobs.train (docs/ARCHITECTURE.md, "jobs.train exit codes").
-EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REQUEUE, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
-STATE_BY_EXIT = {
-    EXIT_FINISHED: "finished", EXIT_FAILED: "failed", EXIT_BAD_INPUT: "failed",
-    EXIT_REQUEUE: "preempted", EXIT_INTERRUPTED: "killed",
-}
-FAILURES_TAG = "rgflow.failures"  # failed attempts of a trial, counted by the sweep launcher
-# Scheduler states of a job that is queued or running (Slurm's names; the in-process backends
-# report RUNNING or EXITED).
-LIVE_STATES = frozenset({
-    "PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-    "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING",
-})
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What one trial holds: ``cpus`` cores, ``gpus`` (fractional on Ray), ``mem_gb`` GiB and
+    ``time_min`` minutes of wall time (None: the scheduler's default)."""
+
+    cpus: int = 1
+    gpus: float = 0.0
+    mem_gb: float | None = None
+    time_min: int | None = None
 
 
 @dataclass(frozen=True)
@@ -71,15 +68,16 @@ class SweepContext:
     overrides: tuple[str, ...]
     sweep_dir: str
     tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
+    experiment_id: str | None
+    parent_run_id: str | None
     backend: str
     sweep_id: str = ""
     evaluations: tuple[str, ...] = ()
     max_failures: int = 1
-    settings: dict[str, Any] = field(default_factory=dict)
-    resources: dict[str, Any] = field(default_factory=dict)
+    settings: LocalSettings | RaySettings | SlurmSettings | None = None
+    resources: TrialResources = TrialResources()
     cwd: str = "."
+    parent_params: dict[str, Any] | None = None
 
     def logs_dir(self) -> str:
         """``<sweep_dir>/logs``: driver-side logs of Ray, MLflow and the backends."""
@@ -105,7 +103,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def launch(
-        self, ctx: SweepContext, tasks: list[TrialTask], tracker: "ProgressTracker", state: SweepState, wait: bool
+        self, ctx: SweepContext, tasks: list[TrialTask], tracker: ProgressTracker, state: SweepState, wait: bool
     ) -> LaunchResult:
         """Run or submit ``tasks``; keep ``tracker`` informed and record jobs in ``state``
         (saved with :func:`jobs.sweep_state.save_state` as soon as they exist)."""
@@ -178,74 +176,3 @@ def child_environment() -> None:
     os.environ.pop("MLFLOW_RUN_ID", None)
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
-
-
-def failures_of(tags: dict[str, str], status: str) -> int:
-    """Failed attempts recorded on a trial run (a FAILED run without the tag counts one)."""
-    default = 1 if status == "FAILED" else 0
-    try:
-        return int(tags.get(FAILURES_TAG, default))
-    except ValueError:
-        return default
-
-
-def count_failure(ctx: SweepContext, trial_id: str) -> int:
-    """Add one to the trial run's failure count; returns the new count."""
-    from jobs.tracking import find_trial_runs, get_client
-    from jobs.tracking.store import log_tags
-
-    run = find_trial_runs(ctx.tracking_uri, ctx.experiment_id, trial_ids=[trial_id]).get(trial_id)
-    if run is None:
-        return 1
-    failures = int(run.tags.get(FAILURES_TAG, 0) or 0) + 1
-    log_tags(get_client(ctx.tracking_uri), run.run_id, {FAILURES_TAG: str(failures)})
-    return failures
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    """One attempt's result: ``exit_code`` of jobs.train semantics, ``state``, the run's best
-    validation BPD (bits/dim) when known, total failed attempts, the evaluation error (one line)
-    if the evaluation after training raised, and jobs.train's one-line ``reason`` (e.g.
-    ``received SIGUSR2``)."""
-
-    exit_code: int
-    state: str
-    val_bpd: float | None = None
-    failures: int = 0
-    eval_error: str | None = None
-    reason: str | None = None
-
-
-def execute_trial(ctx: SweepContext, task: TrialTask, evaluate: bool | None = None) -> TrialOutcome:
-    """Run one trial attempt in this process through ``jobs.train.run_trial`` (it resumes from the
-    run folder's checkpoint by itself, and returns at once for a finished trial), then — when it
-    finished and ``evaluate`` (default: the sweep's setting) — ``jobs.evaluate.evaluate_trial``.
-    A failed attempt bumps the run's failure count. An evaluation that raises does not fail the
-    trial: its error is returned (and the traceback printed to this process's log)."""
-    child_environment()
-    if os.path.isdir(ctx.cwd):
-        os.chdir(ctx.cwd)
-    from jobs.train import run_trial
-
-    result = run_trial(
-        task.config, sweep=ctx.name, sweep_id=ctx.sweep_id, trial_index=task.index, parent_run_id=ctx.parent_run_id,
-        tracking_uri=ctx.tracking_uri, experiment_id=ctx.experiment_id, backend=ctx.backend,
-    )
-    failures = count_failure(ctx, task.trial_id) if result.exit_code == EXIT_FAILED else 0
-    eval_error = None
-    if result.exit_code == EXIT_FINISHED and ctx.evaluations and (evaluate is None or evaluate):
-        eval_error = run_evaluation(ctx, task)
-    return TrialOutcome(result.exit_code, result.state, result.best_val_bpd, failures, eval_error, result.reason)
-
-
-def run_evaluation(ctx: SweepContext, task: TrialTask) -> str | None:
-    """``jobs.evaluate.evaluate_trial`` for a finished trial; returns ``None`` or the error line."""
-    try:
-        from jobs.evaluate import evaluate_trial
-
-        evaluate_trial(task.config, task.run_dir, tracking_uri=ctx.tracking_uri, selected=ctx.evaluations)
-    except Exception as err:  # noqa: BLE001 - reported, never fails the trained trial
-        traceback.print_exc()
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    return None

@@ -27,7 +27,7 @@ from jobs.overrides import ConfigError
 DEVICE_ENTRY = re.compile(r"^([0-9]+|GPU-\S+|MIG-\S+)$")
 NVIDIA_GPU = re.compile(r"^GPU ([0-9]+):")
 NVIDIA_MIG = re.compile(r"^\s+MIG .*\(UUID: (MIG-[^)\s]+)\)")
-PROBE_TIMEOUT_S = 60.0
+PROBE_TIMEOUT_S = 12.0
 
 
 def parse_visible_devices(value: str) -> tuple[str, ...]:

@@ -11,11 +11,14 @@ environment and the tracking URI passed explicitly; the child attaches its run t
 parent run, found by the sweep id. Its output goes to
 ``<sweep run folder>/logs/trial-NNNN.log``. When the sweep's evaluation is enabled, a finished trial is
 evaluated (``jobs.evaluate.evaluate_trial``) by the launcher right after its process exits.
-Exit codes (``jobs.train``): ``0`` finished; ``1``
-failed — restarted (it resumes from its checkpoint) while the run's failure count allows; ``2``
-bad input — the sweep stops launching, since every trial shares the same files; ``75`` preempted —
-restarted at once; ``130`` interrupted — the sweep stops. Ctrl-C (or SIGINT/SIGTERM to the
-launcher) is forwarded to the running trials as SIGINT, so each checkpoints and ends its run KILLED.
+What each exit code leads to is :func:`jobs.attempt.next_action`: finished; failed — restarted
+(it resumes from its checkpoint) while the failure count allows; bad input — the sweep stops
+launching, since every trial shares the same files; preempted — restarted at once; interrupted —
+the sweep stops. A trial killed by a signal (SIGKILL, the kernel's OOM killer) could not end its
+run: the launcher reaps it (:func:`jobs.run_folder.reap_dead_attempt`: FAILED with the signal as
+reason, counted as a failure) and retries it the same way. Ctrl-C (or SIGINT/SIGTERM to the
+launcher) is forwarded once to each running trial as SIGINT, so each checkpoints and ends its run
+KILLED; a second Ctrl-C is not forwarded again (it would cut a checkpoint short).
 
 GPUs (:mod:`jobs.backends.gpus`): each trial process gets ``CUDA_VISIBLE_DEVICES`` (in its
 environment only) set to the ``resources.gpus`` GPUs of a free slot of the visible ones, and ``""``
@@ -33,11 +36,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.backends.base import (
-    EXIT_BAD_INPUT, EXIT_FAILED, EXIT_FINISHED, EXIT_INTERRUPTED, EXIT_REQUEUE, STATE_BY_EXIT, Backend,
-    LaunchResult, ProgressTracker, SweepContext, TrialTask, count_failure, is_process, run_evaluation,
-)
+from jobs.attempt import STATE_OF, Action, ExitCode, death_reason, evaluate_trial, exit_code, next_action
+from jobs.backends.base import Backend, LaunchResult, ProgressTracker, SweepContext, TrialTask, is_process
 from jobs.backends.gpus import SlotPool, gpu_pool
+from jobs.run_folder import read_state, reap_dead_attempt
 from jobs.sweep_state import SweepState, TrialJob, save_state
 
 POLL_S = 0.2
@@ -70,8 +72,8 @@ class LocalBackend(Backend):
     def launch(
         self, ctx: SweepContext, tasks: list[TrialTask], tracker: ProgressTracker, state: SweepState, wait: bool
     ) -> LaunchResult:
-        parallel = int(ctx.settings.get("parallel") or 1)
-        slots = gpu_pool(min(parallel, len(tasks)), float(ctx.resources.get("gpus") or 0), os.environ)
+        parallel = ctx.settings.parallel
+        slots = gpu_pool(min(parallel, len(tasks)), float(ctx.resources.gpus or 0), os.environ)
         queue = sorted(tasks, key=lambda t: t.index)
         running: list[_Running] = []
         states: dict[str, str] = {}
@@ -80,11 +82,14 @@ class LocalBackend(Backend):
         logs.mkdir(parents=True, exist_ok=True)
         env = trial_environment(ctx)
         interrupted = []
+        forwarded: set[int] = set()
+        early_deaths: dict[str, int] = {}  # deaths before training began (no run folder state to count them)
 
         def on_signal(signum, frame):
             interrupted.append(signum)
             for r in running:
-                if r.proc.poll() is None:
+                if r.proc.poll() is None and r.proc.pid not in forwarded:
+                    forwarded.add(r.proc.pid)
                     r.proc.send_signal(signal.SIGINT)
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -98,22 +103,16 @@ class LocalBackend(Backend):
                     running.remove(r)
                     slots.free(r.slot)
                     r.log.close()
-                    code = r.proc.returncode
-                    tid = r.task.trial_id
-                    if code == EXIT_REQUEUE and not interrupted:
+                    action, trial_state = self._after(ctx, r, bool(interrupted), logs, early_deaths)
+                    if action in (Action.RETRY, Action.REQUEUE):
                         queue.insert(0, r.task)
                         continue
-                    if code == EXIT_FAILED and not interrupted and count_failure(ctx, tid) <= ctx.max_failures:
-                        queue.insert(0, r.task)
-                        continue
-                    states[tid] = STATE_BY_EXIT.get(code, "failed")
-                    if code == EXIT_FINISHED and ctx.evaluations:
-                        _evaluate_into_log(ctx, r.task, logs)
-                    tracker.set(tid, states[tid], _run_bpd(ctx, tid) if code == EXIT_FINISHED else None)
-                    if code == EXIT_BAD_INPUT:
-                        stop_reason = f"trial {r.task.index} rejected its input (exit 2): see {r.log.name}"
-                    elif code == EXIT_INTERRUPTED:
-                        stop_reason = f"trial {r.task.index} was interrupted"
+                    states[r.task.trial_id] = trial_state
+                    tracker.set(r.task.trial_id, trial_state,
+                                _run_bpd(ctx, r.task.trial_id) if trial_state == "finished" else None)
+                    if action is Action.STOP_SWEEP and stop_reason is None:
+                        stop_reason = (f"trial {r.task.index} was interrupted" if trial_state == "killed" else
+                                       f"trial {r.task.index} rejected its input (exit 2): see {r.log.name}")
                 if (interrupted or stop_reason) and not running:
                     queue.clear()
         finally:
@@ -121,6 +120,28 @@ class LocalBackend(Backend):
                 signal.signal(s, handler)
         return LaunchResult(states=states, interrupted=bool(interrupted) or (stop_reason or "").endswith("interrupted"),
                             message=stop_reason)
+
+    @staticmethod
+    def _after(ctx: SweepContext, r: _Running, stopping: bool, logs: Path,
+               early_deaths: dict[str, int]) -> tuple[Action, str]:
+        """What the ended process ``r`` means (:func:`jobs.attempt.next_action`) and the trial's
+        state; reaps an attempt killed outside the contract, evaluates a finished trial."""
+        code = exit_code(r.proc.returncode)
+        tid = r.task.trial_id
+        if code is None:
+            reason = death_reason(r.proc.returncode)
+            if reap_dead_attempt(r.task.run_dir, reason) is None:  # died before training: nothing to close
+                early_deaths[tid] = early_deaths.get(tid, 0) + 1
+        failures = int((read_state(r.task.run_dir) or {}).get("failures", 0)) + early_deaths.get(tid, 0)
+        if code is None:
+            _append_log(logs, r.task, f"local backend: trial {r.task.index} {reason}; failure {failures}")
+        action = next_action(code, failures, ctx.max_failures, stopping)
+        trial_state = STATE_OF[code] if code is not None else ("killed" if stopping else "failed")
+        if code is ExitCode.FINISHED and ctx.evaluations:
+            error = evaluate_trial(ctx, r.task)
+            if error:
+                _append_log(logs, r.task, f"evaluation failed: {error}")
+        return action, trial_state
 
     def _start(self, ctx: SweepContext, task: TrialTask, env: dict, logs: Path, state: SweepState,
                slots: SlotPool) -> _Running:
@@ -159,13 +180,10 @@ class LocalBackend(Backend):
         return signalled
 
 
-def _evaluate_into_log(ctx: SweepContext, task: TrialTask, logs: Path) -> None:
-    """Chain the sweep's evaluations after a finished trial, in this process (the trial's own
-    subprocess has exited); an evaluation error is written to the trial's log, never fatal."""
-    error = run_evaluation(ctx, task)
-    if error:
-        with open(logs / f"trial-{task.index:04d}.log", "a") as log:
-            log.write(f"evaluation failed: {error}\n")
+def _append_log(logs: Path, task: TrialTask, line: str) -> None:
+    """Add one line (the launcher's own words) to the trial's log."""
+    with open(logs / f"trial-{task.index:04d}.log", "a") as log:
+        log.write(line + "\n")
 
 
 def _is_trial_process(pid: int, ctx: SweepContext) -> bool:

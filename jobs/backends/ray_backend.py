@@ -3,17 +3,17 @@
 Settings (the sweep file's ``ray:`` section, ``jobs.sweep_spec.RaySettings``): ``address`` —
 ``local`` (an embedded Ray started here with all of this machine's CPUs and detected GPUs, and
 stopped at the end), ``auto``, ``ray://host:port`` or ``host:port`` (a running cluster, e.g. one
-started by ``slurm/ray-cluster.sh``); ``max_concurrent_trials``; ``max_failures`` (failed attempts
-retried per trial, from its checkpoint: Tune's ``FailureConfig``); ``storage_path`` (Tune's
-experiment folder; default ``<sweep run folder>/tune``).
+started by ``slurm/ray-cluster.sh``); ``max_concurrent_trials``; ``storage_path`` (Tune's
+experiment folder; default ``<sweep run folder>/tune``). The sweep's ``max_failures`` bounds
+retries: a failed attempt is retried in its worker by :func:`jobs.attempt.next_action`, a worker
+that died (SIGKILL, out of memory) by Tune's ``FailureConfig``; both resume from the checkpoint.
 
 Per-trial resources come from the sweep's ``resources`` (``cpus``, ``gpus`` — fractional GPUs let
 several small trials share one —, ``mem_gb``).
 
 Each launch is one Tune experiment, ``<storage path>/launch-<time>``, whose workers are reused
 from trial to trial (``reuse_actors``: a worker process and its imports cost seconds). A
-function trainable runs ``jobs.train.run_trial`` (through :func:`~jobs.backends.base.execute_trial`)
-in the worker, with the parent run id passed explicitly; a retry or a later launch resumes the
+function trainable runs one attempt (:func:`jobs.attempt.execute`) in the worker, with the parent run id passed explicitly; a retry or a later launch resumes the
 trial from its own checkpoint because its run folder is the same. Interrupted drivers are
 continued by re-running the same command, which re-expands the sweep and skips FINISHED trials —
 chosen over ``Tuner.restore`` because it also picks up changed axes and never replays a trial
@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.attempt import Action, ExitCode, execute, next_action
 from jobs.backends.base import (
-    EXIT_FAILED, EXIT_FINISHED, EXIT_REQUEUE, Backend, LaunchResult, ProgressTracker, SweepContext, TrialTask,
-    execute_trial, is_process,
+    Backend, LaunchResult, ProgressTracker, SweepContext, TrialResources, TrialTask, is_process,
 )
 from jobs.sweep_state import SweepState, TrialJob, save_state
 
@@ -42,22 +42,17 @@ def driver_alive(job_id: str) -> bool:
     return pid != os.getpid() and is_process(pid, "jobs.sweep")
 
 
-class TrialAttemptFailed(RuntimeError):
-    """Raised in the worker so that Tune retries the trial (FailureConfig)."""
-
-
 def _trainable(config: dict, ctx: SweepContext = None, tasks: dict = None) -> None:
-    """Tune function trainable: one trial, reported once with its outcome."""
+    """Tune function trainable: attempts of one trial until :func:`jobs.attempt.next_action` says
+    done, reported once with the outcome."""
     from ray import tune
 
     task: TrialTask = tasks[config["index"]]
     while True:
-        outcome = execute_trial(ctx, task)
-        if outcome.exit_code != EXIT_REQUEUE:
-            break  # a trial stopped by SIGTERM/SIGUSR2 resumes at once from its checkpoint
-    if outcome.exit_code == EXIT_FAILED and outcome.failures <= ctx.max_failures:
-        raise TrialAttemptFailed(f"trial {task.trial_id} failed (attempt {outcome.failures}); retrying from its checkpoint")
-    tune.report({"exit_code": outcome.exit_code, "state": outcome.state,
+        outcome = execute(ctx, task)
+        if next_action(outcome.exit_code, outcome.failures, ctx.max_failures) not in (Action.RETRY, Action.REQUEUE):
+            break
+    tune.report({"exit_code": int(outcome.exit_code), "state": outcome.state,
                  "val_bpd": outcome.val_bpd if outcome.val_bpd is not None else float("nan")})
 
 
@@ -103,7 +98,7 @@ class RayBackend(Backend):
         from ray import tune
 
         settings = ctx.settings
-        address = settings.get("address") or "local"
+        address = settings.address or "local"
         init_kw: dict[str, Any] = dict(address=address, log_to_driver=False, configure_logging=False)
         if address == "local":
             init_kw.update(num_cpus=os.cpu_count(), include_dashboard=False)
@@ -121,14 +116,14 @@ class RayBackend(Backend):
                 trainable,
                 param_space={"index": tune.grid_search(sorted(by_index))},
                 tune_config=tune.TuneConfig(
-                    max_concurrent_trials=settings.get("max_concurrent_trials"),
+                    max_concurrent_trials=settings.max_concurrent_trials,
                     reuse_actors=True,  # no new worker process (and torch import) per trial
                     trial_name_creator=lambda t: f"{t.config['index']:04d}-{by_index[t.config['index']].trial_id}",
                     trial_dirname_creator=lambda t: f"{t.config['index']:04d}-{by_index[t.config['index']].trial_id}",
                 ),
                 run_config=tune.RunConfig(
                     name=time.strftime("launch-%Y%m%d-%H%M%S"),
-                    storage_path=str(Path(settings.get("storage_path") or Path(ctx.sweep_dir, "tune")).resolve()),
+                    storage_path=str(Path(settings.storage_path or Path(ctx.sweep_dir, "tune")).resolve()),
                     failure_config=tune.FailureConfig(max_failures=ctx.max_failures),
                     verbose=0,
                     callbacks=[_callback(tracker, by_index)],
@@ -143,7 +138,7 @@ class RayBackend(Backend):
             if task is None:
                 continue
             code = (result.metrics or {}).get("exit_code")
-            states[task.trial_id] = "failed" if result.error is not None else {EXIT_FINISHED: "finished"}.get(
+            states[task.trial_id] = "failed" if result.error is not None else {ExitCode.FINISHED: "finished"}.get(
                 code, (result.metrics or {}).get("state", "killed"))
         interrupted = any(tracker.states.get(t.trial_id) in ("running", "pending") for t in tasks) or any(
             s == "killed" for s in states.values())
@@ -166,10 +161,9 @@ class RayBackend(Backend):
         return trial_request(ctx.resources)
 
 
-def trial_request(res: dict[str, Any]) -> dict[str, float]:
-    """Tune resource request (``cpu``, ``gpu``, ``memory`` in bytes) of one trial from the sweep's
-    resources as a :class:`~jobs.backends.base.SweepContext` holds them (``cpus``, ``gpus``, ``mem_gb``)."""
-    out = {"cpu": float(res.get("cpus") or 1), "gpu": float(res.get("gpus") or 0)}
-    if res.get("mem_gb"):
-        out["memory"] = float(res["mem_gb"]) * 2**30
+def trial_request(res: TrialResources) -> dict[str, float]:
+    """Tune resource request (``cpu``, ``gpu``, ``memory`` in bytes) of one trial."""
+    out = {"cpu": float(res.cpus or 1), "gpu": float(res.gpus or 0)}
+    if res.mem_gb:
+        out["memory"] = float(res.mem_gb) * 2**30
     return out

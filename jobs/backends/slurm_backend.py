@@ -2,13 +2,13 @@
 
 Settings (the sweep file's ``slurm:`` section, see ``jobs.sweep_spec.SlurmSettings``): partition,
 account, qos, constraint; ``gpus_per_trial``, ``cpus_per_trial``, ``mem_gb``, ``time_min`` (from
-``resources`` when null); ``array_parallelism`` (array tasks running at once, ``%N``);
+``resources`` when null); ``array_parallelism`` (array tasks running at once, ``%N``; null: no cap);
 ``max_array_size`` (larger launches are split into several arrays); ``extra_sbatch`` (more
-``--flag[=value]`` options). ``jobs.sweep`` hands them over as ``ctx.settings`` /
-``ctx.resources``. USR2 is asked for :data:`SIGNAL_DELAY_S` seconds before the time limit.
+``--flag[=value]`` options). ``jobs.sweep`` hands them over as ``ctx.settings`` (the typed
+``SlurmSettings``) and ``ctx.resources``. USR2 is asked for :data:`SIGNAL_DELAY_S` seconds before the time limit.
 
 The submitted callable :class:`SlurmTrial` is a ``submitit.helpers.Checkpointable``: its
-``__call__`` runs ``jobs.train.run_trial`` in the job (parent run id and tracking URI passed
+``__call__`` runs one attempt (:func:`jobs.attempt.execute`) in the job (parent run id and tracking URI passed
 explicitly, ``MLFLOW_RUN_ID`` removed). When the trial gets USR2 (submitit's ``--signal=USR2@N``
 before the time limit, or ``scancel --signal=USR2`` on preemption) ``jobs.train`` checkpoints and
 returns 75; if the job is still RUNNING, the callable then hands over to submitit's own USR2
@@ -37,9 +37,9 @@ from typing import Any
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from jobs.attempt import LIVE_STATES, ExitCode, evaluate_trial, execute, trial_state
 from jobs.backends.base import (
-    EXIT_FINISHED, EXIT_REQUEUE, LIVE_STATES, Backend, LaunchResult, ProgressTracker, SweepContext, TrialTask,
-    best_val_bpd, child_environment, execute_trial, run_evaluation,
+    Backend, LaunchResult, ProgressTracker, SweepContext, TrialTask, best_val_bpd, child_environment,
 )
 from jobs.overrides import ConfigError
 from jobs.sweep_state import SweepState, TrialJob, save_state
@@ -55,10 +55,10 @@ class SlurmTrial(Checkpointable):
 
     def __call__(self, ctx: SweepContext, task: TrialTask) -> dict[str, Any]:
         submitit_handler = signal.getsignal(signal.SIGUSR2)
-        outcome = execute_trial(ctx, task, evaluate=False)
-        if outcome.exit_code == EXIT_REQUEUE and "SIGUSR2" in (outcome.reason or "") and _job_running():
+        outcome = execute(ctx, task, evaluate=False)
+        if outcome.exit_code is ExitCode.PREEMPTED and "SIGUSR2" in (outcome.reason or "") and _job_running():
             submitit_handler(signal.SIGUSR2, None)  # checkpoint() → scontrol requeue → exit
-        if outcome.exit_code != EXIT_FINISHED:
+        if outcome.exit_code is not ExitCode.FINISHED:
             raise RuntimeError(f"trial {task.index} ({task.trial_id}) ended {outcome.state} (exit {outcome.exit_code})")
         return {"trial_id": task.trial_id, "state": outcome.state, "val_bpd": outcome.val_bpd}
 
@@ -72,7 +72,7 @@ class SlurmEvaluation:
 
     def __call__(self, ctx: SweepContext, task: TrialTask) -> str:
         child_environment()
-        error = run_evaluation(ctx, task)
+        error = evaluate_trial(ctx, task)
         if error:
             raise RuntimeError(f"evaluation of trial {task.index} ({task.trial_id}) failed: {error}")
         return task.trial_id
@@ -154,28 +154,28 @@ class SlurmBackend(Backend):
     def executor(self, ctx: SweepContext, dependency: str | None = None) -> submitit.AutoExecutor:
         """A submitit executor with the sweep's resources and Slurm settings."""
         s, res = ctx.settings, ctx.resources
-        gpus = res.get("gpus") or 0
+        gpus = res.gpus or 0
         if gpus != int(gpus):
             raise ConfigError(f"resources.gpus={gpus}: Slurm allocates whole GPUs; use an integer or backend=ray")
-        extra = dict(s.get("extra") or {})
+        extra = sbatch_options(s.extra_sbatch)
         if dependency:
             extra.update({"dependency": dependency, "kill-on-invalid-dep": "yes"})
         executor = submitit.AutoExecutor(folder=str(Path(ctx.sweep_dir, "submitit").resolve()), cluster="slurm")
         params: dict[str, Any] = dict(
             name=self.job_name(ctx),
-            timeout_min=int(res.get("time_min") or 60),
-            cpus_per_task=int(res.get("cpus") or 1),
-            slurm_array_parallelism=int(s.get("array_parallelism") or 256),
+            timeout_min=int(res.time_min or 60),
+            cpus_per_task=int(res.cpus or 1),
+            slurm_array_parallelism=int(s.array_parallelism or s.max_array_size),  # null: no cap below the array
             slurm_signal_delay_s=SIGNAL_DELAY_S,
             slurm_additional_parameters=extra,
         )
         if gpus:
             params["gpus_per_node"] = int(gpus)
-        if res.get("mem_gb"):
-            params["mem_gb"] = math.ceil(float(res["mem_gb"]))
+        if res.mem_gb:
+            params["mem_gb"] = math.ceil(float(res.mem_gb))
         for key in ("partition", "account", "qos", "constraint"):
-            if s.get(key):
-                params[f"slurm_{key}"] = s[key]
+            if getattr(s, key):
+                params[f"slurm_{key}"] = getattr(s, key)
         executor.update_parameters(**params)
         return executor
 
@@ -184,7 +184,7 @@ class SlurmBackend(Backend):
     ) -> LaunchResult:
         _slurm_env_ok()
         tasks = sorted(tasks, key=lambda t: t.index)
-        size = int(ctx.settings.get("max_array_size") or DEFAULT_MAX_ARRAY)
+        size = int(ctx.settings.max_array_size or DEFAULT_MAX_ARRAY)
         state.submitit_folder = str(Path(ctx.sweep_dir, "submitit").resolve())
         for start in range(0, len(tasks), size):
             chunk = tasks[start:start + size]
@@ -261,16 +261,11 @@ class SlurmBackend(Backend):
         return live
 
 
-def trial_state(job_state: str, run) -> str:
-    """One trial's state for the progress line and ``status`` from its Slurm job and MLflow run."""
-    if run is not None and run.status == "FINISHED":
-        return "finished"
-    if job_state == "PENDING":
-        return "pending" if run is None else "preempted"
-    if job_state in LIVE_STATES:
-        return "running"
-    if run is not None and run.state in ("preempted", "killed") and job_state in ("REQUEUED", "PREEMPTED"):
-        return "preempted"
-    if job_state in ("CANCELLED",):
-        return "killed"
-    return "failed"
+def sbatch_options(flags: tuple[str, ...]) -> dict[str, Any]:
+    """``('--exclusive', '--nodelist=n1')`` → ``{'exclusive': True, 'nodelist': 'n1'}`` (submitit's
+    ``slurm_additional_parameters``)."""
+    out: dict[str, Any] = {}
+    for flag in flags:
+        key, sep, value = flag[2:].partition("=")
+        out[key] = value if sep else True
+    return out

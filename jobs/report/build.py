@@ -30,8 +30,8 @@ from jobs.report.tables import (SETTING_KEYS, csv_columns, curves, finite_hours,
                                 trials_shown, varying_params)
 from jobs.report.verdict import DEFAULT_MARGIN, verdict
 from jobs.staging import staged_dir
-from jobs.tracking import get_client
-from jobs.tracking.store import RUN_DIR_TAG
+from jobs.tracking import download_artifact, list_artifacts, log_report
+from jobs.tracking.tags import ROLE_TAG, RUN_DIR_TAG
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def representatives(table: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("seed").groupby(SETTING_KEYS, sort=True).head(1).head(MAX_SAMPLE_PANELS)
 
 
-def eval_files(client, run_id: str, run_dir: str | None, work: Path) -> dict[str, Path]:
+def eval_files(uri: str, run_id: str, run_dir: str | None, work: Path) -> dict[str, Path]:
     """The trial's evaluation outputs the report shows (``samples_T*.png``, :data:`FIELDS_NAME`) by
     file name: each one from its MLflow ``eval/`` artifacts (downloaded into ``work``), else from its
     run folder's ``eval/``."""
@@ -73,7 +73,7 @@ def eval_files(client, run_id: str, run_dir: str | None, work: Path) -> dict[str
         return bool(SAMPLE_NAME.search(name)) or name == FIELDS_NAME
 
     try:
-        names = [a.path for a in client.list_artifacts(run_id, "eval") if shown(Path(a.path).name)]
+        names = [path for path in list_artifacts(uri, run_id, "eval") if shown(Path(path).name)]
     except Exception as exc:  # noqa: BLE001 - an unreadable artifact store only loses this trial's panels
         log.warning("run %s: cannot list eval artifacts (%s)", run_id, exc)
         names = []
@@ -83,7 +83,7 @@ def eval_files(client, run_id: str, run_dir: str | None, work: Path) -> dict[str
     for name in names:  # MLflow's copy wins over the run folder's, file by file
         try:
             dst.mkdir(parents=True, exist_ok=True)
-            found[Path(name).name] = Path(client.download_artifacts(run_id, name, str(dst)))
+            found[Path(name).name] = download_artifact(uri, run_id, name, dst)
         except Exception as exc:  # noqa: BLE001 - an unreadable artifact only loses this panel
             log.warning("run %s: cannot download %s (%s)", run_id, name, exc)
     return found
@@ -94,12 +94,11 @@ def eval_panels(data: SweepRuns, table: pd.DataFrame, work: Path) -> tuple[list,
     ``[(label, {level: (L, L) array})]``). Sample grids are the ``eval/samples_T*.png`` files, else
     the newest per-temperature PNGs in the run folder's ``samples/``; receptive fields the levels
     ``level<h>`` of ``eval/receptive_fields.npz``."""
-    client = get_client(data.uri)
     tags = {r.run_id: r.tags for r in data.runs}
     samples, fields = [], []
     for rid, row in representatives(table).iterrows():
         run_dir = tags[rid].get(RUN_DIR_TAG)
-        files = eval_files(client, rid, run_dir, work)
+        files = eval_files(data.uri, rid, run_dir, work)
         grids = {float(SAMPLE_NAME.search(n).group(1)): f for n, f in files.items() if SAMPLE_NAME.search(n)}
         if not grids and run_dir and (Path(run_dir) / "samples").is_dir():
             for png in sorted((Path(run_dir) / "samples").rglob("*.png")):
@@ -250,10 +249,10 @@ def build_report(target: str | None = None, *, experiment: str | None = None, ou
         write_documents(report, out)
     if log_to_parent:
         if data.parent_run_id:
-            get_client(data.uri).log_artifacts(data.parent_run_id, str(final), artifact_path="report")
+            log_report(data.uri, data.parent_run_id, final, artifact_path="report")
         else:
-            log.warning("experiment %s has no sweep parent run (tag rgflow.role=sweep): report not logged to MLflow",
-                        spec["experiment"])
+            log.warning("experiment %s has no sweep parent run (tag %s=sweep): report not logged to MLflow",
+                        spec["experiment"], ROLE_TAG)
     return final
 
 

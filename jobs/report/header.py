@@ -14,9 +14,9 @@ from dataclasses import dataclass, fields
 
 import pandas as pd
 
-from jobs.evaluate import TAG_PREFIX
 from jobs.report.query import SweepRuns
 from jobs.report.tables import SETTING_KEYS, parse_param, setting_label
+from jobs.tracking.tags import EVAL_TAG_PREFIX as TAG_PREFIX
 from rgflow.config import ModelConfig, PriorConfig
 
 ALL = "all"

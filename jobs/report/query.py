@@ -1,8 +1,9 @@
 """Read a sweep back from MLflow with a bounded number of queries.
 
 One paged ``search_runs`` for the trial summaries (params, tags, latest metrics: ``find_trial_runs``
-of ``jobs.tracking``), one for the sweep's parent run, and ``get_metric_history`` only for the
-metrics that are plotted (:data:`HISTORY_KEYS`), run in a thread pool. Nothing is fetched per run
+of ``jobs.tracking``), one for the sweep's parent run (``find_sweep_run``), and
+``get_metric_history`` (``read_metric_history``) only for the metrics that are plotted
+(:data:`HISTORY_KEYS`), run in a thread pool. Nothing is fetched per run
 besides those histories, so 1,000 trials cost 2 searches plus 11,000 small history reads.
 """
 from __future__ import annotations
@@ -12,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pandas as pd
-from mlflow.entities import ViewType
 
-from jobs.tracking import find_trial_runs, get_client, resolve_tracking_uri
-from jobs.tracking.store import ROLE_TAG, SWEEP_ID_TAG, RunSummary, filter_literal, retry_transient
+from jobs.tracking import (RunSummary, find_experiment, find_sweep_run, find_trial_runs, read_metric_history,
+                           resolve_tracking_uri)
+from jobs.tracking.tags import ROLE_TAG, TRIAL_INDEX_TAG
 
 #: Gradient-noise histories (see ``rgflow.train``): B_simple (images), the raw estimates of |G|² and
 #: tr(Σ) ((nats/dim)²), and the same in Adam's preconditioned metric (dimensionless; B in images).
@@ -44,35 +45,27 @@ class SweepRuns:
     histories: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
 
 
-def find_parent_run(client, experiment_id: str, sweep_id: str | None):
+def find_parent_run(uri: str, experiment_id: str, sweep_id: str | None) -> RunSummary | None:
     """The sweep's parent run (tag ``rgflow.role=sweep``; the given ``sweep_id`` if any), newest first."""
-    query = f"tags.`{ROLE_TAG}` = 'sweep'"
-    if sweep_id:
-        query += f" and tags.`{SWEEP_ID_TAG}` = '{filter_literal(sweep_id)}'"
-    runs = retry_transient(
-        lambda: client.search_runs([experiment_id], query, ViewType.ACTIVE_ONLY, max_results=1,
-                                   order_by=["attributes.start_time DESC"]),
-        timeout_s=60.0, what="search sweep run")
-    return runs[0] if runs else None
+    return find_sweep_run(uri, experiment_id, sweep_id)
 
 
-def metric_history(client, run_id: str, key: str) -> pd.DataFrame:
+def metric_history(uri: str, run_id: str, key: str) -> pd.DataFrame:
     """``(step, value)`` of one metric, sorted by step; the last value wins at a repeated step."""
-    metrics = retry_transient(lambda: client.get_metric_history(run_id, key), timeout_s=60.0,
-                              what=f"history {key} of {run_id}")
-    frame = pd.DataFrame([(m.step, m.timestamp, m.value) for m in metrics], columns=["step", "timestamp", "value"])
+    points = read_metric_history(uri, run_id, key)
+    frame = pd.DataFrame(points, columns=["step", "timestamp", "value"])
     frame = frame.sort_values(["step", "timestamp"]).drop_duplicates("step", keep="last")
     return frame[["step", "value"]].reset_index(drop=True)
 
 
-def fetch_histories(client, run_ids: list[str], keys=HISTORY_KEYS,
+def fetch_histories(uri: str, run_ids: list[str], keys=HISTORY_KEYS,
                     threads: int = HISTORY_THREADS) -> dict[str, dict[str, pd.DataFrame]]:
     """``{run_id: {key: (step, value) frame}}`` for every run and key, read in parallel."""
     jobs = [(rid, key) for rid in run_ids for key in keys]
     if not jobs:
         return {}
     with ThreadPoolExecutor(max_workers=min(threads, len(jobs))) as pool:
-        frames = list(pool.map(lambda job: metric_history(client, *job), jobs))
+        frames = list(pool.map(lambda job: metric_history(uri, *job), jobs))
     out: dict[str, dict[str, pd.DataFrame]] = {rid: {} for rid in run_ids}
     for (rid, key), frame in zip(jobs, frames):
         out[rid][key] = frame
@@ -86,25 +79,23 @@ def load_sweep_runs(uri: str | None, experiment: str, sweep_id: str | None = Non
     Raises :class:`ReportInputError` when the experiment is missing or has no matching trial runs.
     """
     uri = resolve_tracking_uri(uri)
-    client = get_client(uri)
-    exp = client.get_experiment_by_name(experiment)
+    exp = find_experiment(uri, experiment)
     if exp is None:
         raise ReportInputError(f"no MLflow experiment {experiment!r} at {uri}: run the sweep first, or pass "
                                "--tracking-uri / set MLFLOW_TRACKING_URI to the store that holds it")
-    found = find_trial_runs(uri, exp.experiment_id, trial_ids=trial_ids)
+    found = find_trial_runs(uri, exp, trial_ids=trial_ids)
     if not found:
         raise ReportInputError(f"experiment {experiment!r} at {uri} has no trial runs (tag {ROLE_TAG}=trial)"
                                + (" of this sweep file's trials" if trial_ids is not None else ""))
     runs = sorted(found.values(), key=_trial_order)
-    parent = find_parent_run(client, exp.experiment_id, sweep_id) or (
-        find_parent_run(client, exp.experiment_id, None) if sweep_id else None)
-    histories = fetch_histories(client, [r.run_id for r in runs]) if with_histories else {}
-    return SweepRuns(uri, exp.experiment_id, experiment, parent.info.run_id if parent else None,
-                     dict(parent.data.params) if parent else {}, runs, histories)
+    parent = find_parent_run(uri, exp, sweep_id) or (find_parent_run(uri, exp, None) if sweep_id else None)
+    histories = fetch_histories(uri, [r.run_id for r in runs]) if with_histories else {}
+    return SweepRuns(uri, exp, experiment, parent.run_id if parent else None,
+                     dict(parent.params) if parent else {}, runs, histories)
 
 
 def _trial_order(run: RunSummary) -> tuple:
-    index = run.tags.get("rgflow.trial_index", "")
+    index = run.tags.get(TRIAL_INDEX_TAG, "")
     return (int(index) if index.isdigit() else math.inf, run.trial_id)
 
 

@@ -22,7 +22,7 @@ from jobs.report import stats
 from jobs.report.query import NOISE_KEYS, SweepRuns
 from jobs.report.reference_values import BATCH_2025, EPOCHS_2025, LR_2025, PRESET_2025, REPRODUCTION_2025_TABLE_1
 from jobs.report.verdict import DEFAULT_MARGIN
-from jobs.tracking.store import REASON_TAG
+from jobs.tracking.tags import CPUS_TAG, GPUS_TAG, REASON_TAG, TRIAL_INDEX_TAG
 from rgflow.config import DataConfig, TrainConfig
 
 FACTOR_PARAMS = {"train.batch_size": "batch_size", "train.lr_scaling": "lr_scaling", "prior.kind": "prior",
@@ -73,8 +73,8 @@ def _number(value: Any) -> float:
 
 def devices(run, resources: dict[str, float]) -> tuple[float, float]:
     """(GPUs, CPUs) of one trial (see the module docstring); NaN where unknown."""
-    gpus = _number(run.tags.get("rgflow.gpus", resources.get("gpus")))
-    cpus = _number(run.tags.get("rgflow.cpus", resources.get("cpus", parse_param(run.params.get("run.threads")))))
+    gpus = _number(run.tags.get(GPUS_TAG, resources.get("gpus")))
+    cpus = _number(run.tags.get(CPUS_TAG, resources.get("cpus", parse_param(run.params.get("run.threads")))))
     if parse_param(run.params.get("run.device")) == "cpu":
         gpus = 0.0
     return gpus, cpus
@@ -123,7 +123,7 @@ def trial_table(data: SweepRuns, resources: dict[str, float] | None = None) -> p
         epochs = max((v for v in (run.metrics.get("epoch", math.nan), val_epochs) if v == v), default=math.nan)
         wall = run.metrics.get("wall_s", math.nan)
         gpus, cpus = devices(run, resources)
-        row = {"run_id": run.run_id, "trial_id": run.trial_id, "trial_index": run.tags.get("rgflow.trial_index", ""),
+        row = {"run_id": run.run_id, "trial_id": run.trial_id, "trial_index": run.tags.get(TRIAL_INDEX_TAG, ""),
                "state": run.state or run.status.lower(), "status": run.status,
                "failure_reason": run.tags.get(REASON_TAG, "")}
         row.update({k: run.params.get(k) for k in varying})

@@ -4,8 +4,13 @@ Public API:
 
 * :func:`resolve_tracking_uri` — ``uri.py``; :class:`RunSummary`, :data:`END_STATES`,
   :class:`TrackingError` — ``layout.py``;
-* :func:`ensure_experiment`, :func:`ensure_sweep_run`, :func:`find_trial_runs` (→ :class:`RunSummary`),
-  :func:`end_run`, :func:`mark_killed`, :func:`flatten_params`, :func:`get_client` — ``store.py``;
+* every tag name: ``tags.py`` (``from jobs.tracking.tags import STATE_TAG``; no mlflow);
+* named store operations — ``store.py``: :func:`ensure_experiment`, :func:`find_experiment`,
+  :func:`ensure_sweep_run`, :func:`find_sweep_run`, :func:`find_trial_runs` (→ :class:`RunSummary`),
+  :func:`find_run`, :func:`find_run_by_trial_id`, :func:`read_metric_history`, :func:`list_artifacts`,
+  :func:`download_artifact`, :func:`log_evaluation`, :func:`log_report`, :func:`log_parent_tags`,
+  :func:`bump_failures`, :func:`end_run` (close or reap a run with a reason), :func:`mark_killed`,
+  :func:`flatten_params`; :func:`get_client` (the raw client: for ``jobs/tracking/`` and tests only);
 * :func:`open_trial_run` → :class:`TrialRun` (non-blocking metrics, offline spool and replay,
   true end states), :func:`replay_run_dir` — ``trial.py``; spool format in ``spool.py``;
 * :func:`environment_tags` — ``env.py``;
@@ -24,15 +29,19 @@ from .spool import CURSOR_NAME, SPOOL_NAME
 from .uri import resolve_tracking_uri
 
 _LAZY = {
-    **dict.fromkeys(("end_run", "ensure_experiment", "ensure_sweep_run", "find_trial_runs", "flatten_params",
-                     "get_client", "mark_killed"), ".store"),
+    **dict.fromkeys(("bump_failures", "download_artifact", "end_run", "ensure_experiment", "ensure_sweep_run",
+                     "find_experiment", "find_run", "find_run_by_trial_id", "find_sweep_run", "find_trial_runs",
+                     "flatten_params", "get_client", "list_artifacts", "log_evaluation", "log_parent_tags",
+                     "log_report", "mark_killed", "read_metric_history"), ".store"),
     **dict.fromkeys(("TrialRun", "open_trial_run", "replay_run_dir"), ".trial"),
 }
 
 __all__ = [
     "CURSOR_NAME", "END_STATES", "RECORD_NAME", "SPOOL_NAME", "RunSummary", "TrackingError", "TrialRun",
-    "end_run", "ensure_experiment", "ensure_sweep_run", "environment_tags", "find_trial_runs", "flatten_params",
-    "get_client", "mark_killed", "open_trial_run", "replay_run_dir", "resolve_tracking_uri",
+    "bump_failures", "download_artifact", "end_run", "ensure_experiment", "ensure_sweep_run", "environment_tags",
+    "find_experiment", "find_run", "find_run_by_trial_id", "find_sweep_run", "find_trial_runs", "flatten_params",
+    "get_client", "list_artifacts", "log_evaluation", "log_parent_tags", "log_report", "mark_killed",
+    "open_trial_run", "read_metric_history", "replay_run_dir", "resolve_tracking_uri",
 ]
 
 

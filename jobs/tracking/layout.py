@@ -1,5 +1,5 @@
 """The MLflow layout shared by every reader and writer (docs/ARCHITECTURE.md, "MLflow layout"):
-tag names, end states, :class:`RunSummary` and how trial runs are picked from a search.
+end states, :class:`RunSummary` and how trial runs are picked from a search (tag names: ``tags.py``).
 
 Imports nothing heavy (no mlflow): the fast read path of ``jobs.sweep status``
 (:mod:`jobs.tracking.fast_read`) builds the same :class:`RunSummary` objects as
@@ -10,15 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-ROLE_TAG = "rgflow.role"
-STATE_TAG = "rgflow.state"
-REASON_TAG = "rgflow.failure_reason"
-ATTEMPT_TAG = "rgflow.attempt"
-TRIAL_ID_TAG = "rgflow.trial_id"
-SWEEP_TAG = "rgflow.sweep"
-SWEEP_ID_TAG = "rgflow.sweep_id"
-RUN_DIR_TAG = "rgflow.run_dir"
-PARENT_TAG = "mlflow.parentRunId"
+# The tag names live in tags.py (the one list); re-exported here for the readers that import them from layout.
+from .tags import (  # noqa: F401
+    ATTEMPT_TAG, PARENT_TAG, REASON_TAG, ROLE_TAG, RUN_DIR_TAG, STATE_TAG, SWEEP_ID_TAG, SWEEP_TAG, TRIAL_ID_TAG,
+)
 
 #: ``rgflow.state`` value → MLflow run status (docs/ARCHITECTURE.md, "MLflow run status").
 END_STATES = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "killed": "KILLED"}
@@ -57,6 +52,14 @@ def trial_filter(parent_run_id: str | None = None) -> str:
     query = f"tags.`{ROLE_TAG}` = 'trial'"
     if parent_run_id:
         query += f" and tags.`{PARENT_TAG}` = '{filter_literal(parent_run_id)}'"
+    return query
+
+
+def sweep_filter(sweep_id: str | None = None) -> str:
+    """The MLflow search filter of sweep parent runs (optionally of one ``rgflow.sweep_id``)."""
+    query = f"tags.`{ROLE_TAG}` = 'sweep'"
+    if sweep_id:
+        query += f" and tags.`{SWEEP_ID_TAG}` = '{filter_literal(sweep_id)}'"
     return query
 
 

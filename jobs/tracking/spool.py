@@ -9,6 +9,16 @@ Files in the trial's run folder:
 * ``metrics-spool.cursor`` — ``{"offset": N}``: the byte offset up to which the tracking store has
   acknowledged every line. It only moves forward, and only after a successful ``log_batch``.
 
+Durability: appends are flushed to the OS at once (a killed process loses nothing) and fsynced by
+:meth:`MetricSpool.sync` — which the trainer calls before every checkpoint, so a power loss never
+leaves a checkpoint newer than the spooled metrics — by every :meth:`~MetricSpool.acknowledge`,
+before the cursor moves (so the cursor never points past what a crash keeps of the spool), and by
+:meth:`~MetricSpool.close`. The cursor is replaced atomically and durably
+(:func:`rgflow.atomic.write_json_atomic`). On open, a cursor the file cannot back — beyond its end,
+inside a line, or unreadable (a spool truncated or replaced behind the tracker's back) — is not
+trusted: a warning names the file and sending restarts from the last line boundary at or before it
+(0 for an unreadable one). Re-sending is safe (next paragraph).
+
 Why replay cannot double-log: a value's identity (key, step, timestamp, value) is fixed in the
 spool, and MLflow's SQL stores (sqlite, PostgreSQL, and servers backed by them) have exactly that
 as the metric table's primary key and skip rows that already exist. So the at-least-once edge case
@@ -18,6 +28,10 @@ the store drops it (tested in ``tests/test_tracking.py``).
 Re-logged steps: steps must increase per key within a run. A (key, step) at or below the highest
 step already spooled for that key — a resumed trainer repeating the steps between its last
 checkpoint and the interruption — is dropped, so the run's history has neither gaps nor duplicates.
+The highest steps are those of the lines the file holds once a partial last line is cut, so steps
+lost with a truncated tail are spooled again when the resumed trainer repeats them. (Had the store
+acknowledged them before the truncation, they now appear twice in its history with different
+timestamps: a duplicate, never a gap. With the fsync order above only outside tampering truncates.)
 """
 from __future__ import annotations
 
@@ -30,6 +44,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from rgflow.atomic import fsync_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +61,6 @@ class SpooledMetric:
     value: float
     step: int
     timestamp: int  # ms since epoch
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temp file and rename (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _number(value: float) -> str:
@@ -75,7 +84,8 @@ class MetricSpool:
         self.high_water: dict[str, int] = {}
         for item, _ in self._iter_lines(0):
             self.high_water[item.key] = max(item.step, self.high_water.get(item.key, item.step))
-        self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for the run's lifetime
+        self._open()
+        self._check_cursor()
         self.dropped = 0  # (key, step) pairs refused as re-logs of spooled steps
         self._valid_keys: set[str] = set()
 
@@ -89,6 +99,44 @@ class MetricSpool:
             log.warning("%s: dropping a partial last line (%d bytes)", self.path, len(data) - keep)
             with open(self.path, "r+b") as fh:
                 fh.truncate(keep)
+                os.fsync(fh.fileno())
+
+    def _open(self) -> None:
+        """Open the spool for appending; a new file's folder entry (and any rename before) is made durable."""
+        created = not self.path.exists()
+        self._file = open(self.path, "ab")  # noqa: SIM115 - kept open for the run's lifetime
+        if created:
+            fsync_dir(self.path.parent)
+
+    def _check_cursor(self) -> None:
+        """Distrust a cursor that the file cannot back (module docstring); rewrite it if so."""
+        try:
+            offset = self.cursor()
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("%s: unreadable (%s: %s); re-sending %s from its start",
+                        self.cursor_path, type(err).__name__, err, self.path)
+            write_json_atomic(self.cursor_path, {"offset": 0})
+            return
+        size = self.size()
+        start = self._line_start(min(offset, size))
+        if start != offset:
+            where = f"beyond the end ({size} bytes)" if offset > size else "not at a line boundary"
+            log.warning("%s: offset %d is %s of %s; re-sending from byte %d (the store drops what it has)",
+                        self.cursor_path, offset, where, self.path, start)
+            write_json_atomic(self.cursor_path, {"offset": start})
+
+    def _line_start(self, offset: int) -> int:
+        """The last line boundary (0, or just after a newline) at or before byte ``offset``."""
+        with open(self.path, "rb") as fh:
+            end = offset
+            while end > 0:
+                begin = max(0, end - _READ_BYTES)
+                fh.seek(begin)
+                newline = fh.read(end - begin).rfind(b"\n")
+                if newline >= 0:
+                    return begin + newline + 1
+                end = begin
+        return 0
 
     def append(self, metrics: Mapping[str, float], step: int, timestamp: int) -> int:
         """Spool ``metrics`` at ``step``; returns how many were kept (re-logged steps are dropped).
@@ -118,20 +166,29 @@ class MetricSpool:
                 self._file.flush()
         return len(parts)
 
+    def sync(self) -> None:
+        """fsync the spool: every line appended so far survives a crash or power loss."""
+        with self._lock:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
     def size(self) -> int:
         with self._lock:
             return self._file.tell()
 
     def cursor(self) -> int:
+        """The acknowledged byte offset (0 without a cursor file)."""
         try:
             return int(json.loads(self.cursor_path.read_text())["offset"])
         except FileNotFoundError:
             return 0
 
     def acknowledge(self, offset: int) -> None:
-        """Record that every line before byte ``offset`` is stored (never moves backwards)."""
+        """Record that every line before byte ``offset`` is stored (never moves backwards); the
+        spool is fsynced first, so the durable cursor never points past the durable spool."""
         with self._lock:
             if offset > self.cursor():
+                self.sync()
                 write_json_atomic(self.cursor_path, {"offset": offset})
 
     def pending(self, max_items: int) -> tuple[list[SpooledMetric], int]:
@@ -170,15 +227,18 @@ class MetricSpool:
                     yield item, offset
 
     def close(self) -> None:
+        """fsync and close the spool (idempotent)."""
         with self._lock:
-            self._file.close()
+            if not self._file.closed:
+                self.sync()
+                self._file.close()
 
     def rotate(self, label: str) -> None:
         """Move this spool and its cursor aside as ``metrics-spool.<label>.*`` (kept, not replayed)."""
         with self._lock:
-            self._file.close()
+            self.close()
             for path in (self.path, self.cursor_path):
                 if path.exists():
                     os.replace(path, path.with_name(path.name.replace("metrics-spool", f"metrics-spool.{label}")))
             self.high_water.clear()
-            self._file = open(self.path, "ab")  # noqa: SIM115
+            self._open()

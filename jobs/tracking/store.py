@@ -5,28 +5,39 @@ global state, whose atexit hook closes a crashed run as FINISHED and whose ``MLF
 environment variable silently overrides the parent run.
 
 The layout written and read here is the contract of ``docs/ARCHITECTURE.md`` ("MLflow layout");
-its names and :class:`RunSummary` live in ``layout.py``, tracking URIs in ``uri.py``.
+its tag names live in ``tags.py``, :class:`RunSummary` in ``layout.py``, tracking URIs in ``uri.py``.
+
+Code outside ``jobs/tracking/`` talks to MLflow only through the named operations here (find an
+experiment, a run, a trial's run, the sweep's run; read a metric history or artifacts; log an
+evaluation, a report, parent tags; count a failure; end or kill runs): it imports neither mlflow
+nor :func:`get_client` (``tests/test_tracking_boundary.py``).
 """
 from __future__ import annotations
 
 import functools
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunTag, ViewType
+from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
 from .layout import (
-    END_STATES, REASON_TAG, ROLE_TAG, SEARCH_PAGE, STATE_TAG, SWEEP_ID_TAG, SWEEP_TAG, TERMINAL_STATUSES, TRIAL_ID_TAG,
-    RunSummary, filter_literal, keep_trial, run_summary, trial_filter, wanted_ids,
+    END_STATES, SEARCH_PAGE, TERMINAL_STATUSES, RunSummary, filter_literal, keep_trial, run_summary, sweep_filter,
+    trial_filter, wanted_ids,
 )
 # Re-exported: the layout and URI names were defined here before they moved to light modules.
-from .layout import ATTEMPT_TAG, PARENT_TAG, RUN_DIR_TAG, TrackingError  # noqa: F401
+from .layout import TrackingError  # noqa: F401
+from .tags import (  # noqa: F401 - the tag names are re-exported for trial.py and older importers
+    ATTEMPT_TAG, EXPERIMENT_KIND_TAG, FAILURES_TAG, PARENT_TAG, REASON_TAG, ROLE_TAG, RUN_DIR_TAG, STATE_TAG,
+    SWEEP_ID_TAG, SWEEP_TAG, TRIAL_ID_TAG,
+)
 from .uri import resolve_tracking_uri, sqlite_path  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -134,11 +145,9 @@ def log_missing_params(client: MlflowClient, run_id: str, params: Mapping[str, s
         client.log_batch(run_id, params=chunk, synchronous=True)
 
 
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-
-
-def ensure_experiment(uri: str, name: str) -> str:
-    """The id of experiment ``name``, created if missing (restored if deleted).
+def ensure_experiment(uri: str, name: str, *, timeout_s: float = 60.0) -> str:
+    """The id of experiment ``name``, created if missing (restored if deleted). Transient errors are
+    retried for ``timeout_s`` seconds (0: one try).
 
     Race-safe: when two processes create it at once, the loser sees ``RESOURCE_ALREADY_EXISTS``
     and reads the winner's id. New experiments are tagged as model training
@@ -170,16 +179,18 @@ def ensure_experiment(uri: str, name: str) -> str:
                 raise
             return client.get_experiment_by_name(name).experiment_id
 
-    return retry_transient(attempt, timeout_s=60.0, what=f"experiment {name!r}")
+    return retry_transient(attempt, timeout_s=timeout_s, what=f"experiment {name!r}")
 
 
-def ensure_sweep_run(uri: str, experiment_id: str, sweep_name: str, sweep_id: str, params: Mapping[str, Any]) -> str:
+def ensure_sweep_run(uri: str, experiment_id: str, sweep_name: str, sweep_id: str, params: Mapping[str, Any], *,
+                     timeout_s: float = 60.0) -> str:
     """The run id of the sweep's parent run (tags ``rgflow.role=sweep``, ``rgflow.sweep_id``),
     created if missing, and set to RUNNING (the sweep launcher ends it with :func:`end_run`).
 
     ``params`` (nested or flat) are logged where missing. If launchers create it at once, each
     waits ``_SETTLE_S`` after creating, then all keep the oldest run (start time, then id) and the
     others delete their own: race-safe when the concurrent creations commit within that second.
+    Transient errors are retried for ``timeout_s`` seconds (0: one try).
     """
     client = get_client(uri)
     flat = flatten_params(params)
@@ -205,7 +216,7 @@ def ensure_sweep_run(uri: str, experiment_id: str, sweep_name: str, sweep_id: st
         log_missing_params(client, run.info.run_id, flat, run.data.params)
         return run.info.run_id
 
-    return retry_transient(attempt, timeout_s=60.0, what=f"sweep run {sweep_name!r}")
+    return retry_transient(attempt, timeout_s=timeout_s, what=f"sweep run {sweep_name!r}")
 
 
 def find_trial_runs(
@@ -232,8 +243,7 @@ def find_trial_runs(
         for run in page:
             trial_id = run.data.tags.get(TRIAL_ID_TAG, "")
             if keep_trial(found, trial_id, wanted):
-                found[trial_id] = run_summary(run.info.run_id, run.info.status, run.info.start_time,
-                                              run.info.end_time, run.data.tags, run.data.params, run.data.metrics)
+                found[trial_id] = _summary(run)
         token = page.token
         if not token:
             return found
@@ -242,7 +252,9 @@ def find_trial_runs(
 def end_run(uri: str, run_id: str, state: str, reason: str | None = None) -> None:
     """Terminate a run in its true state: ``state`` ∈ finished|failed|preempted|killed sets the
     MLflow status (FINISHED/FAILED/KILLED/KILLED), ``rgflow.state`` and, with a reason,
-    ``rgflow.failure_reason``. Used by the sweep launcher for the parent run."""
+    ``rgflow.failure_reason`` (one line). The one way to close or reap a run from outside its
+    process: the sweep launcher ends its parent run, ``jobs.sweep cancel`` and the backends a trial's.
+    Any current status is overwritten; transient errors retried for 60 s."""
     if state not in END_STATES:
         raise ValueError(f"state={state!r}: must be one of {', '.join(END_STATES)}")
     client = get_client(uri)
@@ -268,3 +280,148 @@ def mark_killed(uri: str, run_ids: Iterable[str], reason: str) -> list[str]:
         changed.append(run_id)
     return changed
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Named operations for the code outside jobs/tracking/ (sweep launcher, backends, evaluate, report)
+# ----------------------------------------------------------------------------------------------
+
+def _summary(run) -> RunSummary:
+    """A :class:`RunSummary` of an ``mlflow.entities.Run``."""
+    return run_summary(run.info.run_id, run.info.status, run.info.start_time, run.info.end_time, run.data.tags,
+                       run.data.params, run.data.metrics)
+
+
+def _is_missing(exc: MlflowException) -> bool:
+    return exc.get_http_status_code() == 404 or "not found" in str(exc).lower()
+
+
+def find_experiment(uri: str, name: str) -> str | None:
+    """The id of experiment ``name`` at ``uri``, or None if there is none (nothing is created).
+
+    One ``get_experiment_by_name`` call, not retried. A deleted experiment still answers its id, as
+    MLflow returns it (:func:`jobs.tracking.fast_read.experiment_id` treats it as missing).
+    """
+    found = get_client(uri).get_experiment_by_name(name)
+    return found.experiment_id if found is not None else None
+
+
+def find_run(uri: str, run_id: str) -> RunSummary | None:
+    """Run ``run_id`` (any experiment, any status) as a :class:`RunSummary` — tags, params, the
+    latest value of each metric — or None if the store has no such run. One ``get_run``, not retried;
+    other errors (store unreachable, permissions) are raised."""
+    try:
+        run = get_client(uri).get_run(run_id)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return None
+        raise
+    return _summary(run)
+
+
+def find_run_by_trial_id(uri: str, trial_id: str) -> RunSummary | None:
+    """The most recently started active run tagged ``rgflow.trial_id = trial_id`` in any active
+    experiment at ``uri``; None if there is none. Cost: the pages of ``search_experiments`` plus one
+    ``search_runs`` (``max_results=1``), not retried."""
+    client = get_client(uri)
+    ids, token = [], None
+    while True:
+        page = client.search_experiments(page_token=token)
+        ids += [e.experiment_id for e in page]
+        token = page.token
+        if not token:
+            break
+    if not ids:
+        return None
+    runs = client.search_runs(ids, f"tags.`{TRIAL_ID_TAG}` = '{filter_literal(trial_id)}'", ViewType.ACTIVE_ONLY,
+                              max_results=1, order_by=["attributes.start_time DESC"])
+    return _summary(runs[0]) if runs else None
+
+
+def find_sweep_run(uri: str, experiment_id: str, sweep_id: str | None = None) -> RunSummary | None:
+    """The most recently started active sweep parent run (``rgflow.role = sweep``) of the experiment,
+    of ``rgflow.sweep_id = sweep_id`` when given; None if there is none. Its ``trial_id`` is ``""``.
+    One ``search_runs`` (``max_results=1``), transient errors retried for 60 s."""
+    client = get_client(uri)
+    runs = retry_transient(
+        lambda: client.search_runs([experiment_id], sweep_filter(sweep_id), ViewType.ACTIVE_ONLY, max_results=1,
+                                   order_by=["attributes.start_time DESC"]),
+        timeout_s=60.0, what="search sweep run")
+    return _summary(runs[0]) if runs else None
+
+
+def read_metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, int, float]]:
+    """Every value logged for metric ``key`` of a run, as ``(step, timestamp, value)`` in the store's
+    order: ``step`` as logged (the optimizer step for this project's metrics), ``timestamp`` in ms
+    since the epoch, ``value`` in the metric's own unit (e.g. bits/dim). Empty for an unknown key.
+    One ``get_metric_history``, transient errors retried for 60 s; safe to call from several threads."""
+    client = get_client(uri)
+    metrics = retry_transient(lambda: client.get_metric_history(run_id, key), timeout_s=60.0,
+                              what=f"history {key} of {run_id}")
+    return [(m.step, m.timestamp, m.value) for m in metrics]
+
+
+def list_artifacts(uri: str, run_id: str, path: str | None = None) -> list[str]:
+    """The artifact paths (relative to the run's artifact root, e.g. ``eval/samples_T1.png``) directly
+    under ``path`` of a run (None: the root), folders included. Not retried; errors are raised."""
+    return [a.path for a in get_client(uri).list_artifacts(run_id, path)]
+
+
+def download_artifact(uri: str, run_id: str, path: str, dst_dir: str | os.PathLike) -> Path:
+    """Download artifact ``path`` (a file or a folder) of a run into the existing folder ``dst_dir``;
+    returns the local path. Not retried; errors are raised."""
+    return Path(get_client(uri).download_artifacts(run_id, path, str(dst_dir)))
+
+
+def log_evaluation(uri: str, run_id: str, metrics: Mapping[str, float], step: int, tags: Mapping[str, str],
+                   artifacts_dir: str | os.PathLike | None = None, artifact_path: str | None = None) -> list[str]:
+    """Log an evaluation into an existing run without changing its status; returns the metric keys logged.
+
+    ``metrics`` (name → value, in each metric's unit, e.g. ``test_bpd`` in bits/dim) are logged at
+    ``step`` (the evaluated checkpoint's optimizer step) with the current time; a key that already has
+    a value at ``step`` equal to within a relative 1e-12 is not logged again (one
+    ``get_metric_history`` per key). ``artifacts_dir``'s files go first, under ``artifact_path``;
+    then the new metrics and ``tags`` in a single ``log_batch``, so that a tag written with them (e.g.
+    ``rgflow.eval.protocol``) marks a complete evaluation. Hence at most 100 tags and 1000 metrics.
+    Not retried; errors are raised.
+    """
+    if len(tags) > MAX_PARAMS_TAGS_PER_BATCH or len(metrics) > MAX_METRICS_PER_BATCH:
+        raise ValueError(f"log_evaluation: {len(tags)} tags and {len(metrics)} metrics; one log_batch takes at most "
+                         f"{MAX_PARAMS_TAGS_PER_BATCH} tags and {MAX_METRICS_PER_BATCH} metrics")
+    client = get_client(uri)
+    now = int(time.time() * 1000)
+    new = []
+    for key, value in metrics.items():
+        history = client.get_metric_history(run_id, key)
+        if not any(m.step == step and math.isclose(m.value, value, rel_tol=1e-12, abs_tol=0) for m in history):
+            new.append(Metric(key, float(value), now, step))
+    if artifacts_dir is not None:
+        client.log_artifacts(run_id, str(artifacts_dir), artifact_path)
+    client.log_batch(run_id, metrics=new, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+    return [m.key for m in new]
+
+
+def log_report(uri: str, run_id: str, folder: str | os.PathLike, artifact_path: str = "report") -> None:
+    """Upload the files of report ``folder`` under ``artifact_path`` of a run (the sweep's parent
+    run). Not retried; errors are raised."""
+    get_client(uri).log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+
+
+def log_parent_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set ``tags`` (name → value, values cut to MLflow's 8000 characters) on a run — meant for the
+    sweep's parent run, e.g. ``{BACKEND_TAG: "ray"}``. Transient errors retried for 60 s."""
+    retry_transient(lambda: log_tags(get_client(uri), run_id, tags), timeout_s=60.0, what=f"tags of run {run_id}")
+
+
+def bump_failures(uri: str, experiment_id: str, trial_id: str) -> int:
+    """Add one to ``rgflow.failures`` (failed attempts, counted by the sweep launcher) on the newest
+    trial run of ``trial_id`` in the experiment; returns the new count (1 when the trial has no run,
+    and then nothing is written). A run without the tag counts as 0 before. Transient errors retried
+    for 60 s each (one trial search, one tag write)."""
+    run = find_trial_runs(uri, experiment_id, trial_ids=[trial_id]).get(trial_id)
+    if run is None:
+        return 1
+    failures = int(run.tags.get(FAILURES_TAG, 0) or 0) + 1
+    retry_transient(lambda: log_tags(get_client(uri), run.run_id, {FAILURES_TAG: str(failures)}), timeout_s=60.0,
+                    what=f"failures of trial {trial_id}")
+    return failures

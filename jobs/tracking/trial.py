@@ -36,6 +36,7 @@ from mlflow.entities import Metric
 from .env import environment_tags
 from .record import TrackingRecord
 from .spool import MetricSpool
+from .tags import FAILURES_TAG
 from .store import (
     ATTEMPT_TAG, END_STATES, MAX_METRICS_PER_BATCH, PARENT_TAG, REASON_TAG, ROLE_TAG, RUN_DIR_TAG, STATE_TAG,
     TRIAL_ID_TAG, TrackingError, filter_literal, flatten_params, get_client, is_transient, log_missing_params, log_tags,
@@ -105,6 +106,11 @@ class TrialRun:
             raise RuntimeError(f"run {self.run_id}: log_metrics after end()")
         self._spool.append(metrics, step, _now_ms())
 
+    def sync(self) -> None:
+        """fsync the metric spool: every metric logged so far survives a crash or power loss
+        (the trainer calls it before each checkpoint, so no checkpoint is newer than the spool)."""
+        self._spool.sync()
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Queue tags (values ``str()``-ed); sent by the flusher."""
         with self._record_lock:
@@ -160,6 +166,8 @@ class TrialRun:
             self.set_tags(tags)
             self._record.pending_end = {"state": state, "end_time": _now_ms()}
             self._record.save(self.run_dir)
+        if not self._connected:  # offline the whole attempt: do not hold the trial's exit for long
+            timeout_s = min(timeout_s, 10.0)
         deadline = time.monotonic() + timeout_s
         ok = self._drain(deadline)
         if self._thread is not None:
@@ -234,6 +242,7 @@ class TrialRun:
     def _connect(self) -> None:
         """Create or reopen the run (per ``_mode``); log missing params and every tag."""
         rec, client = self._record, self._client
+        self._resolve_place()
         if rec.run_id is None:
             rec.run_id = self._find_orphan()
         if rec.run_id is None:
@@ -262,6 +271,26 @@ class TrialRun:
             self._dirty_tags = dict(rec.tags)
         self._push_tags()
         self._connected = True
+
+    def _resolve_place(self) -> None:
+        """Find or create the experiment and parent run of a run that started offline."""
+        from .store import ensure_experiment, ensure_sweep_run
+
+        rec = self._record
+        changed = False
+        if not rec.experiment_id:
+            rec.experiment_id = ensure_experiment(self.uri, rec.experiment_name, timeout_s=0.0)
+            changed = True
+        if rec.deferred_parent and not rec.parent_run_id:
+            spec = rec.deferred_parent
+            rec.parent_run_id = ensure_sweep_run(self.uri, rec.experiment_id, spec["name"], spec["sweep_id"],
+                                                 spec["params"], timeout_s=0.0)
+            with self._record_lock:
+                rec.tags[PARENT_TAG] = self._dirty_tags[PARENT_TAG] = rec.parent_run_id
+            changed = True
+        if changed:
+            with self._record_lock:
+                rec.save(self.run_dir)
 
     def _find_orphan(self) -> str | None:
         """A run of this trial and run folder created by a process killed before it saved the id."""
@@ -320,7 +349,7 @@ class TrialRun:
 
 def open_trial_run(
     uri: str | None,
-    experiment_id: str,
+    experiment_id: str | None,
     trial_id: str,
     run_name: str,
     parent_run_id: str | None,
@@ -332,6 +361,8 @@ def open_trial_run(
     device: str | None = None,
     connect_timeout_s: float = 30.0,
     flush_interval_s: float = 2.0,
+    experiment_name: str | None = None,
+    deferred_parent: Mapping[str, Any] | None = None,
 ) -> TrialRun:
     """Open the run of trial ``trial_id`` whose files live in ``run_dir`` and start its flusher.
 
@@ -343,6 +374,11 @@ def open_trial_run(
     then ``tags`` (which win). A spool left by a different run is moved aside
     (``metrics-spool.<old run id>.jsonl``), never replayed into this one.
 
+    ``experiment_id`` None (the store was down when the trial started): the run folder's recorded
+    experiment, or else experiment ``experiment_name``, found or created when the store answers;
+    ``deferred_parent`` (``{"name", "sweep_id", "params"}``) likewise names the sweep's parent run
+    when ``parent_run_id`` is None.
+
     Raises :class:`TrackingError` when the store refuses (e.g. unknown experiment or run); an
     unreachable store is not an error (see the module docstring).
     """
@@ -351,8 +387,13 @@ def open_trial_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     flat = flatten_params(params)
     previous = TrackingRecord.load(run_dir)
+    if previous is not None and previous.tracking_uri == uri and previous.trial_id == trial_id:
+        if experiment_id is None or not previous.experiment_id:  # one side started offline
+            experiment_id = previous.experiment_id or experiment_id
+            previous.experiment_id = experiment_id or ""
+        parent_run_id = parent_run_id or previous.parent_run_id
     same = previous is not None and (previous.tracking_uri, previous.experiment_id, previous.trial_id) == (
-        uri, experiment_id, trial_id)
+        uri, experiment_id or "", trial_id)
     if existing_run_id and same and previous.run_id not in (None, existing_run_id):
         same = False
     spool = MetricSpool(run_dir)
@@ -368,8 +409,10 @@ def open_trial_run(
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     all_tags.update({k: str(v) for k, v in tags.items()})
-    record = TrackingRecord(uri, experiment_id, trial_id, run_name, parent_run_id, run_id, attempt, flat, all_tags,
-                            pending_artifacts=previous.pending_artifacts if previous else [])
+    record = TrackingRecord(uri, experiment_id or "", trial_id, run_name, parent_run_id, run_id, attempt, flat,
+                            all_tags, pending_artifacts=previous.pending_artifacts if previous else [],
+                            experiment_name=experiment_name,
+                            deferred_parent=None if parent_run_id else dict(deferred_parent or {}) or None)
     record.save(run_dir)
     reopen = run_id is not None or previous is not None
     trial = TrialRun(uri, run_dir, record, spool, "reopen" if reopen else "create", flush_interval_s)
@@ -402,3 +445,17 @@ def replay_run_dir(run_dir: str | Path, timeout_s: float = 60.0) -> bool:
         return trial._drain(time.monotonic() + timeout_s)
     finally:
         spool.close()
+
+
+def end_recorded_run(run_dir: str | Path, state: str, reason: str, failures: int, timeout_s: float = 15.0) -> bool:
+    """End the run recorded in ``run_dir`` for an attempt that died without ending it: the end
+    state, reason and failure count go into ``tracking.json`` first (so nothing is lost while the
+    store is down), then are delivered. True when the store has them; False without a record."""
+    run_dir = Path(run_dir).resolve()
+    record = TrackingRecord.load(run_dir)
+    if record is None:
+        return False
+    record.tags.update({STATE_TAG: state, REASON_TAG: reason, FAILURES_TAG: str(failures)})
+    record.pending_end = {"state": state, "end_time": _now_ms()}
+    record.save(run_dir)
+    return replay_run_dir(run_dir, timeout_s=timeout_s)
