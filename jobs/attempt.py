@@ -177,13 +177,15 @@ def trial_state(job_state: str, run) -> str:
     return "failed"
 
 
-def sweep_end_state(trials, runs: dict, launched: dict[str, str] | None = None) -> tuple[str, str | None]:
+def sweep_end_state(trials, runs: dict, launched: dict[str, str] | None = None,
+                    evaluations: tuple[str, ...] = ()) -> tuple[str, str | None]:
     """The parent run's end state and reason from the trial runs (``runs``: trial id →
     ``RunSummary``) of ``trials`` (objects with ``index`` and ``trial_id``) and, for trials that
-    never got a run (rejected input), this launch's states: all FINISHED → finished; any FAILED →
-    failed; otherwise killed (unfinished)."""
+    never got a run (rejected input), this launch's states: all FINISHED (and, with
+    ``evaluations``, all evaluated) → finished; any FAILED, or FINISHED without its evaluation →
+    failed (a re-run evaluates those); otherwise killed (unfinished)."""
     launched = launched or {}
-    from jobs.tracking.tags import REASON_TAG
+    from jobs.tracking.tags import EVAL_PROTOCOL_TAG, REASON_TAG
 
     def failed(t) -> bool:
         run = runs.get(t.trial_id)
@@ -196,8 +198,13 @@ def sweep_end_state(trials, runs: dict, launched: dict[str, str] | None = None) 
     trials = list(trials)
     bad = [t for t in trials if failed(t)]
     unfinished = [t for t in trials if runs.get(t.trial_id) is None or runs[t.trial_id].status != "FINISHED"]
-    if not unfinished:
+    unevaluated = [t for t in trials if evaluations and t not in unfinished
+                   and EVAL_PROTOCOL_TAG not in runs[t.trial_id].tags]
+    if not unfinished and not unevaluated:
         return "finished", None
+    if unevaluated and not bad:
+        return "failed", (f"{len(unevaluated)} of {len(trials)} trials finished but their evaluation did not "
+                          "complete; re-run the sweep to evaluate them")
     if bad:
         detail = "; ".join(f"{t.index}: {why(t)}" for t in bad[:5])
         return "failed", f"{len(bad)} of {len(trials)} trials failed ({detail})"
@@ -226,22 +233,36 @@ def execute(ctx, task, evaluate: bool | None = None, stop_flag=None) -> TrialOut
         sweep_params=ctx.parent_params,
     )
     if outcome.exit_code is ExitCode.FINISHED and ctx.evaluations and (evaluate is None or evaluate):
-        outcome = dataclasses.replace(outcome, eval_error=evaluate_trial(ctx, task))
+        error = evaluate_trial(task.config, task.run_dir, ctx.tracking_uri, ctx.evaluations)
+        outcome = dataclasses.replace(outcome, eval_error=error)
     return outcome
 
 
-def evaluate_trial(ctx, task) -> str | None:
-    """The sweep's evaluations of a finished trial (``jobs.evaluate``); None, or the error as one
-    line (the traceback goes to this process's stderr)."""
+#: Seconds between tries of an evaluation that failed because the tracking store was unreachable.
+EVAL_RETRY_S = (10.0, 30.0, 60.0)
+
+
+def evaluate_trial(config, run_dir, tracking_uri: str | None, evaluations: tuple[str, ...]) -> str | None:
+    """The sweep's ``evaluations`` of a finished trial (``jobs.evaluate``), tried again after
+    :data:`EVAL_RETRY_S` while the tracking store is unreachable; None, or the error as one line
+    (the traceback goes to this process's stderr). A trial whose evaluation never completed is
+    evaluated by the next re-run (:func:`plan_trial`)."""
+    import time
     import traceback
 
     from jobs.evaluate import evaluate_trial as run_evaluations
+    from jobs.tracking.store import is_transient
 
-    try:
-        run_evaluations(task.config, task.run_dir, tracking_uri=ctx.tracking_uri, selected=ctx.evaluations)
-    except Exception as err:  # noqa: BLE001 - reported, never fails the trained trial
-        traceback.print_exc()
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    for wait in (*EVAL_RETRY_S, None):
+        try:
+            run_evaluations(config, run_dir, tracking_uri=tracking_uri, selected=evaluations)
+            return None
+        except Exception as err:  # noqa: BLE001 - reported, never fails the trained trial
+            traceback.print_exc()
+            if wait is None or not is_transient(err):
+                return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            print(f"evaluation: tracking store unreachable; trying again in {wait:.0f} s", flush=True)
+            time.sleep(wait)
     return None
 
 

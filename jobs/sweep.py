@@ -214,6 +214,12 @@ def _launch(args, sweep, console) -> int:
     previous = load_state(ctx.sweep_dir)
     jobs = _previous_jobs(ctx, previous)
     live = {tid: job for tid, (job, st) in jobs.items() if st in LIVE_STATES and not tid.startswith("eval:")}
+    if previous is not None and previous.backend == "local" and live:  # trials that outlived a killed launcher
+        say(f"sweep {sweep.name}: waiting for {len(live)} trial process(es) left running by an earlier launch")
+        while live:
+            time.sleep(1.0)
+            jobs = _previous_jobs(ctx, previous)
+            live = {tid: job for tid, (job, st) in jobs.items() if st in LIVE_STATES}
     if previous is not None and previous.backend != sweep.backend and live:
         say(f"error: sweep {sweep.name} still has {len(live)} live {previous.backend} job(s) from an earlier launch; "
             f"wait for them or run python -m jobs.sweep cancel {args.sweep} before launching on {sweep.backend}")
@@ -280,7 +286,7 @@ def _close_parent(args, sweep, ctx: SweepContext, result: LaunchResult, todo: li
             left = [r.run_id for tid, r in runs.items() if tid in set(todo) and r.status == "RUNNING"]
             mark_killed(uri, left, "sweep driver interrupted")
             runs = find_trial_runs(uri, experiment_id, trial_ids=ids)
-        end_state, reason = sweep_end_state(sweep.trials, runs, result.states)
+        end_state, reason = sweep_end_state(sweep.trials, runs, result.states, ctx.evaluations)
         if result.interrupted and end_state != "finished":
             end_state, reason = "killed", f"interrupted by the user; {reason}"
         parent = ctx.parent_run_id or _open_parent(sweep, uri, say)[1]
@@ -343,7 +349,7 @@ def cmd_status(args) -> int:
             and fast_read.run_status(uri, state.parent_run_id) == "RUNNING":
         from jobs.tracking import end_run
 
-        end_state, reason = sweep_end_state(sweep.trials, runs)
+        end_state, reason = sweep_end_state(sweep.trials, runs, evaluations=ctx.evaluations)
         end_run(uri, state.parent_run_id, end_state, reason)
         print(f"{sweep.name}: all jobs ended; parent run {state.parent_run_id} is now {end_state.upper()}", file=note)
     return EXIT_OK

@@ -443,6 +443,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (same as run.device=…)")
     parser.add_argument("--backend", default=None, help="rgflow.backend tag (default: single, or slurm/local for a sweep)")
     parser.add_argument("--cfg", action="store_true", help="print the resolved config (YAML) and exit; creates nothing")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="with --trial: run the sweep's evaluations after the trial finished (jobs.evaluate)")
     return parser
 
 
@@ -472,6 +474,14 @@ def main(argv: list[str] | None = None) -> int:
     outcome = run_trial(config, sweep=sweep.name, sweep_id=sweep.sweep_id, trial_index=args.trial,
                         parent_run_id=parent, experiment_id=experiment, backend=backend,
                         sweep_params=sweep_parent_params(sweep))
+    if args.evaluate and outcome.exit_code is ExitCode.FINISHED and sweep.evaluation.selected:
+        from jobs.attempt import evaluate_trial
+        from jobs.tracking import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(config.tracking.resolved_uri) if config.tracking.enabled else None
+        error = evaluate_trial(config, outcome.run_dir, uri, tuple(sweep.evaluation.selected))
+        if error:
+            print(f"[{args.trial}:{outcome.trial_id}] evaluation failed: {error}", flush=True)
     if parent is not None and outcome.exit_code is not ExitCode.LOCKED:
         _close_bare_sweep(config, sweep, parent, experiment)
     return outcome.exit_code

@@ -81,6 +81,12 @@ def test_sweep_end_state_and_trial_state():
     assert state == "failed" and reason == "1 of 2 trials failed (1: boom)"
     assert sweep_end_state(trials, {"a": _Run("FINISHED")}, {"b": "failed"})[1].endswith("(1: rejected its input (no run))")
     assert sweep_end_state(trials, {"a": _Run("KILLED")}) == ("killed", "2 of 2 trials unfinished")
+    evaluated = _Run("FINISHED", {"rgflow.eval.protocol": "p"})
+    both = {"a": evaluated, "b": _Run("FINISHED")}
+    assert sweep_end_state(trials, both) == ("finished", None)  # no evaluation asked for
+    state, reason = sweep_end_state(trials, both, evaluations=("test_bpd",))
+    assert state == "failed" and reason.startswith("1 of 2 trials finished but their evaluation did not complete")
+    assert sweep_end_state(trials, {"a": evaluated, "b": evaluated}, evaluations=("test_bpd",)) == ("finished", None)
     assert trial_state("RUNNING", None) == "running"
     assert trial_state("PENDING", _Run("KILLED", state="preempted")) == "preempted"
     assert trial_state("CANCELLED", _Run("RUNNING")) == "killed"

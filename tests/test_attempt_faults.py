@@ -4,6 +4,7 @@ a dead launcher, a second launch, ``cancel``, and a finished trial whose evaluat
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -169,3 +170,22 @@ def test_a_rerun_evaluates_finished_trials_whose_evaluation_never_ran(sweep_env)
     [run] = sweep_env.trial_runs()
     assert "rgflow.eval.protocol" in run.data.tags and "test_bpd" in run.data.metrics
     assert run.data.tags["rgflow.attempt"] == "1"  # evaluated, not trained again
+
+
+def test_trials_outliving_a_killed_launcher_are_awaited_and_end_evaluated(sweep_env):
+    base = ("backend=local", "local.parallel=1", "prior.kind=laplace", "train.batch_size=32",
+            "evaluation.samples=false", "evaluation.receptive_fields=false", "train.epochs=5", "train.steps=40")
+    proc = sweep_env.popen(SMOKE, *sweep_env.overrides(*base))
+    try:
+        _wait_for(sweep_env.runs_dir / "smoke" / "logs" / "trial-0000.log", "step 10 ·")
+        proc.send_signal(signal.SIGKILL)  # the launcher only: its trial runs in its own session
+        proc.wait()
+        rerun = sweep_env.run(SMOKE, *sweep_env.overrides(*base))
+    finally:
+        sweep_env.kill_leftovers()
+    assert rerun.returncode == 0, rerun.stderr
+    assert "waiting for 1 trial process(es) left running by an earlier launch" in rerun.stderr
+    [run] = sweep_env.trial_runs()
+    assert run.info.status == "FINISHED" and "test_bpd" in run.data.metrics  # evaluated by the trial itself
+    assert run.data.tags["rgflow.attempt"] == "1"
+    assert sweep_env.parent_runs()[0].info.status == "FINISHED"

@@ -10,7 +10,8 @@ the sweep command, so the child expands the same trial), with ``MLFLOW_RUN_ID`` 
 environment and the tracking URI passed explicitly; the child attaches its run to the sweep's
 parent run, found by the sweep id. Its output goes to
 ``<sweep run folder>/logs/trial-NNNN.log``. When the sweep's evaluation is enabled, a finished trial is
-evaluated (``jobs.evaluate.evaluate_trial``) by the launcher right after its process exits.
+evaluated in its own process right after training (``jobs.train --evaluate``): a trial that
+outlives its launcher (a killed driver) still ends evaluated.
 What each exit code leads to is :func:`jobs.attempt.next_action`: finished; failed — restarted
 (it resumes from its checkpoint) while the failure count allows; bad input — the sweep stops
 launching, since every trial shares the same files; preempted — restarted at once; interrupted —
@@ -36,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.attempt import STATE_OF, Action, ExitCode, death_reason, evaluate_trial, exit_code, next_action
+from jobs.attempt import STATE_OF, Action, death_reason, exit_code, next_action
 from jobs.backends.base import Backend, LaunchResult, ProgressTracker, SweepContext, TrialTask, is_process
 from jobs.backends.gpus import SlotPool, gpu_pool
 from jobs.run_folder import read_state, reap_dead_attempt
@@ -54,8 +55,10 @@ class _Running:
 
 
 def trial_command(ctx: SweepContext, index: int) -> list[str]:
-    """The argument list that runs trial ``index`` of the sweep as a subprocess."""
-    return [sys.executable, "-m", "jobs.train", ctx.sweep_path, "--trial", str(index), *ctx.overrides]
+    """The argument list that runs trial ``index`` of the sweep as a subprocess (which evaluates
+    it after training when the sweep evaluates)."""
+    evaluate = ["--evaluate"] if ctx.evaluations else []
+    return [sys.executable, "-m", "jobs.train", ctx.sweep_path, "--trial", str(index), *evaluate, *ctx.overrides]
 
 
 def trial_environment(ctx: SweepContext) -> dict[str, str]:
@@ -125,7 +128,7 @@ class LocalBackend(Backend):
     def _after(ctx: SweepContext, r: _Running, stopping: bool, logs: Path,
                early_deaths: dict[str, int]) -> tuple[Action, str]:
         """What the ended process ``r`` means (:func:`jobs.attempt.next_action`) and the trial's
-        state; reaps an attempt killed outside the contract, evaluates a finished trial."""
+        state; reaps an attempt killed outside the contract."""
         code = exit_code(r.proc.returncode)
         tid = r.task.trial_id
         if code is None:
@@ -137,10 +140,6 @@ class LocalBackend(Backend):
             _append_log(logs, r.task, f"local backend: trial {r.task.index} {reason}; failure {failures}")
         action = next_action(code, failures, ctx.max_failures, stopping)
         trial_state = STATE_OF[code] if code is not None else ("killed" if stopping else "failed")
-        if code is ExitCode.FINISHED and ctx.evaluations:
-            error = evaluate_trial(ctx, r.task)
-            if error:
-                _append_log(logs, r.task, f"evaluation failed: {error}")
         return action, trial_state
 
     def _start(self, ctx: SweepContext, task: TrialTask, env: dict, logs: Path, state: SweepState,

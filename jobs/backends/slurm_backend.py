@@ -72,7 +72,7 @@ class SlurmEvaluation:
 
     def __call__(self, ctx: SweepContext, task: TrialTask) -> str:
         child_environment()
-        error = evaluate_trial(ctx, task)
+        error = evaluate_trial(task.config, task.run_dir, ctx.tracking_uri, ctx.evaluations)
         if error:
             raise RuntimeError(f"evaluation of trial {task.index} ({task.trial_id}) failed: {error}")
         return task.trial_id
