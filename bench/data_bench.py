@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rgflow.atomic import write_atomic  # noqa: E402
 from rgflow.config import DataConfig  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -147,9 +148,7 @@ def main() -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=1))
-    os.replace(tmp_out, out)
+    write_atomic(out, json.dumps(result, indent=1))
     print(f"wrote {out}")
     return 0
 

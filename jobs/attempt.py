@@ -230,7 +230,7 @@ def execute(ctx, task, evaluate: bool | None = None, stop_flag=None) -> TrialOut
     outcome = run_trial(
         task.config, sweep=ctx.name, sweep_id=ctx.sweep_id, trial_index=task.index, parent_run_id=ctx.parent_run_id,
         tracking_uri=ctx.tracking_uri, experiment_id=ctx.experiment_id, backend=ctx.backend, stop_flag=stop_flag,
-        sweep_params=ctx.parent_params,
+        sweep_params=ctx.parent_params, run_name=getattr(task, "run_name", "") or None,
     )
     if outcome.exit_code is ExitCode.FINISHED and ctx.evaluations and (evaluate is None or evaluate):
         error = evaluate_trial(task.config, task.run_dir, ctx.tracking_uri, ctx.evaluations)

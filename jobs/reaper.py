@@ -52,7 +52,7 @@ def settle(uri: str, tasks: dict, runs: dict, jobs: dict[str, tuple[str, str]], 
     """Settle the trials of ``tasks`` (trial id → ``TrialTask``) given their ``runs`` (trial id →
     ``RunSummary``) and the scheduler's ``jobs`` (trial id → (job id, state)) of the launch that
     ran them on ``backend``; returns one line per trial settled (empty when nothing changed)."""
-    from jobs.run_folder import reap_dead_attempt
+    from jobs.run_folder import adopt_run_id, reap_dead_attempt
     from jobs.tracking.record import has_pending
 
     done = []
@@ -67,6 +67,7 @@ def settle(uri: str, tasks: dict, runs: dict, jobs: dict[str, tuple[str, str]], 
             try:
                 with RunFolderLock(task.run_dir):
                     delivered = replay_run_dir(task.run_dir, timeout_s=15.0)
+                    adopt_run_id(task.run_dir)
             except RunFolderLocked:
                 continue
             done.append(f"trial {task.index}: delivered pending tracking data" if delivered else

@@ -45,6 +45,20 @@ def write_state(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     return state
 
 
+def adopt_run_id(run_dir: str | Path) -> str | None:
+    """Copy the MLflow run id from the run folder's tracking record into ``state.json`` when the
+    run was created after the attempt ended (it trained offline; a replay created the run).
+    Returns the run id ``state.json`` now names."""
+    from jobs.tracking.record import TrackingRecord
+
+    state = read_state(run_dir)
+    record = TrackingRecord.load(Path(run_dir))
+    if state is None or record is None or not record.run_id or state.get("run_id") == record.run_id:
+        return (state or {}).get("run_id")
+    write_state(run_dir, run_id=record.run_id)
+    return record.run_id
+
+
 def reap_dead_attempt(run_dir: str | Path, reason: str, state: str = "failed") -> int | None:
     """Close the run folder of an attempt that died while ``state.json`` said running: ``state``
     (failed: one more failure; killed: its launcher took it down, not counted) with ``reason``, and

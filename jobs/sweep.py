@@ -114,9 +114,11 @@ def parent_params(sweep) -> dict[str, Any]:
 
 def tasks_of(sweep) -> list[TrialTask]:
     """The sweep's trials as backend tasks, with the run folders ``jobs.train`` uses."""
-    from jobs.train import run_dir_for
+    from jobs.train import run_dir_for, trial_run_names
 
-    return [TrialTask(t.index, t.trial_id, t.config, str(run_dir_for(t.config, sweep.name))) for t in sweep.trials]
+    names = trial_run_names(sweep)
+    return [TrialTask(t.index, t.trial_id, t.config, str(run_dir_for(t.config, sweep.name)), names[i])
+            for i, t in enumerate(sweep.trials)]
 
 
 def _busy(ctx: SweepContext, state: SweepState) -> bool:
@@ -181,14 +183,16 @@ def _run(args, sweep, console) -> int:
 
 
 def _open_parent(sweep, uri: str, say) -> tuple[str | None, str | None]:
-    """(experiment id, parent run id) of the sweep, created if missing; (None, None) while the
-    store is unreachable (the trials start offline and find them later)."""
+    """(experiment id, parent run id) of the sweep, created if missing, with the sweep's description
+    as the parent run's note and the experiment's description; (None, None) while the store is
+    unreachable (the trials start offline and find them later)."""
     from jobs.tracking import ensure_experiment, ensure_sweep_run, log_parent_tags
     from jobs.tracking.store import is_transient
 
     try:
         experiment_id = ensure_experiment(uri, sweep.name, timeout_s=20.0)
-        parent = ensure_sweep_run(uri, experiment_id, sweep.name, sweep.sweep_id, parent_params(sweep), timeout_s=20.0)
+        parent = ensure_sweep_run(uri, experiment_id, sweep.name, sweep.sweep_id, parent_params(sweep), timeout_s=20.0,
+                                  description=sweep.description)
         log_parent_tags(uri, parent, {BACKEND_TAG: sweep.backend, SWEEP_OVERRIDES_TAG: " ".join(sweep.overrides)})
     except Exception as err:  # noqa: BLE001 - an outage is not fatal; a refusal is
         if not is_transient(err):
@@ -274,9 +278,10 @@ def _previous_jobs(ctx: SweepContext, previous: SweepState | None) -> dict[str, 
 
 
 def _close_parent(args, sweep, ctx: SweepContext, result: LaunchResult, todo: list[str], say) -> int:
-    """End the parent run in the state its trials add up to; exit code of the launch."""
+    """End the parent run in the state its trials add up to, with the sweep's aggregates as its
+    metrics (:func:`jobs.tracking.store.log_sweep_summary`); exit code of the launch."""
     from jobs.tracking import end_run, ensure_experiment, find_trial_runs, mark_killed
-    from jobs.tracking.store import is_transient
+    from jobs.tracking.store import is_transient, log_sweep_summary
 
     uri, ids = ctx.tracking_uri, [t.trial_id for t in sweep.trials]
     try:
@@ -292,6 +297,7 @@ def _close_parent(args, sweep, ctx: SweepContext, result: LaunchResult, todo: li
         parent = ctx.parent_run_id or _open_parent(sweep, uri, say)[1]
         if parent is None:
             raise ConnectionError("the parent run could not be created")
+        log_sweep_summary(uri, parent, len(sweep.trials), runs)
         end_run(uri, parent, end_state, reason)
     except Exception as err:  # noqa: BLE001 - an outage at the end leaves the parent run for the next launch
         if not is_transient(err) and not isinstance(err, ConnectionError):

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -26,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.attempt import CODE_OF, ExitCode, TrialOutcome
-from jobs.config import TrialConfig, flatten, resolved_dict, to_yaml, trial_id
-from jobs.run_folder import LOG_FILE, SINGLE, read_state, run_dir_for, write_state  # noqa: F401 - run_dir_for re-exported
+from jobs.config import TrialConfig, flatten, format_value, resolved_dict, to_yaml, trial_id
+from jobs.run_folder import LOG_FILE, SINGLE, adopt_run_id, read_state, run_dir_for, write_state  # noqa: F401 - run_dir_for re-exported
 from jobs.run_lock import RunFolderLock, RunFolderLocked
 from jobs.tracking.tags import (
     BACKEND_TAG, BEST_CHECKPOINT_TAG, CHECKPOINT_TAG, FAILURES_TAG, SWEEP_ID_TAG, SWEEP_TAG, TRIAL_INDEX_TAG,
@@ -36,6 +37,12 @@ from rgflow.atomic import write_atomic
 from rgflow.config import ConfigError as LibraryConfigError  # the base of jobs.config.ConfigError too
 
 log = logging.getLogger("jobs.train")
+
+#: Params logged beside the flattened config that are not settings (not valid overrides): derived from
+#: the config (``train.effective_lr``: ``train.lr`` after the batch-size rule, before warm-up) or
+#: from the built model (``model.num_params``: its parameter count). Readers that treat every param
+#: as a setting (varying-setting columns, context labels) should skip them.
+DERIVED_PARAMS = ("train.effective_lr", "model.num_params")
 
 #: Dequantisation noise seed of validation, the same for every trial (and not a setting, so that it
 #: cannot differ between trials of one id): validation curves of any two trials are paired image by image.
@@ -212,6 +219,7 @@ def run_trial(
     backend: str = SINGLE,
     stop_flag: Callable[[], str | None] | None = None,
     sweep_params: dict[str, Any] | None = None,
+    run_name: str | None = None,
 ) -> TrialOutcome:
     """Run (or resume, or skip if finished) one trial in this process; never raises for a trial
     failure — the :class:`TrialOutcome` says how it ended.
@@ -225,7 +233,8 @@ def run_trial(
     validation); a non-empty string stops the trial as ``preempted`` after a checkpoint (exit 75).
     Signal handlers (SIGTERM/SIGUSR2/SIGINT) are installed only when called from the main thread.
     ``sweep_params``: the parent run's params, used when the store was down and the parent run is
-    created later. The attempt holds the run folder's lock (:mod:`jobs.run_lock`) throughout; a
+    created later. ``run_name``: the MLflow run name (:func:`trial_run_name` for a sweep's trial);
+    None → the trial id, or ``trial-NNNN-<id>`` with a ``trial_index``. The attempt holds the run folder's lock (:mod:`jobs.run_lock`) throughout; a
     second attempt at the same folder returns at once with ``ExitCode.LOCKED``.
     """
     tid = trial_id(config)
@@ -243,7 +252,7 @@ def run_trial(
         if previous and previous.get("state") == "finished":
             _deliver_pending(run_dir, label)
             _say(label, f"already finished ({run_dir}); nothing to do")
-            return TrialOutcome("finished", ExitCode.FINISHED, tid, run_dir, previous.get("run_id"),
+            return TrialOutcome("finished", ExitCode.FINISHED, tid, run_dir, adopt_run_id(run_dir),
                                 previous.get("attempt"), best_val_bpd=previous.get("best_val_bpd"),
                                 val_bpd=previous.get("val_bpd"), step=previous.get("step"),
                                 failures=int(previous.get("failures", 0)))
@@ -253,7 +262,7 @@ def run_trial(
             try:
                 prepared = _prepare(config, run_dir, label, tid)
                 where = _Where(sweep, sweep_id, trial_index, parent_run_id, tracking_uri, experiment_id, backend,
-                               dict(sweep_params or {}))
+                               dict(sweep_params or {}), run_name)
                 tracked = _open_tracking(config, run_dir, tid, where, prepared)
             except (BadInput, LibraryConfigError) as err:
                 if created:
@@ -294,6 +303,61 @@ class _Where:
     experiment_id: str | None
     backend: str
     sweep_params: dict[str, Any]
+    run_name: str | None = None
+
+
+def trial_params(config: TrialConfig, experiment: str) -> dict[str, str]:
+    """The params of a trial's run: the flattened config (:func:`jobs.config.flatten`) with
+    ``tracking.experiment`` set to the ``experiment`` the run really is in (a sweep's trial sits in
+    the experiment named after the sweep, whatever its config says), plus ``train.effective_lr``
+    (the learning rate after ``train.lr_scaling``, before warm-up). ``model.num_params`` is logged
+    once the model is built (:func:`_train_tracked`)."""
+    params = flatten(config)
+    params["tracking.experiment"] = experiment
+    params["train.effective_lr"] = format_value(config.train.effective_lr)
+    return params
+
+
+#: Short names of well-known axis keys in run names (:func:`trial_run_names`); ``""``: the value alone.
+RUN_NAME_KEYS = {"train.batch_size": "bs", "train.lr": "lr", "train.lr_scaling": "", "prior.kind": "", "run.seed": "s"}
+_RUN_NAME_MAX = 200
+
+
+def _name_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(_name_value(v) for v in value)
+    return "null" if value is None else str(value)
+
+
+def _name_part(key: str, value: Any) -> str:
+    prefix = RUN_NAME_KEYS.get(key, key.rsplit(".", 1)[-1])
+    return re.sub(r"[^A-Za-z0-9._]+", "_", f"{prefix}{_name_value(value)}").strip("_")
+
+
+def trial_run_names(sweep) -> list[str]:
+    """The MLflow run name of each trial of ``sweep`` (any object with ``trials`` whose items have
+    ``index`` and ``varying``: axis key → value), in trial order: the axis values joined with ``-``,
+    well-known keys abbreviated (:data:`RUN_NAME_KEYS`: ``bs512-sqrt-laplace-s0``), other keys as
+    their last part and value (``epochs10``), characters other than letters, digits, ``.`` and ``_``
+    as ``_``. Names shared by several trials get ``-t<index>`` appended; a trial without axis values
+    is ``trial-<index>``. Unique within the sweep."""
+    names = []
+    for trial in sweep.trials:
+        parts = [p for p in (_name_part(k, v) for k, v in trial.varying.items()) if p]
+        names.append("-".join(parts)[:_RUN_NAME_MAX] or f"trial-{trial.index:04d}")
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return [f"{name}-t{trial.index}" if counts[name] > 1 else name for name, trial in zip(names, sweep.trials)]
+
+
+def trial_run_name(sweep, index: int) -> str:
+    """The MLflow run name of trial ``index`` of ``sweep`` (:func:`trial_run_names`)."""
+    return trial_run_names(sweep)[index]
 
 
 def _open_tracking(config: TrialConfig, run_dir: Path, tid: str, where: _Where, prepared: _Prepared):
@@ -315,7 +379,7 @@ def _open_tracking(config: TrialConfig, run_dir: Path, tid: str, where: _Where, 
         tags[TRIAL_INDEX_TAG] = where.trial_index
     if where.sweep_id:
         tags[SWEEP_ID_TAG] = where.sweep_id
-    run_name = tid if where.trial_index is None else f"trial-{where.trial_index:04d}-{tid}"
+    run_name = where.run_name or (tid if where.trial_index is None else f"trial-{where.trial_index:04d}-{tid}")
     name = where.sweep or config.tracking.experiment
     experiment, connect_s = where.experiment_id, 30.0
     parent = where.parent_run_id
@@ -323,6 +387,14 @@ def _open_tracking(config: TrialConfig, run_dir: Path, tid: str, where: _Where, 
     if parent is None and where.sweep and where.sweep_id:
         deferred_parent = {"name": where.sweep, "sweep_id": where.sweep_id, "params": where.sweep_params}
     try:
+        if experiment is not None:  # given by the launcher: log the name it really has
+            from jobs.tracking.store import experiment_name
+
+            try:
+                name = experiment_name(uri, experiment)
+            except Exception as err:  # noqa: BLE001 - unreachable: the sweep's name, as the launcher made it
+                if not is_transient(err):
+                    raise
         if experiment is None:
             try:
                 experiment = ensure_experiment(uri, name, timeout_s=10.0)
@@ -332,7 +404,7 @@ def _open_tracking(config: TrialConfig, run_dir: Path, tid: str, where: _Where, 
                 print(f"warning: tracking store {uri} unreachable ({_one_line(err)}): training offline; the run "
                       "appears with all its metrics when the store answers", file=sys.stderr, flush=True)
                 experiment, connect_s = None, 0.0
-        return open_trial_run(uri, experiment, tid, run_name, parent, flatten(config), tags, run_dir,
+        return open_trial_run(uri, experiment, tid, run_name, parent, trial_params(config, name), tags, run_dir,
                               existing, device=str(prepared.device), connect_timeout_s=connect_s,
                               experiment_name=name, deferred_parent=deferred_parent)
     except Exception as err:  # noqa: BLE001 - a refusal is bad input; anything else is a bug
@@ -368,6 +440,8 @@ def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tra
         configure_runtime(deterministic=config.run.deterministic, threads=config.run.threads)
         seed_everything(config.run.seed)
         model = RGFlowModel(config.model, config.prior).to(device)
+        if tracked is not None:
+            tracked.log_params({"model.num_params": sum(p.numel() for p in model.parameters())})
         batcher = EpochBatcher(prepared.train_set.images, cfg.batch_size, config.run.seed, device,
                                flip=config.data.flip_train)
         valid = EpochBatcher(prepared.valid_set.images, cfg.batch_size, VALIDATION_NOISE_SEED, device,
@@ -409,12 +483,21 @@ def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tra
     if tracked is not None:
         if result is not None:
             tracked.set_tags({CHECKPOINT_TAG: result.checkpoint, BEST_CHECKPOINT_TAG: result.best_checkpoint or ""})
+        _log_train_log(run_dir, tracked)
         tracked.end(state, reason)
         fields["run_id"] = tracked.run_id
     write_state(run_dir, **fields)
     return TrialOutcome(state, CODE_OF[state], tid, run_dir, fields["run_id"], attempt, reason,
                         best_val_bpd=best, val_bpd=result.val_bpd if result else None,
                         step=result.step if result else step, failures=failures)
+
+
+def _log_train_log(run_dir: Path, tracked) -> None:
+    """Queue ``train.log`` (every attempt's log so far; it stays in the run folder) as an artifact of
+    the run at the root, uploaded by ``end`` — whatever the end state."""
+    path = run_dir / LOG_FILE  # logging.FileHandler flushes every record: the file is complete so far
+    if path.exists():
+        tracked.log_artifact(path, None)
 
 
 def _count_previous_death(label: str, tracked, previous: dict[str, Any] | None) -> int:
@@ -473,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = args.backend or ("slurm" if os.environ.get("SLURM_JOB_ID") else "local")
     outcome = run_trial(config, sweep=sweep.name, sweep_id=sweep.sweep_id, trial_index=args.trial,
                         parent_run_id=parent, experiment_id=experiment, backend=backend,
-                        sweep_params=sweep_parent_params(sweep))
+                        sweep_params=sweep_parent_params(sweep), run_name=trial_run_name(sweep, args.trial))
     if args.evaluate and outcome.exit_code is ExitCode.FINISHED and sweep.evaluation.selected:
         from jobs.attempt import evaluate_trial
         from jobs.tracking import resolve_tracking_uri
@@ -506,7 +589,7 @@ def _sweep_parent(config: TrialConfig, sweep) -> tuple[str | None, str | None]:
     try:
         experiment = ensure_experiment(uri, sweep.name, timeout_s=10.0)
         parent = ensure_sweep_run(uri, experiment, sweep.name, sweep.sweep_id, sweep_parent_params(sweep),
-                                  timeout_s=10.0)
+                                  timeout_s=10.0, description=sweep.description)
     except Exception as err:  # noqa: BLE001 - one line instead of a traceback
         if is_transient(err):
             return None, None

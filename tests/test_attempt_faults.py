@@ -85,6 +85,7 @@ def test_offline_start_and_missed_end_state_are_delivered_by_the_next_attempt(tm
         assert runs[0].data.tags["rgflow.state"] == "finished"
         assert _steps(client, runs[0].info.run_id, "train_bpd") == [4, 8, 12, 16]
         assert _steps(client, runs[0].info.run_id, "val_bpd") == [8, 16]
+        assert json.loads((run_dir / "state.json").read_text())["run_id"] == runs[0].info.run_id  # for jobs.evaluate
     finally:
         server.stop()
 

@@ -399,3 +399,60 @@ os.kill(os.getpid(), signal.SIGKILL)
     trial.log_metrics({"train_bpd": 0.5}, 41)
     assert trial.end("finished")
     assert _histories(store, run_id, ["train_bpd"]) == {"train_bpd": list(range(1, 42))}
+
+
+def test_standard_mlflow_tags_and_run_name(store, exp, tmp_path):
+    import getpass
+
+    from jobs.tracking import tags as TG
+
+    env = T.environment_tags("cpu")
+    assert env[TG.SOURCE_GIT_COMMIT_TAG] == env[TG.GIT_COMMIT_TAG]
+    assert (env[TG.SOURCE_NAME_TAG], env[TG.SOURCE_TYPE_TAG], env[TG.USER_TAG]) == ("jobs.train", "JOB",
+                                                                                     getpass.getuser())
+    trial = _open(store, exp, tmp_path / "run")
+    assert trial.end("finished") is True
+    run = T.get_client(store).get_run(trial.run_id)
+    assert run.info.run_name == run.data.tags[TG.RUN_NAME_TAG] == "trial-t0"
+    assert run.info.user_id == run.data.tags[TG.USER_TAG] == getpass.getuser()
+    assert run.data.tags[TG.SOURCE_TYPE_TAG] == "JOB" and run.data.tags[TG.SOURCE_NAME_TAG] == "jobs.train"
+    # a reopened run takes the name of the new attempt
+    again = T.open_trial_run(store, exp, "t0", "bs64-laplace-s0", None, PARAMS, {}, tmp_path / "run",
+                             flush_interval_s=0.1)
+    assert again.run_id == trial.run_id and again.end("finished") is True
+    assert T.get_client(store).get_run(trial.run_id).info.run_name == "bs64-laplace-s0"
+
+
+def test_log_params_after_open_are_delivered_once(store, exp, tmp_path):
+    trial = _open(store, exp, tmp_path / "run")
+    trial.log_params({"model": {"num_params": 1234}})
+    assert trial.flush() is True
+    assert T.get_client(store).get_run(trial.run_id).data.params["model.num_params"] == "1234"
+    trial.log_params({"model.num_params": 999})  # MLflow keeps the first value: kept, reported, not blocking
+    trial.log_metrics({"m0": 1.0}, 1)
+    assert trial.end("finished") is True
+    run = T.get_client(store).get_run(trial.run_id)
+    assert run.data.params["model.num_params"] == "1234" and run.data.metrics["m0"] == 1.0
+
+
+def test_sweep_description_and_summary(store, exp, tmp_path):
+    from jobs.tracking.store import log_sweep_summary
+    from jobs.tracking.tags import NOTE_TAG
+
+    parent = T.ensure_sweep_run(store, exp, "s", "desc0123", {}, description="batch 32 vs 128")
+    client = T.get_client(store)
+    assert client.get_run(parent).data.tags[NOTE_TAG] == "batch 32 vs 128"
+    assert client.get_experiment(exp).tags[NOTE_TAG] == "batch 32 vs 128"
+    assert T.ensure_sweep_run(store, exp, "s", "desc0123", {}, description="edited") == parent
+    assert client.get_run(parent).data.tags[NOTE_TAG] == "edited" and client.get_experiment(exp).tags[NOTE_TAG] == "edited"
+    for tid, vals, state in (("a", [3.0, 2.5, 2.7], "finished"), ("b", [2.9], "failed")):
+        trial = _open(store, exp, tmp_path / tid, trial_id=tid, parent=parent)
+        for step, v in enumerate(vals, 1):
+            trial.log_metrics({"val_bpd": v}, step)
+        if tid == "a":
+            trial.log_metrics({"test_bpd": 2.6}, 10)
+        trial.end(state)
+    runs = T.find_trial_runs(store, exp, parent_run_id=parent)
+    summary = log_sweep_summary(store, parent, 3, runs)
+    assert summary == {"trials": 3, "trials_finished": 1, "trials_failed": 1, "best_val_bpd": 2.5, "best_test_bpd": 2.6}
+    assert client.get_run(parent).data.metrics == summary

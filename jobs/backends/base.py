@@ -42,12 +42,14 @@ class TrialResources:
 @dataclass(frozen=True)
 class TrialTask:
     """One trial to run: its position in the sweep's expansion, id, resolved config (a picklable
-    ``jobs.config.TrialConfig``) and run folder."""
+    ``jobs.config.TrialConfig``), run folder and MLflow run name (``jobs.train.trial_run_name``;
+    ``""``: ``jobs.train``'s default)."""
 
     index: int
     trial_id: str
     config: Any
     run_dir: str
+    run_name: str = ""
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,13 @@ from jobs.report import figures
 from jobs.report.header import header
 from jobs.report.query import ReportInputError, SweepRuns, load_sweep_runs
 from jobs.report.reference_values import RECIPE_2025, SOURCE_2025
-from jobs.report.render import Report, Table, write_atomic, write_documents
+from jobs.report.render import Report, Table, write_documents
 from jobs.report.tables import (SETTING_KEYS, csv_columns, curves, finite_hours, parse_param, reproduction_shown,
                                 reproduction_table, setting_label, settings_shown, settings_table, trial_table,
                                 trials_shown, varying_params)
 from jobs.report.verdict import DEFAULT_MARGIN, verdict
 from jobs.staging import staged_dir
+from rgflow.atomic import write_atomic
 from jobs.tracking import download_artifact, list_artifacts, log_report
 from jobs.tracking.tags import ROLE_TAG, RUN_DIR_TAG
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from jobs.report.verdict import Finding
+from rgflow.atomic import write_atomic
 
 TABLE_ROWS = 60  # rows shown in the documents; the CSV files have them all
 TOPIC_TITLES = {"batch gap": "Batch-size gap", "lr scaling": "Does LR scaling close it?",
@@ -55,17 +54,6 @@ class Report:
     tables: list[Table]
     figures: list[tuple[str, Path]]
     notes: list[str] = field(default_factory=list)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def inline(text: str) -> str:
@@ -185,4 +173,4 @@ def write_documents(report: Report, out_dir: Path) -> tuple[Path, Path]:
     return md, page
 
 
-__all__ = ["Report", "Table", "inline", "markdown", "html_document", "write_documents", "write_atomic"]
+__all__ = ["Report", "Table", "inline", "markdown", "html_document", "write_documents"]

@@ -50,8 +50,11 @@ def parse_param(text: str | None) -> Any:
 
 
 def varying_params(runs) -> list[str]:
-    """Param keys whose value differs between trials (sorted)."""
-    keys = sorted({k for r in runs for k in r.params})
+    """Param keys whose value differs between trials (sorted), without the params derived from
+    others (``jobs.train.DERIVED_PARAMS``: effective LR, parameter count), which are not settings."""
+    from jobs.train import DERIVED_PARAMS
+
+    keys = sorted({k for r in runs for k in r.params} - set(DERIVED_PARAMS))
     return [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
 
 

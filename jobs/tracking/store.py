@@ -35,7 +35,7 @@ from .layout import (
 # Re-exported: the layout and URI names were defined here before they moved to light modules.
 from .layout import TrackingError  # noqa: F401
 from .tags import (  # noqa: F401 - the tag names are re-exported for trial.py and older importers
-    ATTEMPT_TAG, EXPERIMENT_KIND_TAG, FAILURES_TAG, PARENT_TAG, REASON_TAG, ROLE_TAG, RUN_DIR_TAG, STATE_TAG,
+    ATTEMPT_TAG, EXPERIMENT_KIND_TAG, FAILURES_TAG, NOTE_TAG, PARENT_TAG, REASON_TAG, ROLE_TAG, RUN_DIR_TAG, STATE_TAG,
     SWEEP_ID_TAG, SWEEP_TAG, TRIAL_ID_TAG,
 )
 from .uri import resolve_tracking_uri, sqlite_path  # noqa: F401
@@ -183,11 +183,14 @@ def ensure_experiment(uri: str, name: str, *, timeout_s: float = 60.0) -> str:
 
 
 def ensure_sweep_run(uri: str, experiment_id: str, sweep_name: str, sweep_id: str, params: Mapping[str, Any], *,
-                     timeout_s: float = 60.0) -> str:
+                     timeout_s: float = 60.0, description: str | None = None) -> str:
     """The run id of the sweep's parent run (tags ``rgflow.role=sweep``, ``rgflow.sweep_id``),
     created if missing, and set to RUNNING (the sweep launcher ends it with :func:`end_run`).
 
-    ``params`` (nested or flat) are logged where missing. If launchers create it at once, each
+    ``params`` (nested or flat) are logged where missing. A non-empty ``description`` (the sweep
+    file's) becomes the parent run's note and the experiment's description (MLflow's
+    ``mlflow.note.content``, run tag and experiment tag), set on every call so that an edited
+    description shows on the next launch. If launchers create it at once, each
     waits ``_SETTLE_S`` after creating, then all keep the oldest run (start time, then id) and the
     others delete their own: race-safe when the concurrent creations commit within that second.
     Transient errors are retried for ``timeout_s`` seconds (0: one try).
@@ -214,9 +217,61 @@ def ensure_sweep_run(uri: str, experiment_id: str, sweep_name: str, sweep_id: st
             client.update_run(run.info.run_id, status="RUNNING")
             log_tags(client, run.info.run_id, {STATE_TAG: "running"})
         log_missing_params(client, run.info.run_id, flat, run.data.params)
+        if description:
+            if run.data.tags.get(NOTE_TAG) != description:
+                log_tags(client, run.info.run_id, {NOTE_TAG: description})
+            client.set_experiment_tag(experiment_id, NOTE_TAG, description[:MAX_TAG_VALUE_CHARS])
         return run.info.run_id
 
     return retry_transient(attempt, timeout_s=timeout_s, what=f"sweep run {sweep_name!r}")
+
+
+def experiment_name(uri: str, experiment_id: str) -> str:
+    """The name of experiment ``experiment_id`` (one ``get_experiment``, transient errors retried for
+    30 s; a missing experiment raises ``MlflowException``)."""
+    client = get_client(uri)
+    return retry_transient(lambda: client.get_experiment(experiment_id).name, timeout_s=30.0,
+                           what=f"experiment {experiment_id}")
+
+
+#: The metrics :func:`log_sweep_summary` logs on a sweep's parent run (step 0, one value per close).
+SWEEP_SUMMARY_METRICS = ("trials", "trials_finished", "trials_failed", "best_val_bpd", "best_test_bpd")
+
+
+def sweep_summary(uri: str, trials: int, runs: Mapping[str, RunSummary]) -> dict[str, float]:
+    """The aggregates of a sweep from its trial runs (``runs``: trial id → :class:`RunSummary`) and
+    its number of ``trials``: ``trials``, ``trials_finished`` and ``trials_failed`` (runs FINISHED /
+    FAILED), ``best_val_bpd`` (bits/dim: the lowest validation BPD any trial logged, over each run's
+    whole ``val_bpd`` history — one ``get_metric_history`` per run) and ``best_test_bpd`` (bits/dim:
+    the lowest latest ``test_bpd`` of the evaluated trials). A BPD without any value is left out."""
+    summary: dict[str, float] = {
+        "trials": float(trials),
+        "trials_finished": float(sum(r.status == "FINISHED" for r in runs.values())),
+        "trials_failed": float(sum(r.status == "FAILED" for r in runs.values())),
+    }
+    vals = []
+    for run in runs.values():
+        if "val_bpd" not in run.metrics:
+            continue
+        history = [v for _, _, v in read_metric_history(uri, run.run_id, "val_bpd") if math.isfinite(v)]
+        vals += history or ([run.metrics["val_bpd"]] if math.isfinite(run.metrics["val_bpd"]) else [])
+    tests = [r.metrics["test_bpd"] for r in runs.values() if math.isfinite(r.metrics.get("test_bpd", math.nan))]
+    if vals:
+        summary["best_val_bpd"] = float(min(vals))
+    if tests:
+        summary["best_test_bpd"] = float(min(tests))
+    return summary
+
+
+def log_sweep_summary(uri: str, parent_run_id: str, trials: int, runs: Mapping[str, RunSummary]) -> dict[str, float]:
+    """Log :func:`sweep_summary` as metrics of the sweep's parent run (step 0, now; the latest
+    close wins in MLflow's view) in one ``log_batch``; returns them. Transient errors retried for 60 s."""
+    summary = sweep_summary(uri, trials, runs)
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in summary.items()]
+    retry_transient(lambda: get_client(uri).log_batch(parent_run_id, metrics=metrics, synchronous=True),
+                    timeout_s=60.0, what=f"summary of sweep run {parent_run_id}")
+    return summary
 
 
 def find_trial_runs(

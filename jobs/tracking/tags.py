@@ -18,6 +18,14 @@ BACKEND_TAG = "rgflow.backend"  # what launched it: single | local | ray | slurm
 SWEEP_OVERRIDES_TAG = "rgflow.sweep_overrides"  # parent run: the command-line overrides of the sweep file, space-separated
 RUN_DIR_TAG = "rgflow.run_dir"  # absolute path of the trial's run folder (checkpoints, spool, config.yaml)
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the trial's parent (sweep) run id, always set explicitly
+RUN_NAME_TAG = "mlflow.runName"  # MLflow's own: trial runs are named from their axis values (bs512-sqrt-laplace-s0)
+NOTE_TAG = "mlflow.note.content"  # MLflow's own: the sweep's description, on its parent run and as experiment tag
+
+# ---- MLflow's standard source tags (set by the project on every trial run; jobs.tracking.env) ------
+SOURCE_GIT_COMMIT_TAG = "mlflow.source.git.commit"  # the same commit as rgflow.git_commit ("unknown" without git)
+SOURCE_NAME_TAG = "mlflow.source.name"  # the entry point that trained the trial: always "jobs.train" (CLI or run_trial)
+SOURCE_TYPE_TAG = "mlflow.source.type"  # "JOB": every trial is a batch job, never a notebook or a project
+USER_TAG = "mlflow.user"  # the login name of the user whose process ran the attempt (getpass.getuser())
 
 # ---- lifecycle ------------------------------------------------------------------------------------
 STATE_TAG = "rgflow.state"  # true state: running | finished | failed | preempted | killed

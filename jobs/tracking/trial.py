@@ -4,8 +4,8 @@ Design (see also ``spool.py`` and ``record.py``):
 
 * The training thread never talks to the store. ``log_metrics`` appends to the run folder's spool
   (≈20 µs median for 10 metrics: ``bench/tracking_bench.py``); ``set_tags``/``log_artifact``/
-  ``log_text`` update ``tracking.json``. A daemon thread pushes the spool in ``log_batch`` calls of ≤ 1000 metrics every ``flush_interval_s`` (2 s), then
-  tags, artifacts and — after ``end`` — the final status. ``flush``/``end`` push synchronously.
+  ``log_text``/``log_params`` update ``tracking.json``. A daemon thread pushes the spool in ``log_batch`` calls of ≤ 1000 metrics every ``flush_interval_s`` (2 s), then
+  tags, params, artifacts and — after ``end`` — the final status. ``flush``/``end`` push synchronously.
 * The store unreachable (connection refused, timeouts, 5xx, locked sqlite): nothing is lost — the
   spool and ``tracking.json`` keep everything; the flusher retries with backoff (≤ 10 s apart), and
   ``flush``/``end``/the next attempt/``python -m jobs.tracking replay RUN_DIR`` replay the rest.
@@ -36,7 +36,7 @@ from mlflow.entities import Metric
 from .env import environment_tags
 from .record import TrackingRecord
 from .spool import MetricSpool
-from .tags import FAILURES_TAG
+from .tags import FAILURES_TAG, RUN_NAME_TAG, USER_TAG
 from .store import (
     ATTEMPT_TAG, END_STATES, MAX_METRICS_PER_BATCH, PARENT_TAG, REASON_TAG, ROLE_TAG, RUN_DIR_TAG, STATE_TAG,
     TRIAL_ID_TAG, TrackingError, filter_literal, flatten_params, get_client, is_transient, log_missing_params, log_tags,
@@ -55,7 +55,7 @@ def _now_ms() -> int:
 class TrialRun:
     """One trial's MLflow run. Create with :func:`open_trial_run`; always finish with :meth:`end`.
 
-    Thread-safety: ``log_metrics``/``set_tags``/``log_artifact``/``log_text`` are for the training
+    Thread-safety: ``log_metrics``/``set_tags``/``log_params``/``log_artifact``/``log_text`` are for the training
     thread and never block on the network; ``flush``/``end`` may be called from any thread.
     """
 
@@ -68,6 +68,7 @@ class TrialRun:
         self._store_lock = threading.RLock()  # serialises all traffic with the store
         self._record_lock = threading.RLock()  # guards the record (mutated by both threads)
         self._dirty_tags = dict(record.tags)
+        self._dirty_params: dict[str, str] = {}
         self._connected = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,6 +117,16 @@ class TrialRun:
         with self._record_lock:
             for key, value in tags.items():
                 self._record.tags[key] = self._dirty_tags[key] = str(value)
+            self._record.save(self.run_dir)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Queue params known only once training has started (e.g. ``model.num_params``; nested
+        mappings are flattened with dotted keys); sent by the flusher. MLflow keeps a param's first
+        value: a key the run already has with another value is kept and reported, as at open."""
+        flat = flatten_params(params)
+        with self._record_lock:
+            self._record.params.update(flat)
+            self._dirty_params.update(flat)
             self._record.save(self.run_dir)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -215,6 +226,7 @@ class TrialRun:
                 if not self._connected:
                     self._connect()
                 self._push_tags()
+                self._push_params()
                 if not self._push_metrics(deadline):
                     return False
                 self._push_artifacts()
@@ -246,7 +258,9 @@ class TrialRun:
         if rec.run_id is None:
             rec.run_id = self._find_orphan()
         if rec.run_id is None:
-            essentials = {k: rec.tags[k] for k in (ROLE_TAG, TRIAL_ID_TAG, RUN_DIR_TAG, PARENT_TAG) if k in rec.tags}
+            # mlflow.user at creation: the store fills its user column from it (else "unknown")
+            essentials = {k: rec.tags[k] for k in (ROLE_TAG, TRIAL_ID_TAG, RUN_DIR_TAG, PARENT_TAG, USER_TAG)
+                          if k in rec.tags}
             run = client.create_run(rec.experiment_id, tags=essentials, run_name=rec.run_name)
             with self._record_lock:
                 rec.run_id = run.info.run_id
@@ -266,9 +280,14 @@ class TrialRun:
                 if REASON_TAG in run.data.tags and REASON_TAG not in rec.tags:
                     client.delete_tag(rec.run_id, REASON_TAG)
         self._mode = "sync"
-        log_missing_params(client, rec.run_id, rec.params, run.data.params)
+        with self._record_lock:
+            params = dict(rec.params)
+        log_missing_params(client, rec.run_id, params, run.data.params)
         with self._record_lock:
             self._dirty_tags = dict(rec.tags)
+            for key, value in params.items():
+                if self._dirty_params.get(key) == value:
+                    del self._dirty_params[key]
         self._push_tags()
         self._connected = True
 
@@ -284,7 +303,7 @@ class TrialRun:
         if rec.deferred_parent and not rec.parent_run_id:
             spec = rec.deferred_parent
             rec.parent_run_id = ensure_sweep_run(self.uri, rec.experiment_id, spec["name"], spec["sweep_id"],
-                                                 spec["params"], timeout_s=0.0)
+                                                 spec["params"], timeout_s=0.0, description=spec.get("description"))
             with self._record_lock:
                 rec.tags[PARENT_TAG] = self._dirty_tags[PARENT_TAG] = rec.parent_run_id
             changed = True
@@ -311,6 +330,20 @@ class TrialRun:
             for key, value in tags.items():
                 if self._dirty_tags.get(key) == value:
                     del self._dirty_tags[key]
+
+    def _push_params(self) -> None:
+        """Params queued by :meth:`log_params` since the run was connected: one ``get_run`` to
+        see what the run has, then the missing ones (a differing value is kept and reported)."""
+        with self._record_lock:
+            params = dict(self._dirty_params)
+        if not params:
+            return
+        existing = self._client.get_run(self.run_id).data.params
+        log_missing_params(self._client, self.run_id, params, existing)
+        with self._record_lock:
+            for key, value in params.items():
+                if self._dirty_params.get(key) == value:
+                    del self._dirty_params[key]
 
     def _push_metrics(self, deadline: float | None) -> bool:
         while True:
@@ -370,13 +403,14 @@ def open_trial_run(
     ``run_dir/tracking.json`` for the same store, experiment and trial; otherwise creates a run
     (child of ``parent_run_id`` when given). ``params`` (nested config or flat) are flattened
     with dotted keys; tags are ``rgflow.role=trial``, ``rgflow.trial_id``, ``rgflow.run_dir``,
-    ``rgflow.state=running``, ``rgflow.attempt``, :func:`environment_tags` (for ``device``),
-    then ``tags`` (which win). A spool left by a different run is moved aside
+    ``rgflow.state=running``, ``rgflow.attempt``, ``mlflow.runName`` (``run_name``, also on a reopened
+    run), :func:`environment_tags` (for ``device``; with MLflow's ``mlflow.source.*`` and
+    ``mlflow.user``), then ``tags`` (which win). A spool left by a different run is moved aside
     (``metrics-spool.<old run id>.jsonl``), never replayed into this one.
 
     ``experiment_id`` None (the store was down when the trial started): the run folder's recorded
     experiment, or else experiment ``experiment_name``, found or created when the store answers;
-    ``deferred_parent`` (``{"name", "sweep_id", "params"}``) likewise names the sweep's parent run
+    ``deferred_parent`` (``{"name", "sweep_id", "params"}``, optionally ``"description"``) likewise names the sweep's parent run
     when ``parent_run_id`` is None.
 
     Raises :class:`TrackingError` when the store refuses (e.g. unknown experiment or run); an
@@ -405,7 +439,7 @@ def open_trial_run(
     run_id = existing_run_id or (previous.run_id if previous else None)
     attempt = previous.attempt + 1 if previous else 1
     all_tags = {ROLE_TAG: "trial", TRIAL_ID_TAG: trial_id, RUN_DIR_TAG: str(run_dir), STATE_TAG: "running",
-                ATTEMPT_TAG: str(attempt), **environment_tags(device)}
+                ATTEMPT_TAG: str(attempt), RUN_NAME_TAG: run_name, **environment_tags(device)}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     all_tags.update({k: str(v) for k, v in tags.items()})
