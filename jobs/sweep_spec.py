@@ -21,7 +21,7 @@ The shape (every key but ``name`` is optional; see ``sweeps/README.md`` for a co
     resources: {cpus: 1, gpus: 1, memory_gb: 32, time_limit_min: 1440}   # per trial
     backend: ray                       # ray | slurm | local
     max_failures: 2                    # failed attempts retried per trial (each resumes its checkpoint)
-    ray: {address: local, max_concurrent_trials: null, storage_path: null}   # ray.max_failures: old name
+    ray: {address: local, max_concurrent_trials: null, storage_path: null, dashboard: false}  # ray.max_failures: old name
     slurm: {partition: gpu, account: null, qos: null, constraint: null, gpus_per_trial: null,
             cpus_per_trial: null, mem_gb: null, time_min: null, array_parallelism: null,
             max_array_size: 1000, extra_sbatch: [], python: null}   # null: from resources
@@ -130,12 +130,14 @@ class RaySettings:
     cluster), ``ray://host:port`` or ``host:port``. ``max_concurrent_trials`` (``None``: as many
     as resources allow), ``max_failures`` the old name of the sweep's top-level ``max_failures``
     (used when that is not set), ``storage_path``
-    for Ray Tune's experiment state (``None``: chosen by the Ray backend under the run folder)."""
+    for Ray Tune's experiment state (``None``: chosen by the Ray backend under the run folder).
+    ``dashboard``: start Ray's dashboard with the embedded Ray, on 127.0.0.1 only (default off)."""
 
     address: str = "local"
     max_concurrent_trials: int | None = None
     max_failures: int | None = None
     storage_path: str | None = None
+    dashboard: bool = False
 
     def __post_init__(self) -> None:
         if not RAY_ADDRESS.match(self.address):
