@@ -104,11 +104,17 @@ class TrackingConfig:
 
     A ``user:password@`` in an ``http(s)`` ``uri`` is moved to ``MLFLOW_TRACKING_USERNAME`` /
     ``MLFLOW_TRACKING_PASSWORD`` when the config is built (:func:`jobs.tracking.uri.take_credentials`):
-    ``uri`` holds the URI without them, so params, ``config.yaml`` and logs never show them."""
+    ``uri`` holds the URI without them, so params, ``config.yaml`` and logs never show them.
+
+    ``log_model``: which checkpoint's weights a finished trial logs under the run's ``model/``
+    artifacts (``model/weights.pt``, ``model/config.yaml``, ``model/model.json``; loaded back by
+    :func:`jobs.model_io.load_model`): ``best`` (the lowest validation BPD; the last when there is
+    no best), ``last``, or ``none``."""
 
     uri: str | None = None
     experiment: str = "rgflow"
     enabled: bool = True
+    log_model: str = "best"
 
     def __post_init__(self) -> None:
         if self.uri is not None and not self.uri:
@@ -117,6 +123,8 @@ class TrackingConfig:
             object.__setattr__(self, "uri", take_credentials(self.uri))
         if not self.experiment:
             raise lib.ConfigError("tracking.experiment", self.experiment, "must be a non-empty name")
+        if self.log_model not in ("best", "last", "none"):
+            raise lib.ConfigError("tracking.log_model", self.log_model, "must be one of best, last, none")
 
     @property
     def resolved_uri(self) -> str:

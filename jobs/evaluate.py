@@ -1,7 +1,7 @@
 """Evaluate a trained trial into its own MLflow run: test BPD, samples, FID, receptive fields.
 
-``python -m jobs.evaluate RUN_ID | TRIAL_ID | CONFIG.yaml | SWEEP.yaml --trial N | SWEEP.yaml --all
-[--force] [--device D] [--tracking-uri URI] [overrides…]``: ``test_bpd`` (bits/dim) with its
+``python -m jobs.evaluate RUN_ID | runs:/… | models:/… | TRIAL_ID | CONFIG.yaml | SWEEP.yaml --trial N |
+SWEEP.yaml --all [--force] [--device D] [--tracking-uri URI] [overrides…]``: ``test_bpd`` (bits/dim) with its
 standard errors over test images (``test_bpd_se``) and over dequantisation draws
 (``test_bpd_se_draws``), ``eval/test_bpd_per_image.npy``, sample grids, FID on 8-bit samples
 (``fid_T<t>``), receptive fields; logged at the checkpoint's step without changing the run's status,
@@ -366,7 +366,9 @@ def _get_run(uri: str, run_id: str) -> RunSummary:
 
 def resolve_targets(target: str, *, trial: int | None = None, all_trials: bool = False,
                     tracking_uri: str | None = None, overrides: list[str] = ()) -> list[TrialRef]:
-    """The trials named by a run id, a trial id, a trial config file or a sweep file (+ index/all)."""
+    """The trials named by a run id, a ``runs:/<run_id>/model`` or ``models:/<name>/<version or alias>``
+    URI (the run the model was logged from), a trial id, a trial config file or a sweep file
+    (+ index/all)."""
     from jobs.sweep_spec import is_sweep_file, load_sweep
     from jobs.overrides import load_yaml_file
     from jobs.tracking import resolve_tracking_uri
@@ -389,13 +391,20 @@ def resolve_targets(target: str, *, trial: int | None = None, all_trials: bool =
     if target.endswith((".yaml", ".yml")):
         raise EvalInputError(f"{target}: no such file")
     uri = resolve_tracking_uri(tracking_uri)
-    if RUN_ID.match(target):
+    if target.startswith(("runs:/", "models:/")):  # a logged model: evaluate the run it came from
+        from jobs.tracking import TrackingError, resolve_model_ref
+
+        try:
+            run = _get_run(uri, resolve_model_ref(uri, target)[0])
+        except TrackingError as exc:
+            raise EvalInputError(str(exc)) from None
+    elif RUN_ID.match(target):
         run = _get_run(uri, target)
     elif TRIAL_ID.match(target):
         run = _find_trial_run(uri, target)
     else:
-        raise EvalInputError(f"{target!r} is neither a file, an MLflow run id (32 hex digits) nor a trial id "
-                             "(12 hex digits)")
+        raise EvalInputError(f"{target!r} is neither a file, an MLflow run id (32 hex digits), a runs:/ or models:/ "
+                             "model URI nor a trial id (12 hex digits)")
     run_dir = run.tags.get(RUN_DIR_TAG)
     if not run_dir or not (Path(run_dir) / "config.yaml").is_file():
         raise EvalInputError(f"run {run.run_id}: its run folder {run_dir!r} (tag {RUN_DIR_TAG}) has no "
@@ -430,7 +439,7 @@ def _find_trial_run(uri: str, trial: str) -> RunSummary:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("target", help="MLflow run id, trial id, trial config file or sweep file")
+    parser.add_argument("target", help="MLflow run id, runs:/ or models:/ URI, trial id, trial config file or sweep file")
     parser.add_argument("overrides", nargs="*", help="config/sweep overrides (key=value)")
     parser.add_argument("--trial", type=int, help="the sweep's trial index")
     parser.add_argument("--all", action="store_true", help="every trial of the sweep")

@@ -31,7 +31,8 @@ from jobs.config import TrialConfig, flatten, format_value, resolved_dict, to_ya
 from jobs.run_folder import LOG_FILE, SINGLE, adopt_run_id, read_state, run_dir_for, write_state  # noqa: F401 - run_dir_for re-exported
 from jobs.run_lock import RunFolderLock, RunFolderLocked
 from jobs.tracking.tags import (
-    BACKEND_TAG, BEST_CHECKPOINT_TAG, CHECKPOINT_TAG, FAILURES_TAG, SWEEP_ID_TAG, SWEEP_TAG, TRIAL_INDEX_TAG,
+    BACKEND_TAG, BEST_CHECKPOINT_TAG, CHECKPOINT_TAG, FAILURES_TAG, MODEL_ARTIFACT_TAG, SWEEP_ID_TAG, SWEEP_TAG,
+    TRIAL_INDEX_TAG,
 )
 from rgflow.atomic import write_atomic
 from rgflow.config import ConfigError as LibraryConfigError  # the base of jobs.config.ConfigError too
@@ -483,6 +484,8 @@ def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tra
     if tracked is not None:
         if result is not None:
             tracked.set_tags({CHECKPOINT_TAG: result.checkpoint, BEST_CHECKPOINT_TAG: result.best_checkpoint or ""})
+        if state == "finished" and result is not None:
+            _log_model(config, run_dir, tid, label, tracked, result, sum(p.numel() for p in model.parameters()))
         _log_train_log(run_dir, tracked)
         tracked.end(state, reason)
         fields["run_id"] = tracked.run_id
@@ -490,6 +493,26 @@ def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tra
     return TrialOutcome(state, CODE_OF[state], tid, run_dir, fields["run_id"], attempt, reason,
                         best_val_bpd=best, val_bpd=result.val_bpd if result else None,
                         step=result.step if result else step, failures=failures)
+
+
+def _log_model(config: TrialConfig, run_dir: Path, tid: str, label: str, tracked, result, num_params: int) -> None:
+    """Write ``run_dir/model/`` from the checkpoint ``tracking.log_model`` names (best, else last;
+    none: nothing) and queue its files as the run's ``model/`` artifacts, tagged
+    ``rgflow.model_artifact`` (best | last). A failure here is reported and the trial still finishes."""
+    from jobs.model_io import MODEL_DIR, MODEL_FILES, choose_checkpoint, write_model_folder
+
+    chosen = choose_checkpoint(config.tracking.log_model, result.checkpoint, result.best_checkpoint)
+    if chosen is None:
+        return
+    which, path = chosen
+    try:
+        folder = write_model_folder(run_dir, config, which, path, tid, tracked.run_id, num_params)
+        for name in MODEL_FILES:
+            tracked.log_artifact(folder / name, MODEL_DIR)
+        tracked.set_tags({MODEL_ARTIFACT_TAG: which})
+    except Exception as exc:  # noqa: BLE001 - the weights stay in the checkpoints; the run still finishes
+        log.error("could not log the model: %s", traceback.format_exc())
+        print(f"[{label}] warning: could not log the model ({_one_line(exc)})", file=sys.stderr, flush=True)
 
 
 def _log_train_log(run_dir: Path, tracked) -> None:

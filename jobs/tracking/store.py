@@ -480,3 +480,102 @@ def bump_failures(uri: str, experiment_id: str, trial_id: str) -> int:
     retry_transient(lambda: log_tags(get_client(uri), run.run_id, {FAILURES_TAG: str(failures)}), timeout_s=60.0,
                     what=f"failures of trial {trial_id}")
     return failures
+
+
+# ----------------------------------------------------------------------------------------------
+# The trained model as an artifact (``model/`` of a trial run) and the Model Registry
+# ----------------------------------------------------------------------------------------------
+
+#: The artifact folder of a trial run that holds its model (``weights.pt``, ``config.yaml``, ``model.json``).
+MODEL_ARTIFACT_PATH = "model"
+
+
+def resolve_model_ref(uri: str, ref: str) -> tuple[str, str]:
+    """``(run_id, artifact_path)`` of a model reference: a run id (its ``model/`` folder),
+    ``runs:/<run_id>/<path>`` or ``models:/<name>/<version>`` / ``models:/<name>@<alias>`` /
+    ``models:/<name>/<alias>`` / ``models:/<name>/latest`` (a Model Registry version: its run and
+    the path of its ``source``). Raises :class:`TrackingError` (one line) for a reference that is not
+    one of these or names nothing in the store; other errors (store unreachable) are raised."""
+    ref = ref.strip()
+    if ref.startswith("runs:/"):
+        run_id, _, path = ref[len("runs:/"):].strip("/").partition("/")
+        if not run_id:
+            raise TrackingError(f"model reference {ref!r}: expected runs:/<run_id>/model")
+        return run_id, path.strip("/") or MODEL_ARTIFACT_PATH
+    if ref.startswith("models:/"):
+        version = _model_version(uri, ref)
+        source = version.source or ""
+        if source.startswith("runs:/"):
+            run_id, path = resolve_model_ref(uri, source)
+            return run_id, path
+        if version.run_id:
+            return version.run_id, MODEL_ARTIFACT_PATH
+        raise TrackingError(f"model {ref!r}: version {version.version} has no run (source {source!r})")
+    if ":" in ref or "/" in ref or not ref:
+        raise TrackingError(f"model reference {ref!r}: expected a run id, runs:/<run_id>/model or "
+                            "models:/<name>/<version or alias>")
+    return ref, MODEL_ARTIFACT_PATH
+
+
+def _model_version(uri: str, ref: str):
+    """The ``ModelVersion`` that ``models:/…`` names (see :func:`resolve_model_ref`)."""
+    body = ref[len("models:/"):].strip("/")
+    if "@" in body and "/" not in body:
+        name, _, alias = body.partition("@")
+        version = None
+    else:
+        name, _, rest = body.partition("/")
+        version, alias = (rest, None) if rest.isdigit() else (None, rest or "latest")
+    if not name:
+        raise TrackingError(f"model reference {ref!r}: expected models:/<name>/<version or alias>")
+    client = get_client(uri)
+    try:
+        if version is not None:
+            return client.get_model_version(name, version)
+        if alias != "latest":
+            return client.get_model_version_by_alias(name, alias)
+        versions = client.search_model_versions(f"name = '{filter_literal(name)}'")
+    except MlflowException as exc:
+        if _is_missing(exc) or exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise TrackingError(f"model {ref!r}: not in the Model Registry at {uri} ({_short(exc)})") from None
+        raise
+    if not versions:
+        raise TrackingError(f"model {ref!r}: registered model {name!r} has no versions at {uri}")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def download_model(uri: str, ref: str, dst_dir: str | os.PathLike) -> Path:
+    """Download the ``model/`` folder that ``ref`` names (:func:`resolve_model_ref`: a run id,
+    ``runs:/…`` or ``models:/…``) into the existing folder ``dst_dir``; returns the local folder
+    (it holds ``weights.pt``, ``config.yaml`` and ``model.json`` for a trial's model). A run without
+    that folder is a :class:`TrackingError`. Not retried."""
+    run_id, path = resolve_model_ref(uri, ref)
+    if find_run(uri, run_id) is None:
+        raise TrackingError(f"model {ref!r}: no MLflow run {run_id} at {uri}")
+    if path not in list_artifacts(uri, run_id, path.rpartition("/")[0] or None):
+        raise TrackingError(f"model {ref!r}: run {run_id} has no artifact {path}/ (trained with "
+                            "tracking.log_model=none, or not finished)")
+    return download_artifact(uri, run_id, path, dst_dir)
+
+
+def register_model(uri: str, name: str, run_id: str, path: str = MODEL_ARTIFACT_PATH,
+                   description: str | None = None) -> str:
+    """Register ``runs:/<run_id>/<path>`` as a new version of registered model ``name`` (created if
+    missing) in the store's Model Registry; returns the version (a decimal string). A version of
+    ``name`` that already has this run and source is returned as it is (no duplicate). Transient
+    errors retried for 60 s."""
+    client = get_client(uri)
+    source = f"runs:/{run_id}/{path}"
+
+    def attempt() -> str:
+        try:
+            client.create_registered_model(name, description=description)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        for version in client.search_model_versions(f"name = '{filter_literal(name)}'"):
+            if version.run_id == run_id and (version.source == source or version.source.endswith(f"/{path}")):
+                return str(version.version)
+        return str(client.create_model_version(name, source, run_id=run_id, description=description).version)
+
+    return retry_transient(attempt, timeout_s=60.0, what=f"register model {name!r}")

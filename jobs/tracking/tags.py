@@ -36,6 +36,7 @@ FAILURES_TAG = "rgflow.failures"  # failed attempts of a trial, counted by the s
 # ---- outputs ---------------------------------------------------------------------------------------
 CHECKPOINT_TAG = "rgflow.checkpoint"  # path of the trial's last checkpoint file
 BEST_CHECKPOINT_TAG = "rgflow.best_checkpoint"  # path of the lowest-validation-BPD checkpoint ("" if none)
+MODEL_ARTIFACT_TAG = "rgflow.model_artifact"  # which checkpoint's weights are under the run's model/: best | last
 
 # ---- resources (read by jobs.report when present; else the sweep file's resources) ----------------
 GPUS_TAG = "rgflow.gpus"  # GPUs the trial held (count, may be fractional)

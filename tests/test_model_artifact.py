@@ -1,0 +1,176 @@
+"""The trained model as an MLflow artifact (``tracking.log_model``, :mod:`jobs.model_io`).
+
+A real tiny trial (``python -m jobs.train`` as a subprocess) into a real sqlite store logs its best
+checkpoint's weights under ``model/``; with the run folder deleted (no access to the training
+node), :func:`jobs.model_io.load_model` builds the model back bitwise from a run id, a ``runs:/``
+URI and, once registered, a ``models:/`` URI. ``tracking.log_model=none`` logs no model, and a bad
+value is bad input (exit 2, one line).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from jobs.config import load_trial_config, trial_id
+from jobs.model_io import MODEL_FILES, ModelLoadError, best_per_setting, load_model, load_model_with_info, model_name
+from jobs.tracking import find_run, list_artifacts, register_model
+from jobs.tracking.tags import MODEL_ARTIFACT_TAG
+from rgflow.checkpoint import load_checkpoint
+from tests.fixtures.trial import run_train, tiny_trial
+
+
+def _batch(config) -> torch.Tensor:
+    m = config.model
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(4, m.channels, m.size, m.size, generator=generator) * 0.999
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, trial_data_root, trial_sqlite_uri):
+    """One finished tiny trial: its run id, the best checkpoint's weights and log-likelihood of a
+    batch (read before its run folder is deleted), and its config."""
+    from rgflow.model import RGFlowModel
+
+    tmp = tmp_path_factory.mktemp("model-artifact")
+    cfg_path = tiny_trial(tmp / "trial.yaml", trial_data_root, tmp / "runs", trial_sqlite_uri,
+                          tracking={"experiment": "model-artifact"})
+    done = run_train(cfg_path)
+    assert done.returncode == 0, done.stderr
+    config = load_trial_config(cfg_path)
+    run_dir = tmp / "runs" / "single" / trial_id(config)
+    state = json.loads((run_dir / "state.json").read_text())
+    best = load_checkpoint(state["best_checkpoint"])
+    model = RGFlowModel(config.model, config.prior)
+    model.load_state_dict(best["model"])
+    with torch.no_grad():
+        log_prob = model.eval().log_prob(_batch(config))
+    local_info = json.loads((run_dir / "model" / "model.json").read_text())
+    shutil.rmtree(tmp / "runs")  # no access to the training node from here on
+    return SimpleNamespace(uri=trial_sqlite_uri, run_id=state["run_id"], weights=best["model"], step=best["loop"]["step"],
+                           log_prob=log_prob, config=config, info=local_info, data_root=trial_data_root, tmp=tmp)
+
+
+def _assert_same(model, trained) -> None:
+    got = model.state_dict()
+    assert set(got) == set(trained.weights)
+    for key, value in trained.weights.items():
+        assert torch.equal(got[key], value), key
+    with torch.no_grad():
+        assert torch.equal(model.log_prob(_batch(trained.config)), trained.log_prob)
+
+
+def test_finished_trial_logs_its_best_weights(trained):
+    assert {f"model/{name}" for name in MODEL_FILES} <= set(list_artifacts(trained.uri, trained.run_id, "model"))
+    run = find_run(trained.uri, trained.run_id)
+    assert run.tags[MODEL_ARTIFACT_TAG] == "best"
+    info = trained.info
+    assert info["which"] == "best" and info["checkpoint"] == "best.ckpt" and info["step"] == trained.step
+    assert info["run_id"] == trained.run_id and info["trial_id"] == trial_id(trained.config)
+    assert info["num_params"] == int(run.params["model.num_params"]) > 0
+    assert info["val_bpd"] <= run.metrics["val_bpd"] + 1e-12  # the best, not later than the last
+
+
+def test_load_by_run_id_and_runs_uri_without_the_run_folder(trained):
+    for ref in (trained.run_id, f"runs:/{trained.run_id}/model"):
+        model, config = load_model(ref, trained.uri)
+        assert trial_id(config) == trial_id(trained.config) and not model.training
+        _assert_same(model, trained)
+
+
+def test_weights_are_plain_tensors(trained, tmp_path):
+    from jobs.tracking import download_model
+
+    folder = download_model(trained.uri, trained.run_id, tmp_path)
+    weights = torch.load(folder / "weights.pt", weights_only=True)
+    assert set(weights) == set(trained.weights)  # the model only: no optimizer, RNG or loop state
+    (folder / "weights.pt").write_bytes((folder / "weights.pt").read_bytes()[:-8] + b"corrupt!")
+    with pytest.raises(ModelLoadError, match="SHA-256"):
+        load_model(str(folder))
+
+
+def test_registry_round_trip(trained):
+    version = register_model(trained.uri, "tiny-model-test", trained.run_id)
+    assert version == "1"
+    assert register_model(trained.uri, "tiny-model-test", trained.run_id) == "1"  # no duplicate version
+    for ref in ("models:/tiny-model-test/1", "models:/tiny-model-test/latest"):
+        model, _ = load_model(ref, trained.uri)
+        _assert_same(model, trained)
+    with pytest.raises(ModelLoadError):
+        load_model("models:/no-such-model/1", trained.uri)
+
+
+def test_register_sweep_models(trained, capsys):
+    """``jobs.report --register``'s registration on the trial's experiment: one setting, named after it."""
+    from jobs.model_io import register_sweep_models
+
+    registered = register_sweep_models(trained.uri, "model-artifact")
+    assert [(r.name, r.run_id, r.metric) for r in registered] == [("model-artifact", trained.run_id, "best_val_bpd")]
+    model, _, info = load_model_with_info(f"models:/{registered[0].name}/{registered[0].version}", trained.uri)
+    assert info["run_id"] == trained.run_id
+    _assert_same(model, trained)
+
+
+def test_best_per_setting_groups_seeds():
+    def run(rid, seed, bs, status="FINISHED", **metrics):
+        return SimpleNamespace(run_id=rid, status=status, metrics=metrics,
+                               params={"run.seed": str(seed), "train.batch_size": str(bs), "model.num_params": rid})
+    runs = [run("a", 0, 64, best_val_bpd=3.0), run("b", 1, 64, best_val_bpd=2.0),
+            run("c", 0, 512, best_val_bpd=1.0, test_bpd=4.0), run("d", 1, 512, best_val_bpd=0.5),
+            run("e", 2, 512, status="FAILED", test_bpd=0.1)]
+    best = best_per_setting(runs)
+    assert [(label, r.run_id, metric) for label, r, metric, _ in best] == [
+        ("bs512", "c", "test_bpd"), ("bs64", "b", "best_val_bpd")]
+    assert model_name("my sweep", "bs512-lr0.001") == "my_sweep-bs512-lr0.001"
+
+
+def test_log_model_none_logs_no_model(trial_data_root, trial_sqlite_uri, tmp_path):
+    cfg = tiny_trial(tmp_path / "none.yaml", trial_data_root, tmp_path / "runs", trial_sqlite_uri,
+                     tracking={"experiment": "model-none", "log_model": "none"}, train={"epochs": 1})
+    done = run_train(cfg)
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "runs" / "single" / trial_id(load_trial_config(cfg))
+    run_id = json.loads((run_dir / "state.json").read_text())["run_id"]
+    assert "model" not in list_artifacts(trial_sqlite_uri, run_id)
+    assert MODEL_ARTIFACT_TAG not in find_run(trial_sqlite_uri, run_id).tags
+    assert not (run_dir / "model").exists()
+    with pytest.raises(ModelLoadError, match="no artifact model"):
+        load_model(run_id, trial_sqlite_uri)
+
+
+def test_bad_log_model_is_bad_input(trial_data_root, tmp_path):
+    cfg = tiny_trial(tmp_path / "bad.yaml", trial_data_root, tmp_path / "runs", None)
+    done = run_train(cfg, "tracking.log_model=all", timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "tracking.log_model" in lines[0], done.stderr
+
+
+def test_report_register_cli(trained, tmp_path, capsys):
+    """``python -m jobs.report --experiment NAME --register``: the report, then one line per model."""
+    from jobs.report.__main__ import main
+
+    code = main(["--experiment", "model-artifact", "--tracking-uri", trained.uri, "--out", str(tmp_path / "report"),
+                 "--no-log", "--register"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = [line for line in out.splitlines() if line.startswith("registered: ")]
+    assert len(lines) == 1 and lines[0].startswith("registered: models:/model-artifact/")
+    model, _ = load_model(lines[0].split()[1], trained.uri)
+    _assert_same(model, trained)
+
+
+def test_evaluate_accepts_model_uris(trained):
+    """``jobs.evaluate runs:/…`` / ``models:/…`` resolve to the run the model came from (whose run
+    folder is gone here: the same one-line error as for its run id)."""
+    from jobs.evaluate import EvalInputError, resolve_targets
+
+    register_model(trained.uri, "tiny-model-test", trained.run_id)
+    for ref in (f"runs:/{trained.run_id}/model", "models:/tiny-model-test/1", trained.run_id):
+        with pytest.raises(EvalInputError, match=f"run {trained.run_id}: its run folder"):
+            resolve_targets(ref, tracking_uri=trained.uri)
+    with pytest.raises(EvalInputError, match="no-such-model"):
+        resolve_targets("models:/no-such-model/1", tracking_uri=trained.uri)
