@@ -50,7 +50,7 @@ def test_sweep_runs_on_a_ray_head_started_in_the_allocation(slurm_cluster, trial
     assert "Ray head is up" in out and "jobs.sweep exited with 0" in out, out
 
     driver_log = (tmp_path / "runs" / "smoke" / "logs" / "driver.log").read_text()
-    assert re.search(rf"Ray [0-9.]+:{port}, resources", driver_log), driver_log
+    assert re.search(rf"Ray [0-9.]+:{port} at [0-9.]+:{port}, resources", driver_log), driver_log
     assert "'CPU': 2.0" in driver_log, driver_log  # the head's --num-cpus = the task's CPUs
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
