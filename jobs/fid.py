@@ -17,7 +17,6 @@ that they are scored as the uint8 real images are (``k / 255``).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import warnings
@@ -27,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from rgflow.data.cache import sha256_file
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 # pytorch_fid.inception.FID_WEIGHTS_URL, repeated so that a missing-weights message does not pay
@@ -66,15 +67,6 @@ def resolve_weights(configured: str | os.PathLike | None = None) -> Path:
     raise FidUnavailable(
         f"FID skipped: Inception weights {WEIGHTS_FILE} not found; download {WEIGHTS_URL} on a machine "
         f"with internet and set eval.fid_weights or ${WEIGHTS_ENV} to the file, or copy it to {path}")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file (the FID protocol records which weights produced a number)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_inception(weights: str | os.PathLike) -> nn.Module:

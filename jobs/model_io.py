@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from jobs.config import TrialConfig, build_trial_config, to_yaml
+from rgflow.data.cache import sha256_file
 
 if TYPE_CHECKING:
     from rgflow.model import RGFlowModel
@@ -46,14 +47,6 @@ FORMAT = 1
 
 class ModelLoadError(ValueError):
     """The model cannot be loaded: unknown reference, missing or corrupt files (one-line message)."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def choose_checkpoint(log_model: str, checkpoint: Path | None, best_checkpoint: Path | None) -> tuple[str, Path] | None:

@@ -82,7 +82,7 @@ def test_only_jobs_tracking_talks_to_mlflow_and_names_tags():
         allowed = PENDING.get(name, set())
         bad += [f"{name}:{line}: {kind}: {what}" for kind, line, what in found if kind not in allowed]
     assert not bad, ("outside jobs/tracking/: use its named operations (jobs.tracking.find_run, log_evaluation, "
-                     "bump_failures, …) and the constants of jobs.tracking.tags instead of\n" + "\n".join(bad))
+                     "end_run, …) and the constants of jobs.tracking.tags instead of\n" + "\n".join(bad))
 
 
 def test_pending_list_only_shrinks():

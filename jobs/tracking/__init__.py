@@ -9,7 +9,7 @@ Public API:
   :func:`ensure_sweep_run`, :func:`find_sweep_run`, :func:`find_trial_runs` (→ :class:`RunSummary`),
   :func:`find_run`, :func:`find_run_by_trial_id`, :func:`read_metric_history`, :func:`list_artifacts`,
   :func:`download_artifact`, :func:`log_evaluation`, :func:`log_report`, :func:`log_parent_tags`,
-  :func:`bump_failures`, :func:`end_run` (close or reap a run with a reason), :func:`mark_killed`,
+  :func:`end_run` (close or reap a run with a reason), :func:`mark_killed`,
   :func:`flatten_params`; the trained model: :func:`resolve_model_ref`, :func:`download_model` (a run
   id, ``runs:/…`` or ``models:/…``), :func:`register_model` (Model Registry); :func:`get_client` (the raw client: for ``jobs/tracking/`` and tests only);
 * :func:`open_trial_run` → :class:`TrialRun` (non-blocking metrics, offline spool and replay,
@@ -30,7 +30,7 @@ from .spool import CURSOR_NAME, SPOOL_NAME
 from .uri import resolve_tracking_uri
 
 _LAZY = {
-    **dict.fromkeys(("bump_failures", "download_artifact", "end_run", "ensure_experiment", "ensure_sweep_run",
+    **dict.fromkeys(("download_artifact", "end_run", "ensure_experiment", "ensure_sweep_run",
                      "find_experiment", "find_run", "find_run_by_trial_id", "find_sweep_run", "find_trial_runs",
                      "flatten_params", "get_client", "list_artifacts", "log_evaluation", "log_parent_tags",
                      "log_report", "mark_killed", "read_metric_history", "download_model", "register_model",
@@ -40,7 +40,7 @@ _LAZY = {
 
 __all__ = [
     "CURSOR_NAME", "END_STATES", "RECORD_NAME", "SPOOL_NAME", "RunSummary", "TrackingError", "TrialRun",
-    "bump_failures", "download_artifact", "download_model", "end_run", "ensure_experiment", "ensure_sweep_run",
+    "download_artifact", "download_model", "end_run", "ensure_experiment", "ensure_sweep_run",
     "environment_tags", "find_experiment", "find_run", "find_run_by_trial_id", "find_sweep_run", "find_trial_runs", "flatten_params",
     "get_client", "list_artifacts", "log_evaluation", "log_parent_tags", "log_report", "mark_killed",
     "open_trial_run", "read_metric_history", "register_model", "replay_run_dir", "resolve_model_ref",

@@ -468,20 +468,6 @@ def log_parent_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     retry_transient(lambda: log_tags(get_client(uri), run_id, tags), timeout_s=60.0, what=f"tags of run {run_id}")
 
 
-def bump_failures(uri: str, experiment_id: str, trial_id: str) -> int:
-    """Add one to ``rgflow.failures`` (failed attempts, counted by the sweep launcher) on the newest
-    trial run of ``trial_id`` in the experiment; returns the new count (1 when the trial has no run,
-    and then nothing is written). A run without the tag counts as 0 before. Transient errors retried
-    for 60 s each (one trial search, one tag write)."""
-    run = find_trial_runs(uri, experiment_id, trial_ids=[trial_id]).get(trial_id)
-    if run is None:
-        return 1
-    failures = int(run.tags.get(FAILURES_TAG, 0) or 0) + 1
-    retry_transient(lambda: log_tags(get_client(uri), run.run_id, {FAILURES_TAG: str(failures)}), timeout_s=60.0,
-                    what=f"failures of trial {trial_id}")
-    return failures
-
-
 # ----------------------------------------------------------------------------------------------
 # The trained model as an artifact (``model/`` of a trial run) and the Model Registry
 # ----------------------------------------------------------------------------------------------

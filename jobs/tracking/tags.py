@@ -31,7 +31,7 @@ USER_TAG = "mlflow.user"  # the login name of the user whose process ran the att
 STATE_TAG = "rgflow.state"  # true state: running | finished | failed | preempted | killed
 REASON_TAG = "rgflow.failure_reason"  # one line on why a run failed or was killed (absent when finished)
 ATTEMPT_TAG = "rgflow.attempt"  # attempts of the trial so far, counting this one (1, 2, …; bumped on reopen)
-FAILURES_TAG = "rgflow.failures"  # failed attempts of a trial, counted by the sweep launcher (bump_failures)
+FAILURES_TAG = "rgflow.failures"  # failed attempts of a trial, deaths included: counted by the attempt itself and by whoever reaps a dead one
 
 # ---- outputs ---------------------------------------------------------------------------------------
 CHECKPOINT_TAG = "rgflow.checkpoint"  # path of the trial's last checkpoint file
