@@ -37,9 +37,12 @@ STATE_OF = {
     ExitCode.FINISHED: "finished", ExitCode.FAILED: "failed", ExitCode.BAD_INPUT: "failed",
     ExitCode.LOCKED: "running", ExitCode.PREEMPTED: "preempted", ExitCode.KILLED: "killed",
 }
-#: Exit code of each state an attempt ends in (``jobs.train``'s own ending).
-CODE_OF = {"finished": ExitCode.FINISHED, "failed": ExitCode.FAILED, "preempted": ExitCode.PREEMPTED,
-           "killed": ExitCode.KILLED}
+#: Exit code of each state an attempt ends in (``jobs.train``'s own ending). ``pruned``: stopped
+#: early by a Tune scheduler after a checkpoint; done for good (MLflow FINISHED, never resumed).
+CODE_OF = {"finished": ExitCode.FINISHED, "pruned": ExitCode.FINISHED, "failed": ExitCode.FAILED,
+           "preempted": ExitCode.PREEMPTED, "killed": ExitCode.KILLED}
+#: States a trial never leaves: a re-run skips it.
+DONE_STATES = frozenset({"finished", "pruned"})
 #: Scheduler states of a job that is queued or running (Slurm's names; the in-process backends
 #: report RUNNING or EXITED).
 LIVE_STATES = frozenset({
@@ -79,10 +82,19 @@ def death_reason(returncode: int) -> str:
 
 
 @dataclass(frozen=True)
+class StopRequest:
+    """A backend asking a running attempt to stop after a checkpoint: ``state`` preempted (it
+    resumes later), killed (the user stopped it) or pruned (a scheduler ended it early, for good)."""
+
+    state: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class TrialOutcome:
     """How one attempt ended.
 
-    ``state``: finished | failed | preempted | killed | running (another attempt holds the run
+    ``state``: finished | pruned | failed | preempted | killed | running (another attempt holds the run
     folder); ``exit_code``: its :class:`ExitCode`; ``reason``: one line for anything but finished;
     ``best_val_bpd`` / ``val_bpd``: bits per dim on the validation images (best over the run, and
     at the end) when known; ``step``: optimizer steps completed when known; ``failures``: failed
@@ -145,13 +157,16 @@ def plan_trial(run, live_job: str | None, max_failures: int, evaluations: tuple[
     failed attempts recorded on the run.
 
     FINISHED with every evaluation logged → skip; FINISHED without (tag ``rgflow.eval.protocol``
-    absent) → launch (the attempt returns at once and evaluates); a live job → skip; failed more
-    than ``max_failures`` times → skip (given up); anything else → launch.
+    absent) → launch (the attempt returns at once and evaluates); pruned (FINISHED, ``rgflow.state``
+    pruned) → skip, never evaluated; a live job → skip; failed more than ``max_failures`` times →
+    skip (given up); anything else → launch.
     """
     from jobs.tracking.tags import EVAL_PROTOCOL_TAG
 
     if live_job is not None:
         return Plan("running", False, f"job {live_job} still alive")
+    if run is not None and run.status == "FINISHED" and run.state == "pruned":
+        return Plan("pruned", False, "pruned by the scheduler")
     if run is not None and run.status == "FINISHED":
         if evaluations and EVAL_PROTOCOL_TAG not in run.tags:
             return Plan("finished", True, "finished but not evaluated: evaluating")
@@ -165,7 +180,7 @@ def trial_state(job_state: str, run) -> str:
     """A trial's state for the progress line and ``status`` from its scheduler job state (Slurm's
     names, or RUNNING/EXITED) and its MLflow run (a ``RunSummary`` or None)."""
     if run is not None and run.status == "FINISHED":
-        return "finished"
+        return "pruned" if run.state == "pruned" else "finished"
     if job_state == "PENDING":
         return "pending" if run is None else "preempted"
     if job_state in LIVE_STATES:
@@ -178,12 +193,14 @@ def trial_state(job_state: str, run) -> str:
 
 
 def sweep_end_state(trials, runs: dict, launched: dict[str, str] | None = None,
-                    evaluations: tuple[str, ...] = ()) -> tuple[str, str | None]:
+                    evaluations: tuple[str, ...] = (), expected: int | None = None) -> tuple[str, str | None]:
     """The parent run's end state and reason from the trial runs (``runs``: trial id →
     ``RunSummary``) of ``trials`` (objects with ``index`` and ``trial_id``) and, for trials that
     never got a run (rejected input), this launch's states: all FINISHED (and, with
     ``evaluations``, all evaluated) → finished; any FAILED, or FINISHED without its evaluation →
-    failed (a re-run evaluates those); otherwise killed (unfinished)."""
+    failed (a re-run evaluates those); otherwise killed (unfinished). Pruned trials are FINISHED and
+    need no evaluation. ``expected``: the trials a searcher sweep will have in all (fewer sampled so
+    far: unfinished)."""
     launched = launched or {}
     from jobs.tracking.tags import EVAL_PROTOCOL_TAG, REASON_TAG
 
@@ -198,9 +215,10 @@ def sweep_end_state(trials, runs: dict, launched: dict[str, str] | None = None,
     trials = list(trials)
     bad = [t for t in trials if failed(t)]
     unfinished = [t for t in trials if runs.get(t.trial_id) is None or runs[t.trial_id].status != "FINISHED"]
-    unevaluated = [t for t in trials if evaluations and t not in unfinished
+    unevaluated = [t for t in trials if evaluations and t not in unfinished and runs[t.trial_id].state != "pruned"
                    and EVAL_PROTOCOL_TAG not in runs[t.trial_id].tags]
-    if not unfinished and not unevaluated:
+    missing = max((expected or 0) - len(trials), 0)
+    if not unfinished and not unevaluated and not missing:
         return "finished", None
     if unevaluated and not bad:
         return "failed", (f"{len(unevaluated)} of {len(trials)} trials finished but their evaluation did not "
@@ -208,16 +226,18 @@ def sweep_end_state(trials, runs: dict, launched: dict[str, str] | None = None,
     if bad:
         detail = "; ".join(f"{t.index}: {why(t)}" for t in bad[:5])
         return "failed", f"{len(bad)} of {len(trials)} trials failed ({detail})"
-    return "killed", f"{len(unfinished)} of {len(trials)} trials unfinished"
+    return "killed", f"{len(unfinished) + missing} of {len(trials) + missing} trials unfinished"
 
 
-def execute(ctx, task, evaluate: bool | None = None, stop_flag=None) -> TrialOutcome:
+def execute(ctx, task, evaluate: bool | None = None, stop_flag=None, on_validation=None,
+            tags: dict[str, str] | None = None) -> TrialOutcome:
     """One attempt of ``task`` in this process (a Ray worker, a Slurm job): ``jobs.train.run_trial``
     with the sweep's ``ctx`` (a ``SweepContext``), resuming from the run folder's checkpoint or
-    returning at once for a finished trial; then — when it finished and ``evaluate`` (default: the
-    sweep's setting) — the sweep's evaluations. ``stop_flag``: polled before every training step; a
-    non-empty string stops the attempt as preempted after a checkpoint. An evaluation that raises
-    never fails the trial: its one-line error is in ``eval_error``."""
+    returning at once for a finished trial; then — when it finished (not pruned) and ``evaluate``
+    (default: the sweep's setting) — the sweep's evaluations. ``stop_flag``: polled before every
+    training step; a :class:`StopRequest` stops the attempt after a checkpoint. ``on_validation(step,
+    metrics)``: called after every validation. ``tags``: more tags for the run (e.g. the Ray node).
+    An evaluation that raises never fails the trial: its one-line error is in ``eval_error``."""
     import dataclasses
     import os
 
@@ -230,9 +250,10 @@ def execute(ctx, task, evaluate: bool | None = None, stop_flag=None) -> TrialOut
     outcome = run_trial(
         task.config, sweep=ctx.name, sweep_id=ctx.sweep_id, trial_index=task.index, parent_run_id=ctx.parent_run_id,
         tracking_uri=ctx.tracking_uri, experiment_id=ctx.experiment_id, backend=ctx.backend, stop_flag=stop_flag,
-        sweep_params=ctx.parent_params, run_name=getattr(task, "run_name", "") or None,
+        sweep_params=ctx.parent_params, run_name=getattr(task, "run_name", "") or None, on_validation=on_validation,
+        tags=tags,
     )
-    if outcome.exit_code is ExitCode.FINISHED and ctx.evaluations and (evaluate is None or evaluate):
+    if outcome.state == "finished" and ctx.evaluations and (evaluate is None or evaluate):
         error = evaluate_trial(task.config, task.run_dir, ctx.tracking_uri, ctx.evaluations)
         outcome = dataclasses.replace(outcome, eval_error=error)
     return outcome

@@ -297,10 +297,61 @@ def _basis_line(sweep: Sweep, found: list[Estimate]) -> str:
     return "estimate, training images/s: " + "; ".join(seen) + note
 
 
+def reuse_line(sweep: Sweep) -> str | None:
+    """How many trials a launch would link from other sweeps instead of training them
+    (:mod:`jobs.reuse`), when that is cheap to know: the sweep reuses and its tracking store is a
+    sqlite file that exists (read, nothing started or created; mlflow is imported). None otherwise,
+    and when no trial would be linked."""
+    from jobs.tracking import fast_read
+    from jobs.tracking.uri import redact_uri, resolve_tracking_uri, sqlite_path
+
+    uri = resolve_tracking_uri(sweep.first_config.tracking.uri)
+    db = sqlite_path(uri)
+    if not sweep.reuse or db is None or not db.is_file():
+        return None
+    from jobs.reuse import reusable
+    from jobs.sweep import plan
+
+    try:
+        experiment = fast_read.experiment_id(uri, sweep.name)
+        runs = fast_read.trial_runs(uri, experiment, trial_ids=[t.trial_id for t in sweep.trials]) if experiment else {}
+        todo = plan(sweep, runs, {}, sweep.max_failures, tuple(sweep.evaluation.selected))[1]
+        found = reusable(sweep, uri, experiment, runs, todo)
+    except Exception as err:  # noqa: BLE001 - an estimate: the launch decides anyway
+        return f"reuse: not checked ({str(err).splitlines()[0][:160]})"
+    if not found:
+        return None
+    return (f"reuse: {len(found)} of {len(sweep.trials)} trials finished in other sweeps of {redact_uri(uri)}: linked, "
+            "not trained (reuse=false trains them)")
+
+
+def search_line(sweep: Sweep, results_dir: str | Path | None = None) -> str | None:
+    """For a ``tune.searcher`` sweep: how many trials the searcher may still sample and their
+    estimated hours ("up to": each priced as its setting with the first random draw); else None."""
+    import dataclasses
+
+    search = sweep.search
+    if search is None:
+        return None
+    per_frame = [0] * len(search.frames)
+    for frame, _ in search.recorded():
+        per_frame[frame] += 1
+    left = [max(search.settings.num_samples - n, 0) for n in per_frame]
+    draw = dataclasses.replace(sweep.axes.random, samples=1).draw()[0]
+    shapes = [search.trial(f, f, draw) for f in range(len(search.frames))]
+    found = estimates(dataclasses.replace(sweep, trials=shapes), results_dir)
+    hours = sum(e.hours * n for e, n in zip(found, left))
+    unit = {"gpu": "GPU-hours", "cpu": "CPU-hours"}.get(found[0].device, "hours") if found else "hours"
+    return (f"searcher: {search.settings.kind} samples up to {sum(left)} more trials ({search.settings.num_samples} "
+            f"per setting × {len(search.frames)} settings; {len(sweep.trials)} sampled so far), up to {hours:.3g} "
+            f"{unit} more (estimated: the searched values are not known yet)")
+
+
 def format_trials_table(sweep: Sweep, results_dir: str | Path | None = None) -> str:
     """The dry-run table: one row per trial (index, trial id, each varying value, resources,
-    training images, estimated hours on the trial's device), a total line, and a line saying
-    where each throughput comes from (measurements in ``results_dir``, default ``bench/results``)."""
+    training images, estimated hours on the trial's device), a total line, a line saying
+    where each throughput comes from (measurements in ``results_dir``, default ``bench/results``)
+    and, when some would be, how many trials a launch links from other sweeps (:func:`reuse_line`)."""
     found = estimates(sweep, results_dir)
     devices = {e.device for e in found}
     hours = {"gpu": "GPU-h", "cpu": "CPU-h"}[devices.pop()] if len(devices) == 1 else "hours"
@@ -318,16 +369,20 @@ def format_trials_table(sweep: Sweep, results_dir: str | Path | None = None) -> 
              for row in rows]
     total_words = {"GPU-h": "GPU-hours", "CPU-h": "CPU-hours"}.get(hours, "hours (GPU and CPU)")
     evaluations = ", ".join(sweep.evaluation.selected) or "none"
+    reuse = reuse_line(sweep)
+    searched = search_line(sweep, results_dir)
     return "\n".join([
         f"sweep {sweep.name} ({sweep.path}): {len(sweep.trials)} trials, sweep id {sweep.sweep_id}, backend {sweep.backend}",
         *lines,
         f"total: {len(sweep.trials)} trials, {_count(sum(training_images(t.config) for t in sweep.trials))} training "
         f"images, {sum(e.hours for e in found):.3g} {total_words} (estimated)",
         f"{_basis_line(sweep, found)}; evaluations after training: {evaluations}",
+        *([reuse] if reuse else []),
+        *([searched] if searched else []),
     ])
 
 
 __all__ = ["IMAGES_PER_S", "PRECISION_SPEEDUP", "ASSUMED_CPU_FLOP_S", "RESULTS_DIR", "Measurement", "Throughput",
            "Estimate", "forward_flops", "flow_parameters", "images_per_second", "load_measurements", "throughput",
            "trial_device", "trial_gpus", "split_sizes", "training_images", "gpu_hours", "estimates",
-           "format_trials_table"]
+           "format_trials_table", "reuse_line", "search_line"]

@@ -5,8 +5,11 @@ SWEEP.yaml --all [--force] [--device D] [--tracking-uri URI] [overrides…]``: `
 standard errors over test images (``test_bpd_se``) and over dequantisation draws
 (``test_bpd_se_draws``), ``eval/test_bpd_per_image.npy``, sample grids, FID on 8-bit samples
 (``fid_T<t>``), receptive fields; logged at the checkpoint's step without changing the run's status,
-idempotent per protocol (tags ``rgflow.eval.*``). Exit ``0`` done, ``1`` an evaluation failed,
-``2`` bad input. Full reference: docs/CLI.md; the statistics: docs/STATISTICS.md.
+idempotent per protocol (tags ``rgflow.eval.*``). Without the trial's run folder on this machine
+(trained elsewhere), the weights and config come from the run's ``model/`` artifacts
+(:mod:`jobs.model_io`), the test data is rebuilt from that config, and the outputs go to the run's
+``eval/`` artifacts only. Exit ``0`` done, ``1`` an evaluation failed, ``2`` bad input. Full
+reference: docs/CLI.md; the statistics: docs/STATISTICS.md.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import logging
 import math
 import re
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,11 +58,12 @@ class EvalInputError(ValueError):
 
 @dataclass
 class TrialRef:
-    """What to evaluate: the resolved config, the run folder, the MLflow run and which evaluations
-    (a sweep's ``evaluation`` settings, else all)."""
+    """What to evaluate: the resolved config, the run folder (None: not on this machine; the run's
+    ``model/`` artifacts are evaluated), the MLflow run and which evaluations (a sweep's
+    ``evaluation`` settings, else all)."""
 
     config: TrialConfig
-    run_dir: Path
+    run_dir: Path | None
     run_id: str | None  # None: the trial has no run yet (reported per trial, a batch goes on)
     tracking_uri: str
     label: str
@@ -67,12 +72,13 @@ class TrialRef:
 
 @dataclass
 class EvalResult:
-    """``metrics`` computed (name → value), ``skipped``: already evaluated with this protocol."""
+    """``metrics`` computed (name → value), ``skipped``: already evaluated with this protocol;
+    ``eval_dir``: the outputs' folder (None: without a run folder they are only the run's artifacts)."""
 
     run_id: str
     metrics: dict[str, float]
     protocol: dict[str, Any]
-    eval_dir: Path
+    eval_dir: Path | None
     skipped: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -104,15 +110,48 @@ def choose_checkpoint(run_dir: Path, which: str) -> tuple[str, Path, dict[str, A
     return "last", found[0], found[1], notes
 
 
-def make_protocol(config: TrialConfig, which: str, path: Path, state: dict, test_images: int, fid_images: int,
+@dataclass(frozen=True)
+class Weights:
+    """The weights to evaluate: ``which`` checkpoint (best | last), its optimizer ``step``, the
+    SHA-256 of its file and the model's ``state_dict``."""
+
+    which: str
+    step: int
+    sha256: str
+    state: dict[str, torch.Tensor]
+
+
+def load_weights(config: TrialConfig, run_dir: Path | None, uri: str, run_id: str) -> tuple[Weights, list[str]]:
+    """(:class:`Weights`, warnings): from ``run_dir/checkpoints`` (:func:`choose_checkpoint`) when that
+    folder is on this machine, else from run ``run_id``'s ``model/`` artifacts
+    (:func:`jobs.model_io.load_model_with_info`: the checkpoint ``tracking.log_model`` chose, whatever
+    ``eval.checkpoint`` asks, with a warning when they differ)."""
+    if run_dir is not None and (run_dir / "checkpoints").is_dir():
+        which, path, state, notes = choose_checkpoint(run_dir, config.eval.checkpoint)
+        return Weights(which, int(state["loop"]["step"]), checkpoint_sha256(path), state["model"]), notes
+    from jobs.model_io import ModelLoadError, load_model_with_info
+
+    try:
+        model, _, info = load_model_with_info(run_id, uri)
+    except ModelLoadError as err:
+        raise EvalInputError(f"{err}; and no run folder with checkpoints here ({run_dir or 'none'})") from None
+    notes = [] if info["which"] == config.eval.checkpoint else [
+        f"eval.checkpoint={config.eval.checkpoint}, but run {run_id}'s model/ artifact holds its {info['which']} "
+        "checkpoint (and its run folder is not here): evaluating that"]
+    # checkpoint_sha256: absent from model.json files older than it (the weights' SHA-256 stands in)
+    digest = info.get("checkpoint_sha256") or info["weights_sha256"]
+    return Weights(info["which"], int(info["step"]), digest, model.state_dict()), notes
+
+
+def make_protocol(config: TrialConfig, weights: Weights, test_images: int, fid_images: int,
                   scorer: FidScorer | None, selected: tuple[str, ...]) -> dict[str, Any]:
     """What an evaluation's numbers depend on (flat ``str``/number values, logged as tags): a change
     of any value, e.g. of the dequantisation scheme, makes :func:`evaluate_trial` recompute.
-    ``seed``: the run seed (sampling latents); ``noise_seed``: the dequantisation noise."""
+    ``seed``: the run seed (sampling latents); ``noise_seed``: the dequantisation noise. The same
+    whether the weights come from the run folder or from the run's ``model/`` artifacts."""
     ev = config.eval
-    digest = checkpoint_sha256(path)
     return {
-        "checkpoint": which, "checkpoint_step": int(state["loop"]["step"]), "checkpoint_sha256": digest,
+        "checkpoint": weights.which, "checkpoint_step": weights.step, "checkpoint_sha256": weights.sha256,
         "evaluations": ",".join(selected), "seed": config.run.seed, "test_images": test_images,
         "test_draws": ev.test_draws, "noise_seed": ev.noise_seed, "dequantisation": "per-image",
         "temperatures": ",".join(temperature_key(t) for t in ev.temperatures),
@@ -264,13 +303,16 @@ def log_to_run(uri: str, run_id: str, metrics: dict[str, float], step: int, prot
 # One trial
 # ----------------------------------------------------------------------------------------------
 
-def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None = None, *,
+def evaluate_trial(config: TrialConfig, run_dir: str | Path | None, run_id: str | None = None, *,
                    tracking_uri: str | None = None, force: bool = False, device: str | None = None,
                    selected: tuple[str, ...] = EVALUATIONS, fid_scorer: FidScorer | None = None) -> EvalResult:
     """Evaluate the trial whose run folder is ``run_dir`` into MLflow run ``run_id`` (``None``: the
-    id in the folder's ``state.json``). ``selected``: a subset of :data:`EVALUATIONS` (e.g. a
-    sweep's ``evaluation`` settings). ``fid_scorer``: a scorer to use instead of Inception (e.g. a
-    small fixed-seed feature network in tests). For the sweep backends to chain after training.
+    id in the folder's ``state.json``). Without ``run_dir/checkpoints`` on this machine (``run_dir``
+    None or elsewhere) the weights are the run's ``model/`` artifacts (:func:`load_weights`), and
+    without ``run_dir`` the outputs go to the run's ``eval/`` artifacts only. ``selected``: a subset
+    of :data:`EVALUATIONS` (e.g. a sweep's ``evaluation`` settings). ``fid_scorer``: a scorer to use
+    instead of Inception (e.g. a small fixed-seed feature network in tests). For the sweep backends
+    to chain after training.
 
     Raises :class:`EvalInputError` for bad input (no checkpoint, no run).
     """
@@ -279,11 +321,13 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
     from rgflow.device import DeviceUnavailable, choose_device
     from rgflow.model import RGFlowModel
 
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir) if run_dir is not None else None
     uri = resolve_tracking_uri(tracking_uri or config.tracking.resolved_uri)
+    if run_id is None and run_dir is None:
+        raise EvalInputError("evaluate_trial: neither a run folder nor an MLflow run id")
     run_id = run_id or _run_id_from_folder(run_dir)
     run = _get_run(uri, run_id)
-    which, ckpt, state, notes = choose_checkpoint(run_dir, config.eval.checkpoint)
+    weights, notes = load_weights(config, run_dir, uri, run_id)
     for note in notes:
         log.warning("%s", note)
 
@@ -306,37 +350,39 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path, run_id: str | None 
         notes.append(f"FID uses {fid_images} images per set: the test split has fewer than eval.fid_samples="
                      f"{ev.fid_samples}")
         log.warning("%s", notes[-1])
-    protocol = make_protocol(config, which, ckpt, state, len(test), fid_images, scorer, selected)
+    protocol = make_protocol(config, weights, len(test), fid_images, scorer, selected)
     expected = (["test_bpd", "test_bpd_se", "test_bpd_se_draws"] if "test_bpd" in selected else []) + (
         [f"fid_T{temperature_key(t)}" for t in ev.temperatures] if scorer else [])
-    eval_dir = run_dir / EVAL_DIR
+    kept = run_dir is not None and run_dir.is_dir()  # the outputs also stay in the run folder
     if not force and _already_done(run, protocol):
         log.info("run %s: already evaluated with this protocol (%s); --force recomputes", run_id, protocol_hash(protocol))
         done = {k: run.metrics[k] for k in expected if k in run.metrics}
-        return EvalResult(run_id, done, protocol, eval_dir, True, notes)
+        return EvalResult(run_id, done, protocol, run_dir / EVAL_DIR if kept else None, True, notes)
 
     model = RGFlowModel(config.model, config.prior)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights.state)
     model = model.to(dev).eval()
     metrics: dict[str, float] = {}
-    with staged_dir(eval_dir) as work:
-        if "test_bpd" in selected:
-            bpd = measure_test_bpd(model, test, ev.test_draws, config.train.batch_size, ev.noise_seed, dev)
-            metrics["test_bpd"] = bpd.mean
-            for name, value in (("test_bpd_se", bpd.se_images), ("test_bpd_se_draws", bpd.se_draws)):
-                if math.isfinite(value):
-                    metrics[name] = value
-            np.save(work / PER_IMAGE_FILE, bpd.per_image)
-        if "samples" in selected:
-            write_samples(model, config, dev, work)
-        if scorer:
-            metrics.update(compute_fid(model, scorer, test[:fid_images], config, dev))
-        if "receptive_fields" in selected:
-            write_receptive_fields(model, config, dev, work)
-        (work / "metrics.json").write_text(json.dumps({"metrics": metrics, "protocol": protocol,
-                                                       "warnings": notes}, indent=1))
-    log_to_run(uri, run_id, metrics, protocol["checkpoint_step"], protocol, eval_dir)
-    return EvalResult(run_id, metrics, protocol, eval_dir, False, notes)
+    with tempfile.TemporaryDirectory(prefix="rgflow-eval-") as scratch:  # the outputs' folder without a run folder
+        eval_dir = run_dir / EVAL_DIR if kept else Path(scratch) / EVAL_DIR
+        with staged_dir(eval_dir) as work:
+            if "test_bpd" in selected:
+                bpd = measure_test_bpd(model, test, ev.test_draws, config.train.batch_size, ev.noise_seed, dev)
+                metrics["test_bpd"] = bpd.mean
+                for name, value in (("test_bpd_se", bpd.se_images), ("test_bpd_se_draws", bpd.se_draws)):
+                    if math.isfinite(value):
+                        metrics[name] = value
+                np.save(work / PER_IMAGE_FILE, bpd.per_image)
+            if "samples" in selected:
+                write_samples(model, config, dev, work)
+            if scorer:
+                metrics.update(compute_fid(model, scorer, test[:fid_images], config, dev))
+            if "receptive_fields" in selected:
+                write_receptive_fields(model, config, dev, work)
+            (work / "metrics.json").write_text(json.dumps({"metrics": metrics, "protocol": protocol,
+                                                           "warnings": notes}, indent=1))
+        log_to_run(uri, run_id, metrics, protocol["checkpoint_step"], protocol, eval_dir)
+    return EvalResult(run_id, metrics, protocol, eval_dir if kept else None, False, notes)
 
 
 def _run_id_from_folder(run_dir: Path) -> str:
@@ -368,7 +414,8 @@ def resolve_targets(target: str, *, trial: int | None = None, all_trials: bool =
                     tracking_uri: str | None = None, overrides: list[str] = ()) -> list[TrialRef]:
     """The trials named by a run id, a ``runs:/<run_id>/model`` or ``models:/<name>/<version or alias>``
     URI (the run the model was logged from), a trial id, a trial config file or a sweep file
-    (+ index/all)."""
+    (+ index/all). A run whose run folder is not on this machine gets the config of its ``model/``
+    artifacts (with ``overrides``, e.g. ``data.root=…`` for this machine's data) and no run folder."""
     from jobs.sweep_spec import is_sweep_file, load_sweep
     from jobs.overrides import load_yaml_file
     from jobs.tracking import resolve_tracking_uri
@@ -405,12 +452,28 @@ def resolve_targets(target: str, *, trial: int | None = None, all_trials: bool =
     else:
         raise EvalInputError(f"{target!r} is neither a file, an MLflow run id (32 hex digits), a runs:/ or models:/ "
                              "model URI nor a trial id (12 hex digits)")
-    run_dir = run.tags.get(RUN_DIR_TAG)
-    if not run_dir or not (Path(run_dir) / "config.yaml").is_file():
-        raise EvalInputError(f"run {run.run_id}: its run folder {run_dir!r} (tag {RUN_DIR_TAG}) has no "
-                             "config.yaml on this machine")
-    config = load_trial_config(Path(run_dir) / "config.yaml", list(overrides), program="jobs.evaluate")
-    return [TrialRef(config, Path(run_dir), run.run_id, uri, run.tags.get(TRIAL_ID_TAG, target))]
+    folder = Path(run.tags[RUN_DIR_TAG]) if run.tags.get(RUN_DIR_TAG) else None
+    if folder is not None and (folder / "config.yaml").is_file():
+        config = load_trial_config(folder / "config.yaml", list(overrides), program="jobs.evaluate")
+    else:
+        folder, config = None, _artifact_config(uri, run, overrides)
+    return [TrialRef(config, folder, run.run_id, uri, run.tags.get(TRIAL_ID_TAG, target))]
+
+
+def _artifact_config(uri: str, run: RunSummary, overrides: list[str]) -> TrialConfig:
+    """The config of ``run``'s ``model/config.yaml`` artifact with ``overrides``, for a run whose
+    run folder is not on this machine."""
+    from jobs.model_io import CONFIG_FILE, MODEL_DIR
+    from jobs.tracking import download_artifact, list_artifacts
+
+    path = f"{MODEL_DIR}/{CONFIG_FILE}"
+    if path not in list_artifacts(uri, run.run_id, MODEL_DIR):
+        raise EvalInputError(f"run {run.run_id}: its run folder {run.tags.get(RUN_DIR_TAG)!r} (tag {RUN_DIR_TAG}) "
+                             f"is not on this machine and it has no {path} artifact (trained with "
+                             "tracking.log_model=none, or not finished)")
+    with tempfile.TemporaryDirectory(prefix="rgflow-eval-") as tmp:
+        downloaded = download_artifact(uri, run.run_id, path, tmp)
+        return load_trial_config(downloaded, list(overrides), program="jobs.evaluate")
 
 
 def _ref_from_folder(config: TrialConfig, run_dir: Path, tracking_uri: str | None, label: str,
@@ -487,7 +550,7 @@ def _run(args: argparse.Namespace) -> int:
             continue
         shown = ", ".join(f"{k}={v:.5g}" for k, v in result.metrics.items())
         print(f"[{ref.label}] {'already evaluated' if result.skipped else 'evaluated'} run {result.run_id}: "
-              f"{shown or 'no metrics'} ({result.eval_dir})")
+              f"{shown or 'no metrics'} ({result.eval_dir or f'artifacts {EVAL_DIR}/ of the run'})")
     return code
 
 

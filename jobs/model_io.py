@@ -6,9 +6,10 @@ the lowest-validation-BPD checkpoint, else the last —, ``last`` or ``none``):
 * ``weights.pt`` — ``torch.save`` of the model's ``state_dict`` only (no optimizer, RNG or loop
   state), loadable with ``torch.load(weights_only=True)``;
 * ``config.yaml`` — the resolved trial config (:func:`jobs.config.to_yaml`);
-* ``model.json`` — ``which`` (best | last), ``checkpoint`` (its file name), ``step``, ``val_bpd``
-  (bits/dim at that checkpoint; ``null`` if none), ``trial_id``, ``run_id``, ``weights_sha256``,
-  ``num_params``, ``format``.
+* ``model.json`` — ``which`` (best | last), ``checkpoint`` (its file name), ``checkpoint_sha256``
+  (of that file: ``jobs.evaluate``'s protocol, the same with or without the run folder), ``step``,
+  ``val_bpd`` (bits/dim at that checkpoint; ``null`` if none), ``trial_id``, ``run_id``,
+  ``weights_sha256``, ``num_params``, ``format``.
 
 :func:`load_model` builds the :class:`rgflow.model.RGFlowModel` back from a run id,
 ``runs:/<run_id>/model``, ``models:/<name>/<version or alias>`` (the Model Registry) or a local
@@ -70,7 +71,7 @@ def write_model_folder(run_dir: str | os.PathLike, config: TrialConfig, which: s
     import torch
 
     from rgflow.atomic import write_atomic, write_json_atomic
-    from rgflow.checkpoint import load_checkpoint
+    from rgflow.checkpoint import checkpoint_sha256, load_checkpoint
 
     folder = Path(run_dir) / MODEL_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,8 @@ def write_model_folder(run_dir: str | os.PathLike, config: TrialConfig, which: s
     loop = state.get("loop", {})
     val = loop.get("val_bpd")
     info = {
-        "format": FORMAT, "which": which, "checkpoint": Path(checkpoint).name, "step": int(loop.get("step", -1)),
+        "format": FORMAT, "which": which, "checkpoint": Path(checkpoint).name,
+        "checkpoint_sha256": checkpoint_sha256(checkpoint), "step": int(loop.get("step", -1)),
         "val_bpd": float(val) if isinstance(val, (int, float)) and math.isfinite(val) else None,
         "trial_id": trial_id, "run_id": run_id, "weights_sha256": hashlib.sha256(data).hexdigest(),
         "num_params": int(num_params if num_params is not None else

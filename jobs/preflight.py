@@ -261,7 +261,7 @@ def check_tracking(sweep: Sweep) -> list[Problem]:
     """The launcher's tracking store is reachable (see module docstring); sqlite across nodes warns."""
     from jobs.tracking.uri import redact_uri, resolve_tracking_uri, sqlite_path
 
-    uri = resolve_tracking_uri(sweep.trials[0].config.tracking.uri)
+    uri = resolve_tracking_uri(sweep.first_config.tracking.uri)
     shown = redact_uri(uri)
     fix = "set tracking.uri (or MLFLOW_TRACKING_URI) to a reachable store"
     scheme = urlsplit(uri).scheme

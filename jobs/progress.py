@@ -39,11 +39,11 @@ class Counts:
 
 
 def count_states(states: dict[str, str]) -> Counts:
-    """``{trial_id: state}`` → :class:`Counts`; ``preempted`` counts as running (it will resume),
-    ``killed`` as pending (a re-run starts it again)."""
+    """``{trial_id: state}`` → :class:`Counts`; ``pruned`` counts as finished (done for good),
+    ``preempted`` as running (it will resume), ``killed`` as pending (a re-run starts it again)."""
     tally = dict.fromkeys(STATES, 0)
     for state in states.values():
-        tally[{"preempted": "running", "killed": "pending"}.get(state, state)] += 1
+        tally[{"pruned": "finished", "preempted": "running", "killed": "pending"}.get(state, state)] += 1
     return Counts(**tally)
 
 

@@ -70,13 +70,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def sweep_dir_of(sweep) -> Path:
     """``<run.out_dir>/<sweep name>`` (absolute): the sweep's run folder."""
-    return Path(sweep.trials[0].config.run.out_dir).resolve() / sweep.name
+    return Path(sweep.first_config.run.out_dir).resolve() / sweep.name
 
 
 def tracking_uri_of(sweep) -> str:
     from jobs.tracking.uri import resolve_tracking_uri
 
-    return resolve_tracking_uri(sweep.trials[0].config.tracking.uri)
+    return resolve_tracking_uri(sweep.first_config.tracking.uri)
 
 
 def backend_settings(sweep, backend: str):
@@ -101,7 +101,8 @@ def make_context(sweep, uri: str, experiment_id: str | None, parent_run_id: str 
         sweep_dir=str(sweep_dir_of(sweep)), tracking_uri=uri, experiment_id=experiment_id,
         parent_run_id=parent_run_id, backend=sweep.backend, sweep_id=sweep.sweep_id,
         evaluations=tuple(sweep.evaluation.selected), max_failures=max_failures, settings=settings,
-        resources=resources, cwd=os.getcwd(), parent_params=parent_params(sweep),
+        resources=resources, cwd=os.getcwd(), parent_params=parent_params(sweep), tune=sweep.tune,
+        search=sweep.search,
     )
 
 
@@ -119,6 +120,14 @@ def tasks_of(sweep) -> list[TrialTask]:
     names = trial_run_names(sweep)
     return [TrialTask(t.index, t.trial_id, t.config, str(run_dir_for(t.config, sweep.name)), names[i])
             for i, t in enumerate(sweep.trials)]
+
+
+def searched_left(sweep, todo: list[str]) -> int:
+    """Trials a searcher sweep has still to sample: its budget less the recorded trials that are
+    done (finished, pruned or given up); 0 for other sweeps."""
+    if sweep.search is None:
+        return 0
+    return max(sweep.search.budget - (len(sweep.trials) - len(todo)), 0) - len(todo)
 
 
 def _busy(ctx: SweepContext, state: SweepState) -> bool:
@@ -236,6 +245,11 @@ def _launch(args, sweep, console) -> int:
     if settled:
         runs = find_trial_runs(uri, experiment_id, trial_ids=ids)
     states, todo, notes = plan(sweep, runs, live, ctx.max_failures, ctx.evaluations)
+    linked = 0
+    if experiment_id:  # trials finished in other sweeps of the store are linked, not trained (jobs.reuse)
+        from jobs.reuse import apply_reuse
+
+        todo, linked = apply_reuse(sweep, uri, experiment_id, parent, runs, states, todo, notes)
     state = SweepState(sweep.name, sweep.backend, uri, experiment_id or "", parent or "",
                        trials=dict(previous.trials) if previous and previous.backend == sweep.backend else {},
                        submitit_folder=previous.submitit_folder if previous else None,
@@ -243,14 +257,20 @@ def _launch(args, sweep, console) -> int:
     save_state(ctx.sweep_dir, state)
     best = min((b for r in runs.values() if (b := best_val_bpd(r.metrics)) is not None), default=None)
     n_done = sum(s == "finished" for s in states.values())
-    say(f"sweep {sweep.name}: {len(sweep.trials)} trials, {n_done} already finished, {len(ids) - len(todo) - n_done} "
+    reused = f" ({linked} reused from other sweeps)" if linked else ""
+    say(f"sweep {sweep.name}: {len(sweep.trials)} trials, {n_done} already finished{reused}, "
+        f"{len(ids) - len(todo) - n_done} "
         f"skipped, {len(todo)} to run on {sweep.backend}; MLflow {redact_uri(uri)} experiment {experiment_id or '-'} "
         f"parent run {parent or '-'}; run folder {ctx.sweep_dir} (logs in logs/)")
     for tid, why in notes.items():
         say(f"  {'run' if tid in todo else 'skip'} {tid}: {why}")
+    to_sample = searched_left(sweep, todo)
+    if to_sample:
+        say(f"sweep {sweep.name}: {sweep.tune.searcher.kind} samples up to {to_sample} more trials "
+            f"({sweep.search.settings.num_samples} per setting × {len(sweep.search.frames)} settings in all)")
 
     result = LaunchResult(states={})
-    if todo:
+    if todo or to_sample:
         tasks = [t for t in tasks_of(sweep) if t.trial_id in set(todo)]
         with Progress(sweep.name, stream=console, enabled=not args.quiet) as progress:
             tracker = ProgressTracker(progress, states, best)
@@ -260,6 +280,8 @@ def _launch(args, sweep, console) -> int:
                 result = LaunchResult(states={}, interrupted=True)
     if result.message:
         say(f"sweep {sweep.name}: {result.message}")
+    if sweep.search is not None:  # the trials the searcher sampled in this launch join the sweep
+        sweep = dataclasses.replace(sweep, trials=[t for _, t in sweep.search.recorded()])
     if state.driver_pid is not None:
         state.driver_pid = None
         save_state(ctx.sweep_dir, state)
@@ -279,9 +301,9 @@ def _previous_jobs(ctx: SweepContext, previous: SweepState | None) -> dict[str, 
 
 def _close_parent(args, sweep, ctx: SweepContext, result: LaunchResult, todo: list[str], say) -> int:
     """End the parent run in the state its trials add up to, with the sweep's aggregates as its
-    metrics (:func:`jobs.tracking.store.log_sweep_summary`); exit code of the launch."""
-    from jobs.tracking import end_run, ensure_experiment, find_trial_runs, mark_killed
-    from jobs.tracking.store import is_transient, log_sweep_summary
+    metrics (:func:`jobs.tracking.store.close_sweep_run`); exit code of the launch."""
+    from jobs.tracking import ensure_experiment, find_trial_runs, mark_killed
+    from jobs.tracking.store import close_sweep_run, is_transient
 
     uri, ids = ctx.tracking_uri, [t.trial_id for t in sweep.trials]
     try:
@@ -291,14 +313,14 @@ def _close_parent(args, sweep, ctx: SweepContext, result: LaunchResult, todo: li
             left = [r.run_id for tid, r in runs.items() if tid in set(todo) and r.status == "RUNNING"]
             mark_killed(uri, left, "sweep driver interrupted")
             runs = find_trial_runs(uri, experiment_id, trial_ids=ids)
-        end_state, reason = sweep_end_state(sweep.trials, runs, result.states, ctx.evaluations)
+        end_state, reason = sweep_end_state(sweep.trials, runs, result.states, ctx.evaluations,
+                                            sweep.search.budget if sweep.search else None)
         if result.interrupted and end_state != "finished":
             end_state, reason = "killed", f"interrupted by the user; {reason}"
         parent = ctx.parent_run_id or _open_parent(sweep, uri, say)[1]
         if parent is None:
             raise ConnectionError("the parent run could not be created")
-        log_sweep_summary(uri, parent, len(sweep.trials), runs)
-        end_run(uri, parent, end_state, reason)
+        close_sweep_run(uri, parent, len(sweep.trials), runs, end_state, reason)
     except Exception as err:  # noqa: BLE001 - an outage at the end leaves the parent run for the next launch
         if not is_transient(err) and not isinstance(err, ConnectionError):
             raise
@@ -319,9 +341,11 @@ def _close_parent(args, sweep, ctx: SweepContext, result: LaunchResult, todo: li
 
 def cmd_status(args) -> int:
     """The status table (text, ``--json`` or ``--csv`` on stdout). Settles trials whose attempt
-    is gone (:mod:`jobs.reaper`) and closes the parent run of a sweep whose launcher and jobs are
-    all gone. Reads the store without mlflow where it can (:mod:`jobs.tracking.fast_read`); mlflow
-    is imported only to settle a trial or close the parent run."""
+    is gone (:mod:`jobs.reaper`) and closes the parent run, with the sweep's aggregates
+    (:func:`jobs.tracking.store.close_sweep_run`), of a sweep whose launcher and jobs are all gone;
+    names the trials reused from other sweeps (:mod:`jobs.reuse`). Reads the store without mlflow
+    where it can (:mod:`jobs.tracking.fast_read`); mlflow is imported only to settle a trial or
+    close the parent run."""
     from jobs.reaper import needs_settling, settle
     from jobs.sweep_status import format_summary, format_table, summarize_rows, to_csv, to_json, trial_rows
     from jobs.tracking import fast_read
@@ -350,13 +374,18 @@ def cmd_status(args) -> int:
     else:
         print(format_table(rows))
         print(format_summary(summary))
+    from jobs.reuse import reused_lines
+
+    for line in reused_lines(sweep, runs):
+        print(f"{sweep.name}: {line}", file=note)
     if state is not None and experiment_id and driver_gone and state.parent_run_id \
             and not any(s in LIVE_STATES for _, s in jobs.values()) \
             and fast_read.run_status(uri, state.parent_run_id) == "RUNNING":
-        from jobs.tracking import end_run
+        from jobs.tracking.store import close_sweep_run
 
-        end_state, reason = sweep_end_state(sweep.trials, runs, evaluations=ctx.evaluations)
-        end_run(uri, state.parent_run_id, end_state, reason)
+        end_state, reason = sweep_end_state(sweep.trials, runs, evaluations=ctx.evaluations,
+                                            expected=sweep.search.budget if sweep.search else None)
+        close_sweep_run(uri, state.parent_run_id, len(sweep.trials), runs, end_state, reason)
         print(f"{sweep.name}: all jobs ended; parent run {state.parent_run_id} is now {end_state.upper()}", file=note)
     return EXIT_OK
 
@@ -391,6 +420,9 @@ def cmd_cancel(args) -> int:
         return EXIT_BUSY
     ctx = dataclasses.replace(make_context(sweep, uri, state.experiment_id, state.parent_run_id), backend=state.backend)
     backend: Backend = get_backend(state.backend)
+    trial_ids = [t.trial_id for t in sweep.trials]
+    running = {tid for tid, r in find_trial_runs(uri, state.experiment_id, trial_ids=trial_ids).items()
+               if r.status == "RUNNING"}
     cancelled: list[str] = []
     if driver and is_process(state.driver_pid, "jobs.sweep"):
         os.kill(state.driver_pid, signal.SIGINT)
@@ -400,7 +432,8 @@ def cmd_cancel(args) -> int:
     deadline = time.monotonic() + CANCEL_WAIT_S
     while time.monotonic() < deadline and (backend.live_jobs(ctx, state) or holder_alive(sweep_dir, DRIVER_LOCK)):
         time.sleep(1.0)
-    runs = find_trial_runs(uri, state.experiment_id, trial_ids=[t.trial_id for t in sweep.trials])
+    runs = find_trial_runs(uri, state.experiment_id, trial_ids=trial_ids)
+    stopped = sum(tid in runs and runs[tid].status != "RUNNING" for tid in running)
     live = backend.live_jobs(ctx, state)
     killed, still = [], []
     for task in tasks_of(sweep):
@@ -413,9 +446,12 @@ def cmd_cancel(args) -> int:
         end_run(uri, run.run_id, "killed", CANCELLED)
         killed.append(run.run_id)
     if not still:
-        end_run(uri, state.parent_run_id, "killed", CANCELLED)
+        from jobs.tracking.store import close_sweep_run
+
+        close_sweep_run(uri, state.parent_run_id, len(sweep.trials), find_trial_runs(
+            uri, state.experiment_id, trial_ids=trial_ids), "killed", CANCELLED)
     print(f"{sweep.name}: cancelled {len(cancelled)} job(s)" + (" and the launcher" if driver else "")
-          + f"; {len(killed)} run(s) marked KILLED"
+          + f"; {stopped} of {len(running)} running trial(s) stopped; {len(killed)} run(s) marked KILLED"
           + (f"; {len(still)} run(s) still ending, parent run left RUNNING" if still
              else f"; parent run {state.parent_run_id} KILLED"))
     return EXIT_OK

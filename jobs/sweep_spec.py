@@ -21,11 +21,15 @@ The shape (every key but ``name`` is optional; see ``sweeps/README.md`` for a co
     resources: {cpus: 1, gpus: 1, memory_gb: 32, time_limit_min: 1440}   # per trial
     backend: ray                       # ray | slurm | local
     max_failures: 2                    # failed attempts retried per trial (each resumes its checkpoint)
+    reuse: true                        # link trials finished in other sweeps of the store instead of training them (jobs.reuse)
     ray: {address: local, max_concurrent_trials: null, storage_path: null, dashboard: false}  # ray.max_failures: old name
     slurm: {partition: gpu, account: null, qos: null, constraint: null, gpus_per_trial: null,
             cpus_per_trial: null, mem_gb: null, time_min: null, array_parallelism: null,
             max_array_size: 1000, extra_sbatch: [], python: null}   # null: from resources
     local: {parallel: 1}
+    tune:                              # Ray backend only; metric val_bpd, minimised
+      scheduler: {kind: asha, grace_epochs: 1, reduction_factor: 3, max_epochs: null, group_by: [train.batch_size]}
+      searcher: {kind: optuna, num_samples: 8, seed: 0}   # searches axes.random.params
     evaluation: {enabled: true, test_bpd: true, samples: true, fid: true, receptive_fields: true}
     report: {equivalence_margin: 0.01}   # bits/dim: the TOST margin of every BPD comparison
 
@@ -44,7 +48,8 @@ config is: defaults ← ``base_config`` ← ``base`` ← command-line base overr
 * any other trial key sets the base for every trial (``train.epochs=5``) — or, when a list is given
   for a key whose value is not itself a list, adds a grid axis (``'prior.temperature=[0.5,1.0]'``);
 * ``backend=…``, ``name=…``, ``description=…``, ``resources.*``, ``ray.*``, ``slurm.*``,
-  ``local.*``, ``evaluation.*``, ``report.*`` set those settings.
+  ``local.*``, ``evaluation.*``, ``report.*``, ``tune.scheduler.*``, ``tune.searcher.*`` set those
+  settings.
 
 Hydra's multirun forms ``key=a,b,c`` and ``key=range(0,3)`` (:class:`jobs.overrides.Multirun`)
 mean the list ``key=[a,b,c]``, with two exceptions, where the comma is part of one value: a free-text
@@ -89,7 +94,7 @@ from jobs.tracking.uri import take_credentials
 
 BACKENDS = ("ray", "slurm", "local")
 SWEEP_KEYS = ("name", "description", "base_config", "base", "axes", "resources", "backend", "max_failures", "ray",
-              "slurm", "local", "evaluation", "report")
+              "slurm", "local", "evaluation", "report", "tune", "reuse")
 AXIS_KINDS = ("zip", "grid", "random", "seeds")
 RANDOM_KEYS = ("samples", "seed", "params")
 DISTRIBUTIONS = ("uniform", "loguniform", "choice")
@@ -224,14 +229,76 @@ class ReportSettings:
         lib._check_positive("report.equivalence_margin", self.equivalence_margin, integer=False)
 
 
+SCHEDULERS = ("asha", "hyperband")
+SEARCHERS = ("optuna",)
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """``tune.scheduler`` (Ray backend): trials whose validation BPD falls behind are stopped early
+    (pruned). ``kind``: ``asha`` (asynchronous successive halving) or ``hyperband`` (asynchronous
+    HyperBand: ``brackets`` ASHA brackets). Budget in epochs: a trial is first compared after
+    ``grace_epochs``, then after every ``reduction_factor``× more; ``max_epochs`` caps every trial
+    (``None``: the longest ``train.epochs``). ``group_by``: trial keys whose values are compared
+    separately (``[train.batch_size]``: learning rates compete only within a batch size)."""
+
+    kind: str = "asha"
+    grace_epochs: float = 1.0
+    reduction_factor: float = 3.0
+    max_epochs: float | None = None
+    brackets: int = 3
+    group_by: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "group_by", tuple(self.group_by))
+        if self.kind not in SCHEDULERS:
+            raise lib.ConfigError("tune.scheduler.kind", self.kind, f"must be one of {', '.join(SCHEDULERS)}")
+        lib._check_positive("tune.scheduler.grace_epochs", self.grace_epochs, integer=False)
+        if self.reduction_factor <= 1:
+            raise lib.ConfigError("tune.scheduler.reduction_factor", self.reduction_factor, "must be above 1")
+        if self.max_epochs is not None and self.max_epochs < self.grace_epochs:
+            raise lib.ConfigError("tune.scheduler.max_epochs", self.max_epochs, "must be at least grace_epochs")
+        lib._check_positive("tune.scheduler.brackets", self.brackets)
+        for key in self.group_by:
+            if key not in config_keys():
+                raise lib.ConfigError("tune.scheduler.group_by", key, "must list trial config keys such as train.batch_size")
+
+
+@dataclass(frozen=True)
+class SearcherSettings:
+    """``tune.searcher`` (Ray backend): the sweep's ``axes.random.params`` are searched adaptively
+    instead of drawn at random. ``kind``: ``optuna`` (Optuna's TPE sampler); ``num_samples``: trials
+    per setting of the other axes; ``seed``: the sampler's seed."""
+
+    kind: str = "optuna"
+    num_samples: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SEARCHERS:
+            raise lib.ConfigError("tune.searcher.kind", self.kind, f"must be one of {', '.join(SEARCHERS)}")
+        lib._check_positive("tune.searcher.num_samples", self.num_samples)
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """The sweep's ``tune:`` section (Ray backend only): an early-stopping ``scheduler`` and an
+    adaptive ``searcher``, each ``None`` when absent. The metric is ``val_bpd``, minimised."""
+
+    scheduler: SchedulerSettings | None = None
+    searcher: SearcherSettings | None = None
+
+
 SETTINGS: dict[str, type] = {
     "resources": Resources, "ray": RaySettings, "slurm": SlurmSettings, "local": LocalSettings,
     "evaluation": EvaluationSettings, "report": ReportSettings,
 }
+#: The subsections of ``tune:``, each built like a settings section.
+TUNE_SECTIONS: dict[str, type] = {"tune.scheduler": SchedulerSettings, "tune.searcher": SearcherSettings}
 
 
 def _build_settings(section: str, layers: list[tuple[Any, str]]) -> Any:
-    cls = SETTINGS[section]
+    cls = SETTINGS.get(section) or TUNE_SECTIONS[section]
     types = _settings_types(cls)
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
@@ -264,9 +331,10 @@ def _settings_types(cls: type) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class RandomAxis:
-    """``samples`` points; each draws every param in ``params`` (key → (distribution, args)) in order."""
+    """``samples`` points; each draws every param in ``params`` (key → (distribution, args)) in order.
+    ``samples`` is None in a ``tune.searcher`` sweep, where the searcher picks the points."""
 
-    samples: int
+    samples: int | None
     seed: int
     params: dict[str, tuple[str, tuple]]
 
@@ -337,7 +405,7 @@ def _parse_random(raw: Any, origin: str) -> RandomAxis:
         if key not in RANDOM_KEYS:
             raise unknown_key_error(f"axes.random.{key}", [f"axes.random.{k}" for k in RANDOM_KEYS], origin)
     samples = coerce("axes.random.samples", raw.get("samples"), int, origin) if "samples" in raw else None
-    if samples is None or samples < 1:
+    if samples is not None and samples < 1:
         raise ConfigError(f"axes.random.samples={show(samples)}: must be a positive integer [{origin}]", "axes.random.samples", samples)
     seed = coerce("axes.random.seed", raw.get("seed", 0), int, origin)
     params_raw = raw.get("params")
@@ -429,6 +497,63 @@ class Trial:
     varying: dict[str, Any]
 
 
+#: The launcher's record of the trials a searcher sampled, in the sweep's run folder.
+SEARCH_RECORD = "search.json"
+
+
+@dataclass(frozen=True)
+class Search:
+    """What a ``tune.searcher`` sweep searches. ``frames``: the assignments of its other axes (zip,
+    grid, seeds) in trial order, each searched separately with ``settings.num_samples`` trials;
+    ``params``: ``axes.random.params`` (key → (distribution, args)); ``base``/``origins``: the config
+    layers every trial is composed from; ``record``: ``<sweep run folder>/search.json``, the trials
+    sampled so far (``{"index", "frame", "params"}`` each, written by the launcher)."""
+
+    frames: tuple[dict[str, Any], ...]
+    params: dict[str, tuple[str, tuple]]
+    settings: SearcherSettings
+    base: tuple
+    origins: dict[str, str]
+    record: Path
+
+    @property
+    def budget(self) -> int:
+        """Trials the search runs in all."""
+        return len(self.frames) * self.settings.num_samples
+
+    def trial(self, index: int, frame: int, values: dict[str, Any]) -> Trial:
+        """Trial ``index``: frame ``frame`` with the searched ``values`` (param key → value)."""
+        return _make_trial(index, {**self.frames[frame], **values}, list(self.base), self.origins)
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The record's entries (``{"index", "frame", "params"}``) in index order; [] before the first launch."""
+        try:
+            entries = json.loads(self.record.read_text())
+            return sorted(entries, key=lambda e: e["index"])
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise ConfigError(f"{self.record}: unreadable search record ({err}); move it away to start the search "
+                              "again") from None
+
+    def recorded(self) -> list[tuple[int, Trial]]:
+        """(frame, trial) of each trial of the record, in index order (a repeated trial id is kept once)."""
+        trials, seen = [], set()
+        for entry in self.entries():
+            trial = self.trial(entry["index"], entry["frame"], entry["params"])
+            if trial.trial_id not in seen:
+                seen.add(trial.trial_id)
+                trials.append((entry["frame"], trial))
+        return trials
+
+    def write(self, entries: list[dict[str, Any]]) -> None:
+        """Replace the record with ``entries`` (``{"index", "frame", "params"}``), atomically."""
+        from rgflow.atomic import write_json_atomic
+
+        self.record.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.record, entries)
+
+
 @dataclass(frozen=True)
 class Sweep:
     """An expanded sweep: settings plus ``trials`` in the documented order."""
@@ -448,6 +573,15 @@ class Sweep:
     overrides: tuple[str, ...] = ()
     report: ReportSettings = ReportSettings()
     max_failures: int = DEFAULT_MAX_FAILURES  #: failed attempts retried per trial, on every backend
+    tune: TuneSettings = TuneSettings()  #: Ray Tune's scheduler and searcher (Ray backend only)
+    reuse: bool = True  #: link trials finished in other experiments of the store instead of training them (jobs.reuse)
+    search: Search | None = None  #: with ``tune.searcher``: what is searched; ``trials`` are those sampled so far
+    template: TrialConfig | None = None  #: a trial config of the sweep (where it runs and tracks), even with no trials
+
+    @property
+    def first_config(self) -> TrialConfig:
+        """A trial config of the sweep, for what all trials share (``run.out_dir``, ``tracking``)."""
+        return self.trials[0].config if self.trials else self.template
 
     @property
     def varying_keys(self) -> list[str]:
@@ -502,6 +636,12 @@ def _apply_override(text: str, state: dict[str, Any]) -> None:
         state[key] = (_setting_value(text, key, value, str), origin)
     elif key == "max_failures":
         state[key] = (_setting_value(text, key, value, int), origin)
+    elif key == "reuse":
+        state[key] = (_setting_value(text, key, value, bool), origin)
+    elif head == "tune" and rest.partition(".")[0] in ("scheduler", "searcher"):
+        sub, _, leaf = rest.partition(".")
+        tp = _settings_types(TUNE_SECTIONS[f"tune.{sub}"]).get(leaf)
+        state["tune"][sub].append((nest(leaf, _setting_value(text, key, value, tp)) if leaf else value, origin))
     elif head in SETTINGS:
         tp = _settings_types(SETTINGS[head]).get(rest)
         state["settings"][head].append((nest(rest, _setting_value(text, key, value, tp)) if rest else value, origin))
@@ -516,7 +656,7 @@ def _apply_override(text: str, state: dict[str, Any]) -> None:
     elif head in SECTIONS:
         _apply_trial_override(key, value, origin, state)
     else:
-        candidates = [*SEED_KEYS[:2], "backend", "name", "description", *SETTINGS, *config_keys()]
+        candidates = [*SEED_KEYS[:2], "backend", "name", "description", *SETTINGS, *TUNE_SECTIONS, *config_keys()]
         if head in ("base", "base_config", "axes"):
             raise ConfigError(f"{key}: cannot be overridden; override trial keys (train.epochs=5) or axis keys "
                               f"('train.batch_size=[64,512]') directly [{origin}]", key)
@@ -597,6 +737,8 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         "name": (raw.get("name"), where), "description": (raw.get("description") or "", where),
         "backend": (raw.get("backend", "ray"), where), "max_failures": (raw.get("max_failures"), where), "base": base, "axes": _parse_axes(raw.get("axes"), where),
         "settings": {s: [(raw.get(s), where)] for s in SETTINGS},
+        "reuse": (raw.get("reuse"), where),
+        "tune": _tune_layers(raw.get("tune"), where),
     }
     for text in overrides:
         _apply_override(text, state)
@@ -620,6 +762,12 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
         raise ConfigError(f"max_failures={show(max_failures)}: must be an integer ≥ 0 (failed attempts retried per "
                           f"trial) [{failures_origin}]", "max_failures", max_failures)
+    reuse, reuse_origin = state["reuse"]
+    if reuse is None:
+        reuse = True
+    if not isinstance(reuse, bool):
+        raise ConfigError(f"reuse={show(reuse)}: must be true or false (link trials finished in other sweeps of the "
+                          f"tracking store instead of training them) [{reuse_origin}]", "reuse", reuse)
     resources: Resources = settings["resources"]
     slurm: SlurmSettings = settings["slurm"]
     slurm = dataclasses.replace(
@@ -630,11 +778,67 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         time_min=resources.time_limit_min if slurm.time_min is None else slurm.time_min,
     )
     axes: Axes = state["axes"]
-    trials = _expand(axes, state["base"])
-    sweep_id = hashlib.sha256(json.dumps([name, [t.trial_id for t in trials]]).encode()).hexdigest()[:12]
+    tune = _build_tune(state["tune"], backend, backend_origin, axes, where)
+    search = None
+    if tune.searcher is None:
+        trials = _expand(axes, state["base"])
+        template = trials[0].config
+        sweep_id = hashlib.sha256(json.dumps([name, [t.trial_id for t in trials]]).encode()).hexdigest()[:12]
+    else:
+        search, template = _search_of(name, axes, state["base"], tune.searcher)
+        trials = [trial for _, trial in search.recorded()]
+        identity = [name, list(search.frames), {k: [d, list(a)] for k, (d, a) in search.params.items()},
+                    dataclasses.asdict(tune.searcher)]
+        sweep_id = hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:12]
     return Sweep(name, path, description, trials, axes, resources, backend, settings["ray"], slurm,
                  settings["local"], settings["evaluation"], sweep_id, tuple(map(without_credentials, overrides)),
-                 settings["report"], max_failures)
+                 settings["report"], max_failures, tune, reuse=reuse, search=search, template=template)
+
+
+def _search_of(name: str, axes: Axes, base: list[tuple[Any, str]], settings: SearcherSettings) -> tuple[Search, TrialConfig]:
+    """The :class:`Search` of a searcher sweep and a template trial config (its first frame with
+    the first random draw: every searched value checked once)."""
+    frame_axes = dataclasses.replace(axes, random=None)
+    frames = tuple({k: v for part in parts for k, v in part.items()} for parts in itertools.product(*frame_axes.factors()))
+    draw = dataclasses.replace(axes.random, samples=1).draw()[0]
+    template = _make_trial(0, {**frames[0], **draw}, base, axes.origins).config
+    record = Path(template.run.out_dir).resolve() / name / SEARCH_RECORD
+    return Search(frames, dict(axes.random.params), settings, tuple(base), dict(axes.origins), record), template
+
+
+def _tune_layers(raw: Any, origin: str) -> dict[str, list[tuple[Any, str]]]:
+    """The ``tune:`` section of the file as layers per subsection (``scheduler``, ``searcher``)."""
+    if raw is None:
+        return {"scheduler": [], "searcher": []}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"tune: expected a mapping with scheduler and/or searcher, got {show(raw)} [{origin}]", "tune", raw)
+    for key in raw:
+        if key not in ("scheduler", "searcher"):
+            raise unknown_key_error(f"tune.{key}", ["tune.scheduler", "tune.searcher"], origin)
+    return {sub: [] if raw.get(sub) is None else [(raw[sub], origin)] for sub in ("scheduler", "searcher")}
+
+
+def _build_tune(layers: dict[str, list[tuple[Any, str]]], backend: str, backend_origin: str, axes: Axes,
+                where: str) -> TuneSettings:
+    """The typed ``tune:`` section; a scheduler or searcher on another backend than Ray, or a
+    searcher without ``axes.random.params`` to search, is an error."""
+    built = {sub: _build_settings(f"tune.{sub}", [(raw or {}, o) for raw, o in given]) if given else None
+             for sub, given in layers.items()}
+    tune = TuneSettings(**built)
+    if (tune.scheduler or tune.searcher) and backend != "ray":
+        raise ConfigError(f"tune: schedulers and searchers are Ray Tune's: set backend: ray, or remove the tune section "
+                          f"(backend={backend} [{backend_origin}])", "tune")
+    if tune.searcher and axes.random is None:
+        raise ConfigError("tune.searcher: needs axes.random.params, the distributions it searches (e.g. train.lr: "
+                          "{loguniform: [1.0e-4, 3.0e-3]})", "tune.searcher")
+    if axes.random is not None and tune.searcher is None and axes.random.samples is None:
+        raise ConfigError("axes.random.samples=null: must be a positive integer (the number of random draws), or add "
+                          f"tune.searcher to search axes.random.params adaptively [{where} axes.random]",
+                          "axes.random.samples")
+    if axes.random is not None and tune.searcher is not None and axes.random.samples is not None:
+        raise ConfigError(f"axes.random.samples={axes.random.samples}: not used with tune.searcher, which samples "
+                          "tune.searcher.num_samples trials per setting; remove it", "axes.random.samples")
+    return tune
 
 
 def without_credentials(text: str) -> str:
@@ -648,23 +852,26 @@ def without_credentials(text: str) -> str:
     return text if clean == value.strip() else f"{key}={clean}"
 
 
+def _make_trial(index: int, assignment: dict[str, Any], base: list[tuple[Any, str]], origins: dict[str, str]) -> Trial:
+    """Trial ``index``: the ``base`` layers with the axis values of ``assignment`` on top."""
+    config = compose(base + [(nest(k, v), origins.get(k)) for k, v in assignment.items()])
+    tree = resolved_dict(config)
+    varying = {k: _resolved_value(tree, k) for k in assignment}
+    return Trial(index, trial_id(config, tree), config, varying)
+
+
 def _expand(axes: Axes, base: list[tuple[Any, str]]) -> list[Trial]:
     trials: list[Trial] = []
     seen: dict[str, int] = {}
     fix = "remove the duplicate value" + (" or change axes.random (seed, samples, params)" if axes.random else "")
     for index, parts in enumerate(itertools.product(*axes.factors())):
-        assignment = {k: v for part in parts for k, v in part.items()}
-        layers = base + [(nest(k, v), axes.origins.get(k)) for k, v in assignment.items()]
-        config = compose(layers)
-        tree = resolved_dict(config)
-        varying = {k: _resolved_value(tree, k) for k in assignment}
-        tid = trial_id(config, tree)
-        if tid in seen:
-            first = trials[seen[tid]]
-            raise ConfigError(f"trials {first.index} and {index} are the same trial (id {tid}): axis values "
-                              f"{show(first.varying)} and {show(varying)} give the same config; {fix}")
-        seen[tid] = index
-        trials.append(Trial(index, tid, config, varying))
+        trial = _make_trial(index, {k: v for part in parts for k, v in part.items()}, base, axes.origins)
+        if trial.trial_id in seen:
+            first = trials[seen[trial.trial_id]]
+            raise ConfigError(f"trials {first.index} and {index} are the same trial (id {trial.trial_id}): axis values "
+                              f"{show(first.varying)} and {show(trial.varying)} give the same config; {fix}")
+        seen[trial.trial_id] = index
+        trials.append(trial)
     return trials
 
 

@@ -70,7 +70,7 @@ def _state(run, job_state: str) -> str:
     if run is None:
         return "running" if job_state in ("RUNNING", "COMPLETING") else "pending"
     if run.status == "FINISHED":
-        return "finished"
+        return "pruned" if run.state == "pruned" else "finished"
     if run.status == "FAILED":
         return f"failed ({run.tags.get(REASON_TAG, 'no reason given')})"
     if run.status == "KILLED":

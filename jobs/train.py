@@ -22,11 +22,11 @@ import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.attempt import CODE_OF, ExitCode, TrialOutcome
+from jobs.attempt import CODE_OF, DONE_STATES, ExitCode, StopRequest, TrialOutcome
 from jobs.config import TrialConfig, flatten, format_value, resolved_dict, to_yaml, trial_id
 from jobs.run_folder import LOG_FILE, SINGLE, adopt_run_id, read_state, run_dir_for, write_state  # noqa: F401 - run_dir_for re-exported
 from jobs.run_lock import RunFolderLock, RunFolderLocked
@@ -93,11 +93,11 @@ def _one_line(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------------------------
 
 class _StopRequests:
-    """The first stop request wins: ``(state, reason)`` with state preempted or killed."""
+    """The first stop request wins: ``(state, reason)`` with state preempted, killed or pruned."""
 
     SIGNAL_STATES = {signal.SIGTERM: "preempted", signal.SIGUSR2: "preempted", signal.SIGINT: "killed"}
 
-    def __init__(self, stop_flag: Callable[[], str | None] | None):
+    def __init__(self, stop_flag: Callable[[], StopRequest | None] | None):
         self.stop_flag = stop_flag
         self.request: tuple[str, str] | None = None
         self._previous: dict[int, Any] = {}
@@ -121,9 +121,9 @@ class _StopRequests:
 
     def poll(self) -> str | None:
         if self.request is None and self.stop_flag is not None:
-            reason = self.stop_flag()
-            if reason:
-                self.request = ("preempted", str(reason))
+            asked = self.stop_flag()
+            if asked is not None:
+                self.request = (asked.state, asked.reason)
         return self.request[1] if self.request else None
 
 
@@ -136,7 +136,8 @@ def _say(trial: str, message: str) -> None:
     log.info(message)
 
 
-def _make_hooks(trial: str, tracked, stops: _StopRequests):
+def _make_hooks(trial: str, tracked, stops: _StopRequests,
+                on_validation: Callable[[int, dict[str, float]], None] | None = None):
     from rgflow.train import TrainHooks
 
     class Hooks(TrainHooks):
@@ -149,6 +150,8 @@ def _make_hooks(trial: str, tracked, stops: _StopRequests):
             if "val_bpd" in metrics:
                 se = f" ± {metrics['val_bpd_se']:.1e}" if "val_bpd_se" in metrics else ""
                 _say(trial, f"step {step} · epoch {metrics['val_epoch']:.2f} · val {metrics['val_bpd']:.4f}{se} bpd")
+                if on_validation is not None:
+                    on_validation(step, metrics)
 
         def on_artifact(self, path: Path, artifact_path: str) -> None:
             if tracked is not None:
@@ -218,9 +221,11 @@ def run_trial(
     tracking_uri: str | None = None,
     experiment_id: str | None = None,
     backend: str = SINGLE,
-    stop_flag: Callable[[], str | None] | None = None,
+    stop_flag: Callable[[], StopRequest | None] | None = None,
     sweep_params: dict[str, Any] | None = None,
     run_name: str | None = None,
+    on_validation: Callable[[int, dict[str, float]], None] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> TrialOutcome:
     """Run (or resume, or skip if finished) one trial in this process; never raises for a trial
     failure — the :class:`TrialOutcome` says how it ended.
@@ -230,8 +235,10 @@ def run_trial(
     run (``mlflow.parentRunId``). ``tracking_uri``: overrides ``config.tracking`` (resolved with
     :func:`jobs.tracking.resolve_tracking_uri`). ``experiment_id``: the MLflow experiment; None →
     the experiment named ``sweep`` or else ``config.tracking.experiment`` (created if missing).
-    ``backend``: the ``rgflow.backend`` tag. ``stop_flag``: polled before every step (and during
-    validation); a non-empty string stops the trial as ``preempted`` after a checkpoint (exit 75).
+    ``backend``: the ``rgflow.backend`` tag; ``tags``: more tags for the run. ``stop_flag``: polled
+    before every step (and during validation); a :class:`jobs.attempt.StopRequest` stops the trial
+    in its state after a checkpoint (preempted: exit 75, killed: 130, pruned: 0, done for good).
+    ``on_validation(step, metrics)``: called after every validation (``val_bpd`` bits/dim, ``val_epoch``).
     Signal handlers (SIGTERM/SIGUSR2/SIGINT) are installed only when called from the main thread.
     ``sweep_params``: the parent run's params, used when the store was down and the parent run is
     created later. ``run_name``: the MLflow run name (:func:`trial_run_name` for a sweep's trial);
@@ -250,10 +257,10 @@ def run_trial(
         return TrialOutcome("running", ExitCode.LOCKED, tid, run_dir, reason=str(err))
     try:
         previous = read_state(run_dir)
-        if previous and previous.get("state") == "finished":
+        if previous and previous.get("state") in DONE_STATES:
             _deliver_pending(run_dir, label)
-            _say(label, f"already finished ({run_dir}); nothing to do")
-            return TrialOutcome("finished", ExitCode.FINISHED, tid, run_dir, adopt_run_id(run_dir),
+            _say(label, f"already {previous['state']} ({run_dir}); nothing to do")
+            return TrialOutcome(previous["state"], ExitCode.FINISHED, tid, run_dir, adopt_run_id(run_dir),
                                 previous.get("attempt"), best_val_bpd=previous.get("best_val_bpd"),
                                 val_bpd=previous.get("val_bpd"), step=previous.get("step"),
                                 failures=int(previous.get("failures", 0)))
@@ -263,7 +270,7 @@ def run_trial(
             try:
                 prepared = _prepare(config, run_dir, label, tid)
                 where = _Where(sweep, sweep_id, trial_index, parent_run_id, tracking_uri, experiment_id, backend,
-                               dict(sweep_params or {}), run_name)
+                               dict(sweep_params or {}), run_name, dict(tags or {}))
                 tracked = _open_tracking(config, run_dir, tid, where, prepared)
             except (BadInput, LibraryConfigError) as err:
                 if created:
@@ -272,7 +279,7 @@ def run_trial(
                 return TrialOutcome("failed", getattr(err, "exit_code", ExitCode.BAD_INPUT), tid, run_dir,
                                     reason=_one_line(err))
             with _file_log(run_dir / LOG_FILE):
-                return _train_tracked(config, run_dir, tid, label, tracked, prepared, stops, previous)
+                return _train_tracked(config, run_dir, tid, label, tracked, prepared, stops, previous, on_validation)
         finally:
             stops.restore()
     finally:
@@ -294,7 +301,8 @@ def _deliver_pending(run_dir: Path, label: str) -> None:
 @dataclass(frozen=True)
 class _Where:
     """Where a trial's run belongs: sweep name, id and index, parent run, store, experiment, the
-    ``rgflow.backend`` tag, and the parent run's params (to create it if the store was down)."""
+    ``rgflow.backend`` tag, the parent run's params (to create it if the store was down), the run
+    name and the backend's own tags."""
 
     sweep: str | None
     sweep_id: str | None
@@ -305,6 +313,7 @@ class _Where:
     backend: str
     sweep_params: dict[str, Any]
     run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def trial_params(config: TrialConfig, experiment: str) -> dict[str, str]:
@@ -375,7 +384,7 @@ def _open_tracking(config: TrialConfig, run_dir: Path, tid: str, where: _Where, 
     if prepared.resume is not None:  # the checkpoint's run, if it lives in this store
         meta = prepared.resume[1].get("meta", {})
         existing = meta.get("run_id") if meta.get("tracking_uri") == uri else None
-    tags = {SWEEP_TAG: where.sweep or SINGLE, BACKEND_TAG: where.backend}
+    tags = {SWEEP_TAG: where.sweep or SINGLE, BACKEND_TAG: where.backend, **where.tags}
     if where.trial_index is not None:
         tags[TRIAL_INDEX_TAG] = where.trial_index
     if where.sweep_id:
@@ -415,7 +424,8 @@ def _open_tracking(config: TrialConfig, run_dir: Path, tid: str, where: _Where, 
 
 
 def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tracked, prepared: _Prepared,
-                   stops: _StopRequests, previous: dict[str, Any] | None) -> TrialOutcome:
+                   stops: _StopRequests, previous: dict[str, Any] | None,
+                   on_validation: Callable[[int, dict[str, float]], None] | None = None) -> TrialOutcome:
     """Build the model and train; end the run in its true state."""
     import torch
 
@@ -427,7 +437,7 @@ def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tra
     run_id = tracked.run_id if tracked is not None else None
     attempt = tracked.attempt if tracked is not None else int((previous or {}).get("attempt", 0)) + 1
     failures = _count_previous_death(label, tracked, previous)
-    state, reason, result, step = "failed", None, None, None
+    state, reason, result, step, stopped_at = "failed", None, None, None, None
     try:
         write_state(run_dir, trial_id=tid, run_id=run_id, state="running", attempt=attempt, reason=None,
                     failures=failures)
@@ -449,12 +459,12 @@ def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tra
                              drop_last=False)
         meta = {"run_id": run_id, "tracking_uri": tracked.uri if tracked is not None else None, "trial_id": tid,
                 "config": resolved_dict(config)}
-        hooks = _make_hooks(label, tracked, stops)
+        hooks = _make_hooks(label, tracked, stops, on_validation)
         result = train(model, batcher, valid, cfg, run_dir, hooks, seed=config.run.seed, resume=resume, meta=meta)
         state = "finished"
         _say(label, f"finished at step {result.step} · val {result.val_bpd} bpd · best {result.best_val_bpd} bpd")
     except Interrupted as stop:
-        step = stop.step
+        step, stopped_at = stop.step, stop.checkpoint
         state, reason = stops.request[0] if stops.request else "preempted", stop.reason
         _say(label, f"{state}: {stop.reason}; checkpoint {stop.checkpoint.name} at step {stop.step}")
     except NonFiniteError as err:
@@ -481,9 +491,13 @@ def _train_tracked(config: TrialConfig, run_dir: Path, tid: str, label: str, tra
     if result is not None:
         fields.update(step=result.step, best_val_bpd=best, val_bpd=result.val_bpd,
                       checkpoint=str(result.checkpoint), best_checkpoint=str(result.best_checkpoint or ""))
+    elif stopped_at is not None:
+        fields.update(step=step, checkpoint=str(stopped_at))
     if tracked is not None:
         if result is not None:
             tracked.set_tags({CHECKPOINT_TAG: result.checkpoint, BEST_CHECKPOINT_TAG: result.best_checkpoint or ""})
+        elif stopped_at is not None:
+            tracked.set_tags({CHECKPOINT_TAG: stopped_at})
         if state == "finished" and result is not None:
             _log_model(config, run_dir, tid, label, tracked, result, sum(p.numel() for p in model.parameters()))
         _log_train_log(run_dir, tracked)
@@ -594,8 +608,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def sweep_parent_params(sweep) -> dict[str, Any]:
-    """The params of a sweep's parent run (``jobs.sweep`` adds the resources)."""
-    return {"sweep": {"path": str(Path(sweep.path).resolve()), "trials": len(sweep.trials),
+    """The params of a sweep's parent run (``jobs.sweep`` adds the resources); ``sweep.trials``: the
+    trials it will have (a searcher sweep's budget)."""
+    trials = sweep.search.budget if getattr(sweep, "search", None) else len(sweep.trials)
+    return {"sweep": {"path": str(Path(sweep.path).resolve()), "trials": trials,
                       "varying": ",".join(sweep.varying_keys) or "-"}}
 
 
@@ -622,11 +638,12 @@ def _sweep_parent(config: TrialConfig, sweep) -> tuple[str | None, str | None]:
 
 def _close_bare_sweep(config: TrialConfig, sweep, parent: str, experiment: str) -> None:
     """End the parent run of a sweep launched without ``jobs.sweep`` (``sbatch --array
-    slurm/train.sh``: no sweep state, no driver) once its last trial has ended."""
+    slurm/train.sh``: no sweep state, no driver) once its last trial has ended, with the sweep's
+    aggregates as its metrics (:func:`jobs.tracking.store.close_sweep_run`)."""
     from jobs.attempt import sweep_end_state
     from jobs.sweep_state import state_path
-    from jobs.tracking import end_run, find_trial_runs, resolve_tracking_uri
-    from jobs.tracking.store import is_transient
+    from jobs.tracking import find_trial_runs, resolve_tracking_uri
+    from jobs.tracking.store import close_sweep_run, is_transient
 
     if state_path(Path(config.run.out_dir).resolve() / sweep.name).exists():
         return  # launched by jobs.sweep: its driver or status closes the parent run
@@ -635,7 +652,7 @@ def _close_bare_sweep(config: TrialConfig, sweep, parent: str, experiment: str) 
         runs = find_trial_runs(uri, experiment, trial_ids=[t.trial_id for t in sweep.trials])
         if len(runs) == len(sweep.trials) and all(r.status != "RUNNING" for r in runs.values()):
             end_state, reason = sweep_end_state(sweep.trials, runs)
-            end_run(uri, parent, end_state, reason)
+            close_sweep_run(uri, parent, len(sweep.trials), runs, end_state, reason)
     except Exception as err:  # noqa: BLE001 - the trial's own outcome stands; status closes it later
         if not is_transient(err):
             raise

@@ -14,7 +14,7 @@ from torch import nn
 from jobs import evaluate as E
 from jobs import fid
 from jobs.config import load_trial_config
-from rgflow.checkpoint import load_checkpoint
+from rgflow.checkpoint import checkpoint_sha256, load_checkpoint
 from rgflow.model import RGFlowModel
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -218,6 +218,42 @@ def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
     assert E.main([str(sweep), "--all", f"run.out_dir={tmp_path}/none"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("error: [0:") and lines[1].startswith("error: [1:")
+
+
+def test_evaluate_from_the_model_artifact_alone(trained, no_weights, capsys):
+    """With the run folder gone (evaluated on another machine), ``jobs.evaluate RUN_ID`` takes the
+    weights and config from the run's ``model/`` artifacts and rebuilds the test data from that
+    config: the same protocol and test BPD as an evaluation from the run folder."""
+    import shutil
+
+    from jobs.train import run_trial
+
+    tmp, client = trained["tmp"], trained["client"]
+    config = load_trial_config(TINY, [*overrides(tmp, trained["config"].data.root), "run.seed=2",
+                                      "tracking.experiment=evalartifact"])
+    outcome = run_trial(config)
+    assert outcome.state == "finished", outcome.reason
+    kept = tmp / "kept-run-folder"
+    shutil.copytree(outcome.run_dir, kept)
+    shutil.rmtree(outcome.run_dir)  # no access to the training node from here on
+
+    assert E.main([outcome.run_id, "--tracking-uri", trained["uri"]]) == 0
+    assert f"evaluated run {outcome.run_id}: test_bpd=" in capsys.readouterr().out
+    assert not outcome.run_dir.exists()  # nothing written where the run folder was
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED" and len(history(client, outcome.run_id, "test_bpd")) == 1
+    assert history(client, outcome.run_id, "test_bpd")[0].step == outcome.step
+    tags = run.data.tags
+    assert tags["rgflow.eval.checkpoint"] == "best" and int(tags["rgflow.eval.checkpoint_step"]) == outcome.step
+    assert tags["rgflow.eval.checkpoint_sha256"] == checkpoint_sha256(kept / "checkpoints" / "best.ckpt")
+    eval_files = {a.path for a in client.list_artifacts(outcome.run_id, "eval")}
+    assert {f"eval/{E.PER_IMAGE_FILE}", "eval/metrics.json", "eval/samples_T1.png"} <= eval_files
+
+    with_folder = E.evaluate_trial(config, kept, outcome.run_id, tracking_uri=trained["uri"], force=True)
+    assert E.protocol_hash(with_folder.protocol) == tags[E.PROTOCOL_TAG]  # one protocol, with or without the folder
+    for key in ("test_bpd", "test_bpd_se", "test_bpd_se_draws"):
+        assert with_folder.metrics[key] == pytest.approx(run.data.metrics[key], rel=1e-9, abs=0), key
+    assert len(history(client, outcome.run_id, "test_bpd")) == 1  # the same value: not logged twice
 
 
 def test_report_reads_what_train_and_evaluate_wrote(trained, tmp_path, no_weights):

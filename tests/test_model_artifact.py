@@ -139,6 +139,12 @@ def test_log_model_none_logs_no_model(trial_data_root, trial_sqlite_uri, tmp_pat
     assert not (run_dir / "model").exists()
     with pytest.raises(ModelLoadError, match="no artifact model"):
         load_model(run_id, trial_sqlite_uri)
+    from jobs.evaluate import EvalInputError, resolve_targets
+
+    shutil.rmtree(run_dir)  # neither a run folder nor a model artifact: nothing to evaluate, one line
+    with pytest.raises(EvalInputError, match=f"run {run_id}: its run folder .* is not on this machine and it has no "
+                                             "model/config.yaml artifact"):
+        resolve_targets(run_id, tracking_uri=trial_sqlite_uri)
 
 
 def test_bad_log_model_is_bad_input(trial_data_root, tmp_path):
@@ -164,13 +170,15 @@ def test_report_register_cli(trained, tmp_path, capsys):
 
 
 def test_evaluate_accepts_model_uris(trained):
-    """``jobs.evaluate runs:/…`` / ``models:/…`` resolve to the run the model came from (whose run
-    folder is gone here: the same one-line error as for its run id)."""
+    """``jobs.evaluate runs:/…`` / ``models:/…`` resolve to the run the model came from; its run
+    folder is gone here, so the config is its ``model/`` artifact's (with the overrides) and there
+    is no run folder to use."""
     from jobs.evaluate import EvalInputError, resolve_targets
 
     register_model(trained.uri, "tiny-model-test", trained.run_id)
     for ref in (f"runs:/{trained.run_id}/model", "models:/tiny-model-test/1", trained.run_id):
-        with pytest.raises(EvalInputError, match=f"run {trained.run_id}: its run folder"):
-            resolve_targets(ref, tracking_uri=trained.uri)
+        [target] = resolve_targets(ref, tracking_uri=trained.uri, overrides=["eval.test_draws=3"])
+        assert target.run_id == trained.run_id and target.run_dir is None
+        assert trial_id(target.config) == trial_id(trained.config) and target.config.eval.test_draws == 3
     with pytest.raises(EvalInputError, match="no-such-model"):
         resolve_targets("models:/no-such-model/1", tracking_uri=trained.uri)

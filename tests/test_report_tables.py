@@ -158,6 +158,15 @@ def test_settings_table_mean_ci_cost_and_failures():
     assert "± 0.0000" not in shown.to_string()
 
 
+def test_a_pruned_trial_is_named_but_kept_out_of_the_statistics():
+    reason = "pruned by asha at epoch 1 of 3 (val_bpd 3.9000 behind its rung)"
+    table = trials_frame([dict(batch_size=64, seed=s, final_val_bpd=v) for s, v in enumerate([3.0, 3.2])]
+                         + [dict(batch_size=64, seed=2, state="pruned", failure_reason=reason, final_val_bpd=3.9)])
+    settings = settings_table(table).set_index("batch_size")
+    assert settings.at[64, "final_val_bpd_mean"] == pytest.approx(3.1) and settings.at[64, "final_val_bpd_n"] == 2
+    assert settings.at[64, "finished"] == 2 and settings.at[64, "failures"] == f"1 of 3 pruned: {reason}"
+
+
 # ----------------------------------------------------------------------------------------------
 # Against the 2025 reproduction
 # ----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+from jobs.attempt import StopRequest
 from jobs.sweep_spec import load_sweep
 from jobs.tracking import tags as TG
 from jobs.train import run_trial, trial_run_names
@@ -97,7 +98,7 @@ def test_every_attempt_uploads_its_log(tmp_path, trial_data_root, trial_sqlite_u
 
     cfg = load_trial_config(tiny_trial(tmp_path / "t.yaml", trial_data_root, tmp_path / "runs", trial_sqlite_uri,
                                        train={"epochs": 1}))
-    first = run_trial(cfg, run_name="bs16-s0", stop_flag=lambda: "preempted by the test")
+    first = run_trial(cfg, run_name="bs16-s0", stop_flag=lambda: StopRequest("preempted", "preempted by the test"))
     assert first.state == "preempted"
     run = find_run(trial_sqlite_uri, first.run_id)
     assert run.status == "KILLED" and run.tags[TG.STATE_TAG] == "preempted"

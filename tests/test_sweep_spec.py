@@ -138,6 +138,64 @@ axes:
     assert len(other.trials) == 4 and other.trials[0].varying["train.lr"] != first.trials[0].varying["train.lr"]
 
 
+SEARCHED = """
+name: searched
+base:
+  model: {preset: tiny}
+  run: {out_dir: OUT}
+axes:
+  grid:
+    train.batch_size: [32, 64]
+  random:
+    params:
+      train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+  seeds: [0, 1]
+tune:
+  searcher: {num_samples: 3}
+  scheduler: {grace_epochs: 2, group_by: [train.batch_size]}
+"""
+
+
+def test_tune_section_is_typed_and_a_searcher_sweep_has_its_recorded_trials(tmp_path):
+    import json
+
+    path = write(tmp_path, SEARCHED.replace("OUT", str(tmp_path / "runs")))
+    sweep = load_sweep(path)
+    assert (sweep.tune.scheduler.kind, sweep.tune.scheduler.grace_epochs, sweep.tune.scheduler.group_by) == \
+        ("asha", 2.0, ("train.batch_size",))
+    assert (sweep.tune.searcher.kind, sweep.tune.searcher.num_samples) == ("optuna", 3)
+    assert sweep.trials == [] and sweep.search.budget == 4 * 3  # 2 batch sizes × 2 seeds, 3 points each
+    assert sweep.search.frames[1] == {"train.batch_size": 32, "run.seed": 1}
+    assert sweep.first_config.run.out_dir == str(tmp_path / "runs")
+    assert "searcher: optuna samples up to 12 more trials (3 per setting × 4 settings; 0 sampled so far)" in \
+        format_trials_table(sweep)
+    record = [{"index": 0, "frame": 3, "params": {"train.lr": 0.002}}, {"index": 1, "frame": 0, "params": {"train.lr": 3e-4}}]
+    (tmp_path / "runs" / "searched").mkdir(parents=True)
+    sweep.search.record.write_text(json.dumps(record))
+    again = load_sweep(path)
+    assert [(t.index, t.config.train.batch_size, t.config.run.seed, t.config.train.lr) for t in again.trials] == \
+        [(0, 64, 1, 0.002), (1, 32, 0, 3e-4)]
+    assert again.sweep_id == sweep.sweep_id  # the sweep is what it searches, not how far it got
+    assert "up to 10 more trials (3 per setting × 4 settings; 2 sampled so far)" in format_trials_table(again)
+    assert load_sweep(path, ["tune.scheduler.kind=hyperband"]).tune.scheduler.kind == "hyperband"
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    (SEARCHED, ["backend=local"], "tune: schedulers and searchers are Ray Tune's: set backend: ray, or remove the tune "
+                                  "section (backend=local [override 'backend=local'])"),
+    (SEARCHED, ["tune.scheduler.kind=median"], "tune.scheduler.kind='median': must be one of asha, hyperband"),
+    (SEARCHED, ["tune.scheduler.reduction_factor=1"], "tune.scheduler.reduction_factor=1.0: must be above 1"),
+    (SEARCHED, ["tune.scheduler.group_by=[train.nope]"], "tune.scheduler.group_by='train.nope': must list trial config keys"),
+    (SEARCHED, ["tune.searcher.num_samples=0"], "tune.searcher.num_samples=0"),
+    (SEARCHED, ["random.samples=2"], "axes.random.samples=2: not used with tune.searcher"),
+    ("name: x\ntune: {searcher: {num_samples: 2}}\n", [], "tune.searcher: needs axes.random.params"),
+    ("name: x\ntune: {schedule: {}}\n", [], "tune.schedule"),
+])
+def test_tune_section_errors_are_one_line(tmp_path, text, overrides, message):
+    path = write(tmp_path, text.replace("OUT", str(tmp_path)))
+    assert message in error_of(path, overrides)
+
+
 def test_a_sweep_without_axes_is_one_trial(tmp_path):
     sweep = load_sweep(write(tmp_path, "name: one\nbase: {train: {epochs: 2}}\n"))
     assert len(sweep.trials) == 1 and sweep.trials[0].varying == {} and sweep.trials[0].config.train.epochs == 2
@@ -356,7 +414,8 @@ def test_duplicate_trials_name_both_indexes(tmp_path):
     ("name: x\naxes: {random: {samples: 2, params: {train.lr: {loguniform: [0, 1]}}}}\n",
      "train.lr=[0.0, 1.0]: loguniform bounds must satisfy 0 < lo < hi [in {path} axes.random]"),
     ("name: x\naxes: {random: {params: {train.lr: {uniform: [0.1, 1]}}}}\n",
-     "axes.random.samples=null: must be a positive integer [in {path} axes.random]"),
+     "axes.random.samples=null: must be a positive integer (the number of random draws), or add tune.searcher to "
+     "search axes.random.params adaptively [in {path} axes.random]"),
     ("name: x\naxes: {random: {samples: 2, params: {train.batch_size: {uniform: [16, 64]}}}}\n",
      None),  # a float drawn for an integer key: named below
     ("name: x\nbase: {train: {epochs: three}}\n", "train.epochs='three': expected an integer, got a string [in {path} base]"),
@@ -364,7 +423,7 @@ def test_duplicate_trials_name_both_indexes(tmp_path):
     ("name: x\nresources: {gpus: -1}\n", "resources.gpus=-1.0: must be a non-negative number [in {path}]"),
     ("name: x\nbase_config: nope.yaml\n", "{dir}/nope.yaml: no such file"),
     ("name: x\naxes:\n  grid: [1\n", "{path}:4:1: invalid YAML: expected ',' or ']', but got '<stream end>'"),
-    ("- 1\n", "expected a sweep mapping with keys name, description, base_config, base, axes, resources, backend, max_failures, ray, slurm, local, evaluation, report, got [1] [in {path}]"),
+    ("- 1\n", "expected a sweep mapping with keys name, description, base_config, base, axes, resources, backend, max_failures, ray, slurm, local, evaluation, report, tune, reuse, got [1] [in {path}]"),
 ])
 def test_file_errors(tmp_path, text, message):
     path = write(tmp_path, text)

@@ -34,8 +34,8 @@ def exp(store, request) -> str:
     return T.ensure_experiment(store, request.node.name)
 
 
-def _open(store, exp, run_dir, trial_id="t0", parent=None, **kw) -> T.TrialRun:
-    return T.open_trial_run(store, exp, trial_id, f"trial-{trial_id}", parent, PARAMS, {"rgflow.sweep": "s"},
+def _open(store, exp, run_dir, trial_id="t0", parent=None, run_name=None, **kw) -> T.TrialRun:
+    return T.open_trial_run(store, exp, trial_id, run_name or f"trial-{trial_id}", parent, PARAMS, {"rgflow.sweep": "s"},
                             run_dir, flush_interval_s=0.1, **kw)
 
 
@@ -88,7 +88,7 @@ def test_bad_end_state_and_metric_name(store, exp, tmp_path):
         trial.log_metrics({'bad"key': 1.0}, 1)
     with pytest.raises(ValueError, match="metric loss='x': must be a number"):
         trial.log_metrics({"loss": "x"}, 1)
-    with pytest.raises(ValueError, match="state='done': must be one of finished, failed, preempted, killed"):
+    with pytest.raises(ValueError, match="state='done': must be one of finished, pruned, failed, preempted, killed"):
         trial.end("done")
     assert trial.end("finished")
 
@@ -442,14 +442,18 @@ def test_sweep_description_and_summary(store, exp, tmp_path):
     assert client.get_experiment(exp).tags[NOTE_TAG] == "batch 32 vs 128"
     assert T.ensure_sweep_run(store, exp, "s", "desc0123", {}, description="edited") == parent
     assert client.get_run(parent).data.tags[NOTE_TAG] == "edited" and client.get_experiment(exp).tags[NOTE_TAG] == "edited"
-    for tid, vals, state in (("a", [3.0, 2.5, 2.7], "finished"), ("b", [2.9], "failed")):
-        trial = _open(store, exp, tmp_path / tid, trial_id=tid, parent=parent)
+    trials = (("a", [3.0, 2.5, 2.7], "finished", "bs32-s0", 2.6), ("b", [2.9], "failed", "bs32-s1", None),
+              ("c", [2.8], "finished", "bs32-s2", 2.55), ("d", [2.7], "finished", "bs64-s0", 2.9),
+              ("e", [2.4], "pruned", "bs64-s1", None))
+    for tid, vals, state, name, test in trials:
+        trial = _open(store, exp, tmp_path / tid, trial_id=tid, parent=parent, run_name=name)
         for step, v in enumerate(vals, 1):
             trial.log_metrics({"val_bpd": v}, step)
-        if tid == "a":
-            trial.log_metrics({"test_bpd": 2.6}, 10)
+        if test is not None:
+            trial.log_metrics({"test_bpd": test}, 10)
         trial.end(state)
     runs = T.find_trial_runs(store, exp, parent_run_id=parent)
-    summary = log_sweep_summary(store, parent, 3, runs)
-    assert summary == {"trials": 3, "trials_finished": 1, "trials_failed": 1, "best_val_bpd": 2.5, "best_test_bpd": 2.6}
+    summary = log_sweep_summary(store, parent, 6, runs)
+    assert summary == {"trials": 6, "trials_finished": 3, "trials_pruned": 1, "trials_failed": 1, "best_val_bpd": 2.4,
+                       "best_test_bpd": 2.55, "best_test_bpd/bs32": 2.55, "best_test_bpd/bs64": 2.9}
     assert client.get_run(parent).data.metrics == summary

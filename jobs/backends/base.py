@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from jobs.progress import Counts, Progress, count_states
-from jobs.sweep_spec import LocalSettings, RaySettings, SlurmSettings
+from jobs.sweep_spec import LocalSettings, RaySettings, SlurmSettings, Search, TuneSettings
 from jobs.sweep_state import SweepState
 
 
@@ -62,7 +62,8 @@ class SweepContext:
     (a plain dict) and ``resources`` the per-trial resources (plain dict: ``cpus``, ``gpus``,
     ``mem_gb``, ``time_min``). ``max_failures``: failed attempts retried per trial.
     ``evaluations``: the evaluations to run after training (``jobs.evaluate``), empty for none. ``cwd``: the
-    launcher's working directory, where relative paths in the trial config resolve.
+    launcher's working directory, where relative paths in the trial config resolve. ``tune``: the
+    sweep's Ray Tune scheduler and searcher (Ray backend); ``search``: what its searcher samples.
     """
 
     name: str
@@ -80,6 +81,8 @@ class SweepContext:
     resources: TrialResources = TrialResources()
     cwd: str = "."
     parent_params: dict[str, Any] | None = None
+    tune: TuneSettings | None = None
+    search: Search | None = None
 
     def logs_dir(self) -> str:
         """``<sweep_dir>/logs``: driver-side logs of Ray, MLflow and the backends."""

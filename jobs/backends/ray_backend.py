@@ -45,15 +45,20 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from jobs.attempt import Action, ExitCode, execute, next_action
+from jobs.attempt import Action, execute, next_action
 from jobs.backends.base import (
     Backend, LaunchResult, ProgressTracker, SweepContext, TrialResources, TrialTask, is_process,
 )
+from jobs.backends.tune_control import BoardWatch, TuneReporter, make_scheduler, make_searcher, start_stop_board
+from jobs.config import flatten
+from jobs.tracking.tags import RAY_NODE_TAG
 from jobs.sweep_state import SweepState, TrialJob, save_state
 
 
@@ -119,28 +124,181 @@ def private_embedded_ray(sweep_dir: str) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
-def _trainable(config: dict, ctx: SweepContext = None, tasks: dict = None) -> None:
+def _trainable(config: dict, ctx: SweepContext = None, tasks: dict = None, board=None) -> None:
     """Tune function trainable: attempts of one trial until :func:`jobs.attempt.next_action` says
-    done, reported once with the outcome."""
+    done or the board asks it to stop, each validation reported live (:class:`TuneReporter`), the
+    outcome reported last. A trial the board stopped before it began reports ``pending`` at once.
+    ``config``: ``{"index"}`` of one of ``tasks``, or a searched trial (:meth:`_LaunchTrials.sample`)."""
+    import ray
     from ray import tune
 
-    task: TrialTask = tasks[config["index"]]
-    while True:
-        outcome = execute(ctx, task)
-        if next_action(outcome.exit_code, outcome.failures, ctx.max_failures) not in (Action.RETRY, Action.REQUEUE):
-            break
-    tune.report({"exit_code": int(outcome.exit_code), "state": outcome.state,
-                 "val_bpd": outcome.val_bpd if outcome.val_bpd is not None else float("nan")})
+    task: TrialTask = tasks[config["index"]] if "frame" not in config else searched_task(ctx, config)
+    if ray.get(board.get.remote(task.trial_id)) is not None:
+        tune.report({"exit_code": -1, "state": "pending", "val_bpd": float("nan")})
+        return
+    watch = BoardWatch(board, task.trial_id)
+    reporter = TuneReporter(task.config.train.batch_size, task.config.train.epochs)
+
+    def stop_flag():
+        return watch() or reporter.stopped
+
+    tags = {RAY_NODE_TAG: ray.get_runtime_context().get_node_id()}
+    try:
+        while True:
+            outcome = execute(ctx, task, stop_flag=stop_flag, on_validation=reporter, tags=tags)
+            action = next_action(outcome.exit_code, outcome.failures, ctx.max_failures, stopping=stop_flag() is not None)
+            if action not in (Action.RETRY, Action.REQUEUE):
+                break
+    finally:
+        watch.close()
+    if reporter.stopped is None:
+        tune.report({"exit_code": int(outcome.exit_code), "state": outcome.state,
+                     "val_bpd": outcome.val_bpd if outcome.val_bpd is not None else float("nan")})
 
 
-def _callback(tracker: ProgressTracker, tasks: dict[int, TrialTask]):
+class _DriverStops:
+    """SIGINT/SIGTERM to the driver during a launch: the first one stops every trial through the
+    board (posted from Tune's loop by :func:`_callback`), each after a checkpoint — SIGINT as killed,
+    SIGTERM (a preempted allocation) as preempted; trials not started yet are not started. A second
+    SIGINT aborts at once (KeyboardInterrupt)."""
+
+    STATES = {signal.SIGINT: "killed", signal.SIGTERM: "preempted"}
+
+    def __init__(self):
+        self.request: tuple[str, str] | None = None
+        self.posted = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_DriverStops":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.STATES}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.request is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.request = self.request or (self.STATES[signum], f"sweep driver received {signal.Signals(signum).name}")
+
+    def post(self, board) -> None:
+        """Tell the board once a stop was asked (called from Tune's loop, never from the handler)."""
+        if self.request is not None and not self.posted:
+            self.posted = True
+            board.stop_all.remote(*self.request)
+
+
+def searched_task(ctx: SweepContext, config: dict) -> TrialTask:
+    """The task of a searched trial from its Tune config (``index``, ``frame``, ``params``, ``name``)."""
+    from jobs.run_folder import run_dir_for
+
+    trial = ctx.search.trial(config["index"], config["frame"], config["params"])
+    return TrialTask(trial.index, trial.trial_id, trial.config, str(run_dir_for(trial.config, ctx.name)), config["name"])
+
+
+class _LaunchTrials:
+    """The trials of one Ray launch: the given ``tasks`` and, with a searcher, those it samples
+    (recorded in the sweep's search record before they run, added to the sweep state and the
+    progress line)."""
+
+    def __init__(self, ctx: SweepContext, tasks: list[TrialTask], state: SweepState, tracker: ProgressTracker):
+        self.ctx, self.state, self.tracker = ctx, state, tracker
+        self.by_index: dict[int, TrialTask] = {}
+        for task in tasks:
+            self.add(task)
+        save_state(ctx.sweep_dir, state)
+
+    def add(self, task: TrialTask) -> None:
+        self.by_index[task.index] = task
+        self.state.trials[task.trial_id] = TrialJob(index=task.index, job_id=f"pid:{os.getpid()}",
+                                                    submitted_at=time.time())
+
+    def identify(self, config: dict) -> tuple[str, tuple]:
+        """(trial id, ``tune.scheduler.group_by`` values) of a Tune trial config."""
+        task = self.by_index[config["index"]]
+        keys = self.ctx.tune.scheduler.group_by if self.ctx.tune and self.ctx.tune.scheduler else ()
+        flat = flatten(task.config)
+        return task.trial_id, tuple(flat.get(k) for k in keys)
+
+    def folder_name(self, trial) -> str:
+        return f"{trial.config['index']:04d}-{self.by_index[trial.config['index']].trial_id}"
+
+    def max_epochs(self) -> float:
+        """The longest ``train.epochs`` of the sweep (the scheduler's default budget)."""
+        configs = [t.config for t in self.by_index.values()]
+        if self.ctx.search is not None:
+            configs += [self.ctx.search.trial(0, f, {}).config for f in range(len(self.ctx.search.frames))]
+        return max(float(c.train.epochs) for c in configs)
+
+    # -- searcher sweeps --------------------------------------------------------------------------
+
+    def to_run(self) -> int:
+        """Tune samples of this launch: the recorded trials to resume plus the budget left."""
+        search = self.ctx.search
+        done = len(search.entries()) - len(self.by_index)
+        return max(search.budget - done, len(self.by_index))
+
+    def searcher(self):
+        """The Tune search algorithm (:func:`jobs.backends.tune_control.make_searcher`), told what the
+        recorded trials gave (from MLflow) and resuming the unfinished ones."""
+        from jobs.backends.base import best_val_bpd
+        from jobs.tracking import find_trial_runs
+
+        search = self.ctx.search
+        self.entries = search.entries()
+        self.known = {t.trial_id: t.index for _, t in search.recorded()}
+        recorded = {t.index: t for _, t in search.recorded()}
+        runs = find_trial_runs(self.ctx.tracking_uri, self.ctx.experiment_id, trial_ids=list(self.known)) \
+            if self.ctx.experiment_id and self.known else {}
+        done: dict[int, list] = {}
+        pending: dict[int, list] = {}
+        for entry in self.entries:
+            trial = recorded.get(entry["index"])
+            if trial is None:
+                continue
+            if entry["index"] in self.by_index:
+                pending.setdefault(entry["frame"], []).append(entry["params"])
+            else:
+                run = runs.get(trial.trial_id)
+                value = best_val_bpd(run.metrics) if run is not None else None
+                done.setdefault(entry["frame"], []).append((entry["params"], value, run.state if run else "failed"))
+        return make_searcher(search, done, pending, self.sample)
+
+    def sample(self, frame: int, params: dict[str, Any]) -> dict[str, Any]:
+        """Record the searcher's sample (a new trial, or one already recorded) and return its Tune config."""
+        from types import SimpleNamespace
+
+        from jobs.run_folder import run_dir_for
+        from jobs.train import trial_run_names
+
+        search = self.ctx.search
+        trial = search.trial(len(self.entries), frame, params)
+        index = self.known.get(trial.trial_id)
+        if index is None:
+            index = trial.index
+            self.entries.append({"index": index, "frame": frame, "params": params})
+            search.write(self.entries)
+            self.known[trial.trial_id] = index
+        if index not in self.by_index:
+            trial = search.trial(index, frame, params)
+            names = trial_run_names(SimpleNamespace(trials=[t for _, t in search.recorded()]))
+            self.add(TrialTask(index, trial.trial_id, trial.config, str(run_dir_for(trial.config, self.ctx.name)),
+                               names[-1] if names else ""))
+            save_state(self.ctx.sweep_dir, self.state)
+            self.tracker.set(trial.trial_id, "pending")
+        return {"index": index, "frame": frame, "params": params, "name": self.by_index[index].run_name}
+
+
+def _callback(tracker: ProgressTracker, trials: _LaunchTrials, stops: _DriverStops, board):
     from ray import tune
 
     class ProgressCallback(tune.Callback):
-        """Keeps the progress line in step with Tune's trial events."""
+        """Keeps the progress line in step with Tune's trial events; relays the driver's stops."""
 
         def _tid(self, trial) -> str:
-            return tasks[trial.config["index"]].trial_id
+            return trials.identify(trial.config)[0]
 
         def on_trial_start(self, iteration, trials, trial, **info):
             tracker.set(self._tid(trial), "running")
@@ -156,6 +314,7 @@ def _callback(tracker: ProgressTracker, tasks: dict[int, TrialTask]):
             tracker.set(self._tid(trial), "failed")
 
         def on_step_begin(self, iteration, trials, **info):
+            stops.post(board)
             tracker.draw()
 
     return ProgressCallback()
@@ -169,7 +328,7 @@ class RayBackend(Backend):
     ) -> LaunchResult:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # the driver's own (_DriverStops) stops trials gracefully
         settings = ctx.settings
         address = settings.address or "local"
         embedded = address == "local"
@@ -186,26 +345,22 @@ class RayBackend(Backend):
                     note = ("ray.dashboard=true but Ray's dashboard packages are not installed (pip install "
                             "'ray[default]'): started without the dashboard")
                     print(f"sweep {ctx.name}: {note}", flush=True)
-        by_index = {t.index: t for t in tasks}
-        for task in tasks:
-            state.trials[task.trial_id] = TrialJob(index=task.index, job_id=f"pid:{os.getpid()}", submitted_at=time.time())
-        save_state(ctx.sweep_dir, state)
-        with private_embedded_ray(ctx.sweep_dir) if embedded else contextlib.nullcontext():
-            grid = self._fit(ctx, by_index, tracker, address, init_kw)
+        trials = _LaunchTrials(ctx, tasks, state, tracker)
+        with private_embedded_ray(ctx.sweep_dir) if embedded else contextlib.nullcontext(), _DriverStops() as stops:
+            grid = self._fit(ctx, trials, tracker, address, init_kw, stops)
         states = {}
         for result in grid:
-            task = by_index[result.config["index"]] if result.config else None
-            if task is None:
+            if not result.config or result.config.get("index") not in trials.by_index:
                 continue
-            code = (result.metrics or {}).get("exit_code")
-            states[task.trial_id] = "failed" if result.error is not None else {ExitCode.FINISHED: "finished"}.get(
-                code, (result.metrics or {}).get("state", "killed"))
-        interrupted = any(tracker.states.get(t.trial_id) in ("running", "pending") for t in tasks) or any(
+            tid = trials.by_index[result.config["index"]].trial_id
+            states[tid] = "failed" if result.error is not None else (result.metrics or {}).get("state", "killed")
+        interrupted = stops.request is not None or any(
+            tracker.states.get(t.trial_id) in ("running", "pending") for t in trials.by_index.values()) or any(
             s == "killed" for s in states.values())
         return LaunchResult(states=states, interrupted=interrupted, message=note)
 
-    def _fit(self, ctx: SweepContext, by_index: dict[int, TrialTask], tracker: ProgressTracker, address: str,
-             init_kw: dict[str, Any]):
+    def _fit(self, ctx: SweepContext, trials: _LaunchTrials, tracker: ProgressTracker, address: str,
+             init_kw: dict[str, Any], stops: _DriverStops):
         """Ray started (or joined), the Tune experiment run, Ray shut down: Tune's result grid."""
         import ray
         from ray import tune
@@ -218,24 +373,34 @@ class RayBackend(Backend):
             if address == "local" and not gcs.startswith(f"{LOOPBACK}:"):
                 print(f"sweep {ctx.name}: warning: the embedded Ray is advertised at {gcs}, not on {LOOPBACK}; "
                       "only its token authentication keeps other hosts out", flush=True)
+            board = start_stop_board()
             trainable = tune.with_resources(
-                tune.with_parameters(_trainable, ctx=ctx, tasks=by_index), self.trial_resources(ctx)
+                tune.with_parameters(_trainable, ctx=ctx, tasks=dict(trials.by_index), board=board),
+                self.trial_resources(ctx)
             )
+            if ctx.search is None:
+                space, search_kw = {"index": tune.grid_search(sorted(trials.by_index))}, {}
+            else:
+                space, search_kw = {}, {"search_alg": trials.searcher(), "num_samples": trials.to_run()}
+            scheduler = None
+            if ctx.tune is not None and ctx.tune.scheduler is not None:
+                scheduler = make_scheduler(ctx.tune.scheduler, board, trials.identify, trials.max_epochs())
             tuner = tune.Tuner(
                 trainable,
-                param_space={"index": tune.grid_search(sorted(by_index))},
+                param_space=space,
                 tune_config=tune.TuneConfig(
+                    metric="val_bpd", mode="min", scheduler=scheduler, **search_kw,
                     max_concurrent_trials=settings.max_concurrent_trials,
                     reuse_actors=True,  # no new worker process (and torch import) per trial
-                    trial_name_creator=lambda t: f"{t.config['index']:04d}-{by_index[t.config['index']].trial_id}",
-                    trial_dirname_creator=lambda t: f"{t.config['index']:04d}-{by_index[t.config['index']].trial_id}",
+                    trial_name_creator=trials.folder_name,
+                    trial_dirname_creator=trials.folder_name,
                 ),
                 run_config=tune.RunConfig(
                     name=time.strftime("launch-%Y%m%d-%H%M%S"),
                     storage_path=str(Path(settings.storage_path or Path(ctx.sweep_dir, "tune")).resolve()),
                     failure_config=tune.FailureConfig(max_failures=ctx.max_failures),
                     verbose=0,
-                    callbacks=[_callback(tracker, by_index)],
+                    callbacks=[_callback(tracker, trials, stops, board)],
                 ),
             )
             return tuner.fit()

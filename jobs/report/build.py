@@ -46,7 +46,7 @@ def sweep_target(path: str | Path, overrides: list[str] = ()) -> dict:
     from jobs.sweep_spec import load_sweep
 
     sweep = load_sweep(path, list(overrides))
-    return {"experiment": sweep.name, "uri": sweep.trials[0].config.tracking.uri if sweep.trials else None,
+    return {"experiment": sweep.name, "uri": sweep.first_config.tracking.uri,
             "sweep_id": sweep.sweep_id, "trial_ids": [t.trial_id for t in sweep.trials],
             "resources": {"gpus": float(sweep.resources.gpus), "cpus": float(sweep.resources.cpus)},
             "margin": sweep.report.equivalence_margin}

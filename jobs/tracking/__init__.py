@@ -9,7 +9,9 @@ Public API:
   :func:`ensure_sweep_run`, :func:`find_sweep_run`, :func:`find_trial_runs` (→ :class:`RunSummary`),
   :func:`find_run`, :func:`find_run_by_trial_id`, :func:`read_metric_history`, :func:`list_artifacts`,
   :func:`download_artifact`, :func:`log_evaluation`, :func:`log_report`, :func:`log_parent_tags`,
-  :func:`end_run` (close or reap a run with a reason), :func:`mark_killed`,
+  :func:`end_run` (close or reap a run with a reason), :func:`mark_killed`, ``close_sweep_run`` (the
+  parent's summary metrics, then its end state); reuse across sweeps: ``find_reusable_runs``,
+  ``link_trial_run``, ``delete_link_run`` (``jobs.reuse``);
   :func:`flatten_params`; the trained model: :func:`resolve_model_ref`, :func:`download_model` (a run
   id, ``runs:/…`` or ``models:/…``), :func:`register_model` (Model Registry); :func:`get_client` (the raw client: for ``jobs/tracking/`` and tests only);
 * :func:`open_trial_run` → :class:`TrialRun` (non-blocking metrics, offline spool and replay,
@@ -22,12 +24,17 @@ The names of ``store.py`` and ``trial.py`` are imported on first use: importing 
 ``fast_read``) does not import mlflow.
 """
 import importlib
+import os
 
 from .env import environment_tags
 from .layout import END_STATES, RunSummary, TrackingError
 from .record import RECORD_NAME
 from .spool import CURSOR_NAME, SPOOL_NAME
 from .uri import resolve_tracking_uri
+
+# MLflow draws a tqdm bar on stderr for every artifact download (the model, the report's inputs)
+# when tqdm is importable; the CLIs' stderr is for one-line messages.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 _LAZY = {
     **dict.fromkeys(("download_artifact", "end_run", "ensure_experiment", "ensure_sweep_run",

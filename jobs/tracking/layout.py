@@ -16,7 +16,8 @@ from .tags import (  # noqa: F401
 )
 
 #: ``rgflow.state`` value → MLflow run status (docs/ARCHITECTURE.md, "MLflow run status").
-END_STATES = {"finished": "FINISHED", "failed": "FAILED", "preempted": "KILLED", "killed": "KILLED"}
+END_STATES = {"finished": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "preempted": "KILLED",
+              "killed": "KILLED"}
 TERMINAL_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 
 #: Runs per page of a trial search (MLflow's largest page is 50,000; 1,000 keeps replies small).

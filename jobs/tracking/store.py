@@ -9,7 +9,8 @@ its tag names live in ``tags.py``, :class:`RunSummary` in ``layout.py``, trackin
 
 Code outside ``jobs/tracking/`` talks to MLflow only through the named operations here (find an
 experiment, a run, a trial's run, the sweep's run; read a metric history or artifacts; log an
-evaluation, a report, parent tags; count a failure; end or kill runs): it imports neither mlflow
+evaluation, a report, parent tags; count a failure; end or kill runs; close a sweep's run with its
+summary; find reusable runs of other sweeps, link or delete a link run): it imports neither mlflow
 nor :func:`get_client` (``tests/test_tracking_boundary.py``).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -35,8 +37,9 @@ from .layout import (
 # Re-exported: the layout and URI names were defined here before they moved to light modules.
 from .layout import TrackingError  # noqa: F401
 from .tags import (  # noqa: F401 - the tag names are re-exported for trial.py and older importers
-    ATTEMPT_TAG, EXPERIMENT_KIND_TAG, FAILURES_TAG, NOTE_TAG, PARENT_TAG, REASON_TAG, ROLE_TAG, RUN_DIR_TAG, STATE_TAG,
-    SWEEP_ID_TAG, SWEEP_TAG, TRIAL_ID_TAG,
+    ATTEMPT_TAG, EVAL_PROTOCOL_TAG, EXPERIMENT_KIND_TAG, FAILURES_TAG, NOTE_TAG, PARENT_TAG, REASON_TAG,
+    REUSED_FROM_EXPERIMENT_TAG, REUSED_FROM_TAG, ROLE_TAG, RUN_DIR_TAG, RUN_NAME_TAG, SOURCE_GIT_COMMIT_TAG,
+    SOURCE_NAME_TAG, SOURCE_TYPE_TAG, STATE_TAG, SWEEP_ID_TAG, SWEEP_TAG, TRIAL_ID_TAG, USER_TAG,
 )
 from .uri import resolve_tracking_uri, sqlite_path  # noqa: F401
 
@@ -234,19 +237,31 @@ def experiment_name(uri: str, experiment_id: str) -> str:
                            what=f"experiment {experiment_id}")
 
 
-#: The metrics :func:`log_sweep_summary` logs on a sweep's parent run (step 0, one value per close).
-SWEEP_SUMMARY_METRICS = ("trials", "trials_finished", "trials_failed", "best_val_bpd", "best_test_bpd")
+#: The metrics :func:`log_sweep_summary` logs on a sweep's parent run (step 0, one value per close),
+#: besides ``best_test_bpd/<setting>`` per setting.
+SWEEP_SUMMARY_METRICS = ("trials", "trials_finished", "trials_pruned", "trials_failed", "best_val_bpd", "best_test_bpd")
+
+
+def setting_label(run: RunSummary) -> str:
+    """The setting a trial run belongs to: its run name without the seed part (``bs64-laplace-s2``
+    → ``bs64-laplace``; see ``jobs.train.trial_run_names``), or its trial id when unnamed."""
+    name = run.tags.get(RUN_NAME_TAG) or run.trial_id
+    return re.sub(r"(^|-)s\d+(?=-t\d+$|$)", "", name) or name
 
 
 def sweep_summary(uri: str, trials: int, runs: Mapping[str, RunSummary]) -> dict[str, float]:
     """The aggregates of a sweep from its trial runs (``runs``: trial id → :class:`RunSummary`) and
-    its number of ``trials``: ``trials``, ``trials_finished`` and ``trials_failed`` (runs FINISHED /
-    FAILED), ``best_val_bpd`` (bits/dim: the lowest validation BPD any trial logged, over each run's
-    whole ``val_bpd`` history — one ``get_metric_history`` per run) and ``best_test_bpd`` (bits/dim:
-    the lowest latest ``test_bpd`` of the evaluated trials). A BPD without any value is left out."""
+    its number of ``trials``: ``trials``, ``trials_finished``, ``trials_pruned`` and ``trials_failed``
+    (runs FINISHED, FINISHED with ``rgflow.state=pruned``, FAILED), ``best_val_bpd`` (bits/dim: the
+    lowest validation BPD any trial logged, over each run's whole ``val_bpd`` history — one
+    ``get_metric_history`` per run), ``best_test_bpd`` (bits/dim: the lowest latest ``test_bpd`` of
+    the evaluated trials) and ``best_test_bpd/<setting>`` (the same per :func:`setting_label`, i.e.
+    over the seeds of one setting). A BPD without any value is left out."""
+    pruned = [r for r in runs.values() if r.status == "FINISHED" and r.state == "pruned"]
     summary: dict[str, float] = {
         "trials": float(trials),
-        "trials_finished": float(sum(r.status == "FINISHED" for r in runs.values())),
+        "trials_finished": float(sum(r.status == "FINISHED" for r in runs.values()) - len(pruned)),
+        "trials_pruned": float(len(pruned)),
         "trials_failed": float(sum(r.status == "FAILED" for r in runs.values())),
     }
     vals = []
@@ -260,6 +275,11 @@ def sweep_summary(uri: str, trials: int, runs: Mapping[str, RunSummary]) -> dict
         summary["best_val_bpd"] = float(min(vals))
     if tests:
         summary["best_test_bpd"] = float(min(tests))
+    for run in runs.values():
+        value = run.metrics.get("test_bpd", math.nan)
+        key = f"best_test_bpd/{setting_label(run)}"
+        if math.isfinite(value) and run.state != "pruned" and value < summary.get(key, math.inf):
+            summary[key] = float(value)
     return summary
 
 
@@ -271,6 +291,16 @@ def log_sweep_summary(uri: str, parent_run_id: str, trials: int, runs: Mapping[s
     metrics = [Metric(k, v, now, 0) for k, v in summary.items()]
     retry_transient(lambda: get_client(uri).log_batch(parent_run_id, metrics=metrics, synchronous=True),
                     timeout_s=60.0, what=f"summary of sweep run {parent_run_id}")
+    return summary
+
+
+def close_sweep_run(uri: str, parent_run_id: str, trials: int, runs: Mapping[str, RunSummary], state: str,
+                    reason: str | None = None) -> dict[str, float]:
+    """Close a sweep's parent run: :func:`log_sweep_summary` of its ``trials`` and trial ``runs``,
+    then :func:`end_run` in ``state`` with ``reason``; returns the summary. Whoever closes the parent
+    (the launcher, ``jobs.sweep status``, the last task of a bare ``sbatch --array`` sweep) calls this."""
+    summary = log_sweep_summary(uri, parent_run_id, trials, runs)
+    end_run(uri, parent_run_id, state, reason)
     return summary
 
 
@@ -374,23 +404,119 @@ def find_run(uri: str, run_id: str) -> RunSummary | None:
     return _summary(run)
 
 
-def find_run_by_trial_id(uri: str, trial_id: str) -> RunSummary | None:
-    """The most recently started active run tagged ``rgflow.trial_id = trial_id`` in any active
-    experiment at ``uri``; None if there is none. Cost: the pages of ``search_experiments`` plus one
-    ``search_runs`` (``max_results=1``), not retried."""
-    client = get_client(uri)
+def _experiment_ids(client: MlflowClient) -> list[str]:
+    """The ids of every active experiment (the pages of ``search_experiments``)."""
     ids, token = [], None
     while True:
         page = client.search_experiments(page_token=token)
         ids += [e.experiment_id for e in page]
         token = page.token
         if not token:
-            break
+            return ids
+
+
+def find_run_by_trial_id(uri: str, trial_id: str) -> RunSummary | None:
+    """The most recently started active run tagged ``rgflow.trial_id = trial_id`` in any active
+    experiment at ``uri``; None if there is none. Cost: the pages of ``search_experiments`` plus one
+    ``search_runs`` (``max_results=1``), not retried."""
+    client = get_client(uri)
+    ids = _experiment_ids(client)
     if not ids:
         return None
     runs = client.search_runs(ids, f"tags.`{TRIAL_ID_TAG}` = '{filter_literal(trial_id)}'", ViewType.ACTIVE_ONLY,
                               max_results=1, order_by=["attributes.start_time DESC"])
     return _summary(runs[0]) if runs else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Reuse across sweeps (jobs.reuse): finished trial runs of other experiments, and link runs
+# ----------------------------------------------------------------------------------------------
+
+#: MLflow's standard tags a link run copies from its original (the code and user that trained it).
+_STANDARD_TAGS = (SOURCE_GIT_COMMIT_TAG, SOURCE_NAME_TAG, SOURCE_TYPE_TAG, USER_TAG)
+#: Metrics a link run does not copy: system metrics describe the machine of the original's attempts.
+_NOT_COPIED_METRICS = "system/"
+
+
+def find_reusable_runs(uri: str, experiment_id: str, trial_ids: Iterable[str], *,
+                       evaluated: bool) -> dict[str, RunSummary]:
+    """Trial id → the run another sweep may link instead of training that trial again: the most
+    recently started active trial run of that ``rgflow.trial_id`` that is FINISHED with
+    ``rgflow.state=finished`` (not pruned), in an active experiment other than ``experiment_id``,
+    not itself a link (no ``rgflow.reused_from``) and, when ``evaluated``, evaluated (tag
+    ``rgflow.eval.protocol``). Trials without one are left out. Cost: the pages of
+    ``search_experiments`` plus one ``search_runs`` (``max_results=1``) per trial id; transient
+    errors retried for 60 s."""
+    client = get_client(uri)
+    ids = [e for e in retry_transient(lambda: _experiment_ids(client), timeout_s=60.0, what="search experiments")
+           if e != experiment_id]
+    query = (f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'FINISHED' and tags.`{STATE_TAG}` = 'finished' "
+             f"and tags.`{REUSED_FROM_TAG}` IS NULL")
+    if evaluated:
+        query += f" and tags.`{EVAL_PROTOCOL_TAG}` IS NOT NULL"
+    found: dict[str, RunSummary] = {}
+    for trial_id in dict.fromkeys(trial_ids) if ids else ():
+        one = f"{query} and tags.`{TRIAL_ID_TAG}` = '{filter_literal(trial_id)}'"
+        runs = retry_transient(lambda: client.search_runs(ids, one, ViewType.ACTIVE_ONLY, max_results=1,
+                                                          order_by=["attributes.start_time DESC"]),
+                               timeout_s=60.0, what=f"search reusable runs of trial {trial_id}")
+        if runs:
+            found[trial_id] = _summary(runs[0])
+    return found
+
+
+def link_trial_run(uri: str, experiment_id: str, original_run_id: str, tags: Mapping[str, str],
+                   params: Mapping[str, str]) -> RunSummary:
+    """Create in ``experiment_id`` a *link* to trial run ``original_run_id`` of another experiment,
+    and return it: a FINISHED run (started and ended now) holding a copy of the original's params
+    (``params`` replace some), the whole history of each of its metrics (``system/…`` left out: they
+    describe the original's machine), its ``rgflow.*`` tags and MLflow's standard source and user
+    tags, then ``tags`` (this sweep's: parent run, run name, sweep, trial index), then
+    ``rgflow.reused_from`` / ``rgflow.reused_from_experiment`` (the original run id and its
+    experiment's name), and a copy of all its artifacts (``model/``, ``eval/``, ``train.log``), so
+    that the link loads, evaluates and reports like a trained run. ``rgflow.role=trial`` is set
+    last: a link that fails half-way is deleted, and one never completed is not a trial run. Not
+    retried; errors are raised."""
+    import tempfile
+
+    client = get_client(uri)
+    original = client.get_run(original_run_id)
+    source = client.get_experiment(original.info.experiment_id).name
+    copied = {k: v for k, v in original.data.tags.items() if k.startswith("rgflow.") or k in _STANDARD_TAGS}
+    all_tags = {**copied, **tags, REUSED_FROM_TAG: original_run_id, REUSED_FROM_EXPERIMENT_TAG: source}
+    role = all_tags.pop(ROLE_TAG, "trial")
+    link = client.create_run(experiment_id, tags=all_tags, run_name=all_tags.get(RUN_NAME_TAG)).info.run_id
+    try:
+        entries = [Param(k, v) for k, v in {**original.data.params, **params}.items()]
+        for chunk in _chunks(entries, MAX_PARAMS_TAGS_PER_BATCH):
+            client.log_batch(link, params=chunk, synchronous=True)
+        metrics = [Metric(m.key, m.value, m.timestamp, m.step) for key in sorted(original.data.metrics)
+                   if not key.startswith(_NOT_COPIED_METRICS) for m in client.get_metric_history(original_run_id, key)]
+        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+            client.log_batch(link, metrics=chunk, synchronous=True)
+        if client.list_artifacts(original_run_id):
+            with tempfile.TemporaryDirectory(prefix="rgflow-link-") as tmp:
+                client.log_artifacts(link, client.download_artifacts(original_run_id, "", tmp))
+        client.set_terminated(link, "FINISHED")
+        log_tags(client, link, {ROLE_TAG: role})
+    except BaseException:
+        try:
+            client.delete_run(link)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            log.warning("could not delete the incomplete link run %s", link)
+        raise
+    return _summary(client.get_run(link))
+
+
+def delete_link_run(uri: str, run_id: str) -> None:
+    """Delete link run ``run_id`` (MLflow's soft delete: restorable from the UI's trash), for a trial
+    trained again with ``reuse: false``. A run that is not a link (no ``rgflow.reused_from``) is a
+    :class:`TrackingError`. Transient errors retried for 60 s."""
+    client = get_client(uri)
+    if REUSED_FROM_TAG not in retry_transient(lambda: client.get_run(run_id).data.tags, timeout_s=60.0,
+                                              what=f"run {run_id}"):
+        raise TrackingError(f"run {run_id} is not a link run (no tag {REUSED_FROM_TAG}): not deleted")
+    retry_transient(lambda: client.delete_run(run_id), timeout_s=60.0, what=f"delete run {run_id}")
 
 
 def find_sweep_run(uri: str, experiment_id: str, sweep_id: str | None = None) -> RunSummary | None:

@@ -15,9 +15,12 @@ SWEEP_ID_TAG = "rgflow.sweep_id"  # 12 hex digits of SHA-256 over the sweep name
 TRIAL_ID_TAG = "rgflow.trial_id"  # 12-hex-digit hash of the trial's resolved config (jobs.config.trial_id)
 TRIAL_INDEX_TAG = "rgflow.trial_index"  # the trial's position in its sweep (0-based, decimal string)
 BACKEND_TAG = "rgflow.backend"  # what launched it: single | local | ray | slurm
+RAY_NODE_TAG = "rgflow.ray_node_id"  # Ray backend: the id of the Ray node the trial's last attempt ran on
 SWEEP_OVERRIDES_TAG = "rgflow.sweep_overrides"  # parent run: the command-line overrides of the sweep file, space-separated
 RUN_DIR_TAG = "rgflow.run_dir"  # absolute path of the trial's run folder (checkpoints, spool, config.yaml)
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the trial's parent (sweep) run id, always set explicitly
+REUSED_FROM_TAG = "rgflow.reused_from"  # on a link run (jobs.reuse): the id of the FINISHED run of the same trial, in another experiment, it copies
+REUSED_FROM_EXPERIMENT_TAG = "rgflow.reused_from_experiment"  # on a link run: the name of that original run's experiment
 RUN_NAME_TAG = "mlflow.runName"  # MLflow's own: trial runs are named from their axis values (bs512-sqrt-laplace-s0)
 NOTE_TAG = "mlflow.note.content"  # MLflow's own: the sweep's description, on its parent run and as experiment tag
 
@@ -28,7 +31,7 @@ SOURCE_TYPE_TAG = "mlflow.source.type"  # "JOB": every trial is a batch job, nev
 USER_TAG = "mlflow.user"  # the login name of the user whose process ran the attempt (getpass.getuser())
 
 # ---- lifecycle ------------------------------------------------------------------------------------
-STATE_TAG = "rgflow.state"  # true state: running | finished | failed | preempted | killed
+STATE_TAG = "rgflow.state"  # true state: running | finished | pruned | failed | preempted | killed
 REASON_TAG = "rgflow.failure_reason"  # one line on why a run failed or was killed (absent when finished)
 ATTEMPT_TAG = "rgflow.attempt"  # attempts of the trial so far, counting this one (1, 2, …; bumped on reopen)
 FAILURES_TAG = "rgflow.failures"  # failed attempts of a trial, deaths included: counted by the attempt itself and by whoever reaps a dead one
