@@ -156,10 +156,11 @@ def plan(sweep, runs: dict, live: dict[str, str], max_failures: int,
     return states, todo, skipped
 
 
-def cmd_run(args) -> int:
+def cmd_run(args, sweep=None) -> int:
+    """Run (or ``--dry-run``) the sweep the command line names, or ``sweep`` (a study's stage)."""
     from jobs.preflight import format_problems, preflight
 
-    sweep = _load(args)
+    sweep = sweep or _load(args)
     if args.dry_run:
         from jobs.dryrun import format_trials_table
 
@@ -339,7 +340,7 @@ def _close_parent(args, sweep, ctx: SweepContext, result: LaunchResult, todo: li
 # status
 # ----------------------------------------------------------------------------------------------
 
-def cmd_status(args) -> int:
+def cmd_status(args, sweep=None) -> int:
     """The status table (text, ``--json`` or ``--csv`` on stdout). Settles trials whose attempt
     is gone (:mod:`jobs.reaper`) and closes the parent run, with the sweep's aggregates
     (:func:`jobs.tracking.store.close_sweep_run`), of a sweep whose launcher and jobs are all gone;
@@ -349,7 +350,7 @@ def cmd_status(args) -> int:
     from jobs.reaper import needs_settling, settle
     from jobs.sweep_status import format_summary, format_table, summarize_rows, to_csv, to_json, trial_rows
     from jobs.tracking import fast_read
-    sweep = _load(args)
+    sweep = sweep or _load(args)
     uri = tracking_uri_of(sweep)
     note = sys.stderr if args.json or args.csv else sys.stdout
     experiment_id = fast_read.experiment_id(uri, sweep.name)
@@ -397,13 +398,13 @@ def cmd_status(args) -> int:
 CANCELLED = "cancelled by python -m jobs.sweep cancel"
 
 
-def cmd_cancel(args) -> int:
+def cmd_cancel(args, sweep=None) -> int:
     """Stop the sweep: SIGINT to its live launcher (which forwards it once to each trial), or —
     with no launcher — to the backend's jobs directly; then mark KILLED only the runs whose attempt
     is gone (a trial still ending keeps its own end state)."""
     from jobs.tracking import end_run, find_trial_runs
 
-    sweep = _load(args)
+    sweep = sweep or _load(args)
     uri = tracking_uri_of(sweep)
     sweep_dir = sweep_dir_of(sweep)
     state = load_state(sweep_dir)
@@ -470,6 +471,84 @@ def _load(args):
     return load_sweep(args.sweep, list(args.overrides))
 
 
+def _is_study(path: str) -> bool:
+    from jobs.overrides import load_yaml_file
+    from jobs.study import is_study_file
+
+    return Path(path).is_file() and is_study_file(load_yaml_file(path))
+
+
+def stage_sweep(study, stage: str) -> tuple[Any, str | None]:
+    """(the sweep of ``stage``, None) — or, for a ``best_of`` stage whose earlier stage is not done
+    yet, (its shape, why it waits). A ready ``best_of`` stage is built from the earlier stage's
+    winners (:func:`jobs.study.choose`), read from MLflow."""
+    from jobs.study import choose
+    from jobs.tracking import fast_read
+
+    dep = study.best_of.get(stage)
+    if dep is None:
+        return study.sweep(stage), None
+    earlier, waits = stage_sweep(study, dep.stage)
+    if waits:
+        return study.sweep(stage), f"stage {dep.stage} waits too ({waits})"
+    uri = tracking_uri_of(earlier)
+    experiment = fast_read.experiment_id(uri, earlier.name)
+    runs = fast_read.trial_runs(uri, experiment, trial_ids=[t.trial_id for t in earlier.trials]) if experiment else {}
+    todo = plan(earlier, runs, {}, earlier.max_failures, tuple(earlier.evaluation.selected))[1]
+    left = len(todo) + searched_left(earlier, todo)
+    if not earlier.trials or left:
+        return study.sweep(stage), f"{left or 'all'} trial(s) of stage {dep.stage} not done yet"
+    return study.sweep(stage, choose(earlier, runs, dep)), None
+
+
+def cmd_study(command: str, args) -> int:
+    """``run`` / ``--dry-run`` / ``status`` / ``cancel`` of a study (:mod:`jobs.study`): its stages in
+    order. ``run`` launches a stage only once the stages before it are done, so one command runs
+    the whole study (a re-run continues it); a stage waiting for an earlier one ends the command
+    with exit 0 and says so."""
+    from jobs.study import choose, load_study
+
+    study = load_study(args.sweep, list(args.overrides))
+    code = EXIT_OK
+    for stage in study.stages:
+        sweep, waits = stage_sweep(study, stage)
+        dep = study.best_of.get(stage)
+        print(f"== stage {stage} ({sweep.name}): {sweep.description}", flush=True)
+        if dep is not None and not waits:
+            earlier = stage_sweep(study, dep.stage)[0]
+            uri = tracking_uri_of(earlier)
+            from jobs.tracking import fast_read
+
+            runs = fast_read.trial_runs(uri, fast_read.experiment_id(uri, earlier.name),
+                                        trial_ids=[t.trial_id for t in earlier.trials])
+            chosen = choose(earlier, runs, dep)
+            for key, value in sorted(chosen.values.items(), key=str):
+                taken = ", ".join(f"{k}={value[k]:.4g}" if isinstance(value[k], float) else f"{k}={value[k]}"
+                                  for k in dep.take)
+                print(f"  {', '.join(f'{k}={v}' for k, v in zip(dep.by, key))}: {taken} (trial {value['trial_id']}, "
+                      f"best val {value['best_val_bpd']:.4f} bits/dim in stage {dep.stage})", flush=True)
+            for key in chosen.missing:
+                print(f"  {', '.join(f'{k}={v}' for k, v in zip(dep.by, key))}: no trial of stage {dep.stage} ran to "
+                      "the end: left out", flush=True)
+        if waits:
+            if command == "run" and args.dry_run:
+                print(f"  up to {len(sweep.trials)} trials: {', '.join(dep.take)} from stage {dep.stage}, not known "
+                      f"yet ({waits}); priced with the shared values", flush=True)
+                code = max(code, cmd_run(args, sweep))
+                continue
+            print(f"  waits: {waits}", flush=True)
+            if command == "run":
+                print(f"study {study.name}: stage {stage} runs once stage {dep.stage} is done: run python -m jobs.sweep "
+                      f"{args.sweep} again (or follow it with python -m jobs.sweep status {args.sweep})", flush=True)
+                return code
+            continue
+        result = {"run": cmd_run, "status": cmd_status, "cancel": cmd_cancel}[command](args, sweep)
+        code = max(code, result)
+        if command == "run" and result != EXIT_OK and not args.dry_run:
+            return result
+    return code
+
+
 def cmd_show(args) -> int:
     """Trial ``--show N``'s resolved config as YAML: what ``jobs.train`` writes to its run folder's ``config.yaml``."""
     from jobs.config import to_yaml
@@ -499,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.show is not None:
         command = "show"
     try:
+        if command != "show" and _is_study(args.sweep):
+            return cmd_study(command, args)
         return {"run": cmd_run, "show": cmd_show, "status": cmd_status, "cancel": cmd_cancel}[command](args)
     except (ConfigError, StateError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)

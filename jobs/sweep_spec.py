@@ -715,11 +715,16 @@ def _apply_trial_override(key: str, value: Any, origin: str, state: dict[str, An
     state["base"].append((nest(key, value), origin))
 
 
-def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
-    """Read, override, validate and expand the sweep at ``path`` (see the module docstring)."""
+def load_sweep(path: str | Path, overrides: list[str] = (), raw: Any = None, where: str | None = None) -> Sweep:
+    """Read, override, validate and expand the sweep at ``path`` (see the module docstring).
+    ``raw``/``where``: the sweep mapping and its origin label when it is not the file's content (one
+    stage of a study, :mod:`jobs.study`; relative paths still resolve against ``path``'s folder)."""
     path = Path(path)
-    raw = load_yaml_file(path)
-    where = f"in {path}"
+    raw = load_yaml_file(path) if raw is None else raw
+    where = where or f"in {path}"
+    if isinstance(raw, dict) and "stages" in raw:
+        raise ConfigError(f"{path} is a study in stages ({', '.join(map(str, raw['stages'] or {}))}): run it with "
+                          f"python -m jobs.sweep {path} (jobs.study.load_study loads it)", "stages")
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a sweep mapping with keys {', '.join(SWEEP_KEYS)}, got {show(raw)} [{where}]")
     for key in raw:

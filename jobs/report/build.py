@@ -9,6 +9,7 @@ logged under ``report/`` of the sweep's parent run (tag ``rgflow.role=sweep``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from jobs.report.header import header
 from jobs.report.query import ReportInputError, SweepRuns, load_sweep_runs
 from jobs.report.reference_values import RECIPE_2025, SOURCE_2025
 from jobs.report.render import Report, Table, write_documents
+from jobs.report.study import study_sections
 from jobs.report.tables import (SETTING_KEYS, csv_columns, curves, finite_hours, parse_param, reproduction_shown,
                                 reproduction_table, setting_label, settings_shown, settings_table, trial_table,
                                 trials_shown, varying_params)
@@ -42,10 +44,28 @@ FIELDS_NAME = "receptive_fields.npz"
 
 
 def sweep_target(path: str | Path, overrides: list[str] = ()) -> dict:
-    """Experiment, tracking URI, sweep id, trial ids and resources of a sweep file."""
+    """Experiment, tracking URI, sweep id, trial ids and resources of a sweep file; for a study
+    (:mod:`jobs.study`), of its last stage, with ``search_stages``: (stage name, sweep) of each
+    stage a later one took its values from."""
+    from jobs.overrides import load_yaml_file
+    from jobs.study import is_study_file, load_study
     from jobs.sweep_spec import load_sweep
 
-    sweep = load_sweep(path, list(overrides))
+    if not is_study_file(load_yaml_file(path)):
+        return _target_of(load_sweep(path, list(overrides)))
+    from jobs.sweep import stage_sweep
+
+    study = load_study(path, list(overrides))
+    last = list(study.stages)[-1]
+    sweep, waits = stage_sweep(study, last)
+    if waits:
+        raise ReportInputError(f"stage {last} of study {study.name} has not run yet ({waits}): run python -m "
+                               f"jobs.sweep {path} first")
+    searched = [(dep.stage, stage_sweep(study, dep.stage)[0]) for dep in study.best_of.values()]
+    return {**_target_of(sweep), "study": study.name, "search_stages": searched}
+
+
+def _target_of(sweep) -> dict:
     return {"experiment": sweep.name, "uri": sweep.first_config.tracking.uri,
             "sweep_id": sweep.sweep_id, "trial_ids": [t.trial_id for t in sweep.trials],
             "resources": {"gpus": float(sweep.resources.gpus), "cpus": float(sweep.resources.cpus)},
@@ -227,10 +247,18 @@ def build_report(target: str | None = None, *, experiment: str | None = None, ou
     notes = [f"The verdict's statistics use the finished trials; the {lost} others are named in their arm's "
              "finding, the tables and the figures."] if lost else []
     findings = verdict(table, val, noise, margin)
+    searched = [(stage, load_sweep_runs(tracking_uri or spec["uri"], s.name, s.sweep_id, [t.trial_id for t in s.trials]))
+                for stage, s in spec.get("search_stages", [])]
 
     final = Path(out_dir) if out_dir else Path("reports") / spec["experiment"]
     with staged_dir(final) as out:
         made, fig_notes = make_figures(data, table, val, noise, findings, out)
+        extra_tables = []
+        for stage, stage_data in searched:
+            tables_, figures_, fit = study_sections(stage, trial_table(stage_data, resources), out)
+            extra_tables, made = extra_tables + tables_, made + figures_
+            fields = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in dataclasses.asdict(fit).items()}
+            write_atomic(out / f"noise_scale_fit_{stage}.json", json.dumps(fields, indent=1, allow_nan=False))
         varying = varying_params(data.runs)
         table.reset_index()[csv_columns(table, varying)].to_csv(out / "trials.csv", index=False)
         settings.to_csv(out / "settings.csv", index=False)
@@ -244,8 +272,10 @@ def build_report(target: str | None = None, *, experiment: str | None = None, ou
                   notes=reproduction_notes(margin) if not reproduction.empty else [],
                   empty=f"No finished setting on CelebA, MSDS1 or MSDS2 with a Laplace or Gaussian prior: no "
                         f"comparison with {SOURCE_2025}."),
-            Table("Trials", trials_shown(table, varying), csv="trials.csv")]
-        report = Report(f"Sweep report: {spec['experiment']}", meta_lines(data, table), trained.lines, trained.groups,
+            Table("Trials", trials_shown(table, varying), csv="trials.csv"), *extra_tables]
+        title = (f"Study report: {spec['study']} (comparisons: stage {spec['experiment']})" if "study" in spec
+                 else f"Sweep report: {spec['experiment']}")
+        report = Report(title, meta_lines(data, table), trained.lines, trained.groups,
                         findings, tables, made, notes + lr_notes(table) + fig_notes)
         write_documents(report, out)
     if log_to_parent:
