@@ -371,6 +371,9 @@ def format_trials_table(sweep: Sweep, results_dir: str | Path | None = None) -> 
     evaluations = ", ".join(sweep.evaluation.selected) or "none"
     reuse = reuse_line(sweep)
     searched = search_line(sweep, results_dir)
+    scheduler = sweep.tune.scheduler
+    pruning = (f"scheduler: {scheduler.kind} stops trials that fall behind (first rung after {scheduler.grace_epochs:g} "
+               "epochs): the hours above are an upper bound, every trial run to its full budget") if scheduler else None
     return "\n".join([
         f"sweep {sweep.name} ({sweep.path}): {len(sweep.trials)} trials, sweep id {sweep.sweep_id}, backend {sweep.backend}",
         *lines,
@@ -379,6 +382,7 @@ def format_trials_table(sweep: Sweep, results_dir: str | Path | None = None) -> 
         f"{_basis_line(sweep, found)}; evaluations after training: {evaluations}",
         *([reuse] if reuse else []),
         *([searched] if searched else []),
+        *([pruning] if pruning else []),
     ])
 
 

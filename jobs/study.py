@@ -8,8 +8,8 @@ MLflow experiment and run folder). ``best_of: {stage: tune, by: [train.batch_siz
 [train.lr, train.warmup_steps]}`` makes a stage wait for ``tune`` to be done (every trial finished,
 pruned or given up), then take, for each value of the ``by`` keys, the ``take`` values of the
 trial with the lowest best validation BPD (bits/dim) among those that ran to the end (pruned
-trials never win); the ``by`` keys must be grid axes of the stage, and each of their settings runs
-with its chosen values (a setting with no winner is left out, and said so). Command-line overrides
+trials never win); the ``by`` keys must be grid or zip axes of the stage, and each of their
+settings runs with its chosen values (a setting with no winner is left out, and said so). Command-line overrides
 apply to every stage; ``stages.<stage>.KEY=VALUE`` to one. See sweeps/README.md.
 """
 from __future__ import annotations
@@ -118,12 +118,54 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
     for stage in stages:
         sweep = study.sweep(stage)  # every stage's keys checked now, before anything runs
         if stage in best_of:
-            grid = sweep.axes.grid
+            axis_keys = set(sweep.axes.grid).union(*sweep.axes.zip)
             for key in best_of[stage].by:
-                if key not in grid:
-                    raise ConfigError(f"stages.{stage}.best_of.by: {key} must be a grid axis of stage {stage} (its "
-                                      f"axes.grid has {', '.join(grid) or 'none'}) [{where}]", "best_of")
+                if key not in axis_keys:
+                    raise ConfigError(f"stages.{stage}.best_of.by: {key} must be a grid or zip axis of stage {stage} "
+                                      f"(its axes have {', '.join(sorted(axis_keys)) or 'none'}) [{where}]", "best_of")
     return study
+
+
+def stage_sweep(study, stage: str) -> tuple[Any, str | None]:
+    """(the sweep of ``stage``, None) — or, for a ``best_of`` stage whose earlier stage is not done
+    yet, (its shape, why it waits). A ready ``best_of`` stage is built from the earlier stage's
+    winners (:func:`jobs.study.choose`), read from MLflow."""
+    from jobs.sweep import plan, searched_left, tracking_uri_of
+    from jobs.tracking import fast_read
+
+    dep = study.best_of.get(stage)
+    if dep is None:
+        return study.sweep(stage), None
+    earlier, waits = stage_sweep(study, dep.stage)
+    if waits:
+        return study.sweep(stage), f"stage {dep.stage} waits too ({waits})"
+    uri = tracking_uri_of(earlier)
+    experiment = fast_read.experiment_id(uri, earlier.name)
+    runs = fast_read.trial_runs(uri, experiment, trial_ids=[t.trial_id for t in earlier.trials]) if experiment else {}
+    todo = plan(earlier, runs, {}, earlier.max_failures, tuple(earlier.evaluation.selected))[1]
+    left = len(todo) + searched_left(earlier, todo)
+    if not earlier.trials or left:
+        return study.sweep(stage), f"{left or 'all'} trial(s) of stage {dep.stage} not done yet"
+    return study.sweep(stage, choose(earlier, runs, dep)), None
+
+
+def load_stage(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    """The stage of the study at ``path`` that the override ``stage=NAME`` names, as a sweep (for
+    ``jobs.train STUDY.yaml --trial N stage=NAME``, ``--show``, ``sbatch slurm/train.sh``); a
+    ``best_of`` stage whose earlier stage is not done is a ConfigError saying so."""
+    chosen = [o for o in overrides if o.split("=", 1)[0].strip() == "stage"]
+    rest = [o for o in overrides if o not in chosen]
+    study = load_study(path, rest)
+    if len(chosen) != 1:
+        raise ConfigError(f"{path} is a study in stages ({', '.join(study.stages)}): name one with stage=NAME "
+                          f"(python -m jobs.sweep {path} runs them all, in order)", "stage")
+    stage = chosen[0].split("=", 1)[1].strip()
+    if stage not in study.stages:
+        raise ConfigError(f"stage={stage}: not a stage of {path} ({', '.join(study.stages)})", "stage")
+    sweep, waits = stage_sweep(study, stage)
+    if waits:
+        raise ConfigError(f"stage {stage} of {path} is not known yet: {waits}", "stage")
+    return sweep
 
 
 def _best_of(raw: Any, stage: str, earlier: list[str], origin: str) -> BestOf:
@@ -150,16 +192,27 @@ def _deep_merge(base: dict, top: dict) -> dict:
 
 
 def _with_choice(axes: dict, best_of: BestOf, choice: Choice, path: Path, stage: str) -> dict:
-    """``axes`` with the ``by`` grid keys replaced by one zip group: their settings that have a
-    winner, each with its ``take`` values."""
-    grid = dict(axes.get("grid") or {})
-    combos = [c for c in itertools.product(*(grid.pop(k) for k in best_of.by)) if tuple(c) in choice.values]
-    if not combos:
+    """``axes`` with the axes of the ``by`` keys (grid keys, or the zip groups holding them) replaced
+    by one zip group: their settings that have a winner, each with its ``take`` values."""
+    grid, zips = dict(axes.get("grid") or {}), list(axes.get("zip") or [])
+    factors, used = [], set()
+    for key in best_of.by:
+        if key in grid:
+            factors.append([{key: v} for v in grid.pop(key)])
+            continue
+        i = next(i for i, group in enumerate(zips) if key in group)
+        if i not in used:
+            used.add(i)
+            group = zips[i]
+            factors.append([{k: v[j] for k, v in group.items()} for j in range(len(next(iter(group.values()))))])
+    rows = [{k: v for part in parts for k, v in part.items()} for parts in itertools.product(*factors)]
+    rows = [r for r in rows if tuple(r[k] for k in best_of.by) in choice.values]
+    if not rows:
         raise ConfigError(f"stage {stage} of {path}: no setting of stage {best_of.stage} has a trial that ran to the "
                           f"end, nothing to take {', '.join(best_of.take)} from", "best_of")
-    group = {k: [c[i] for c in combos] for i, k in enumerate(best_of.by)}
-    group.update({k: [choice.values[tuple(c)][k] for c in combos] for k in best_of.take})
-    return {**axes, "grid": grid, "zip": [*(axes.get("zip") or []), group]}
+    chosen = {k: [r[k] for r in rows] for k in rows[0]}
+    chosen.update({k: [choice.values[tuple(r[b] for b in best_of.by)][k] for r in rows] for k in best_of.take})
+    return {**axes, "grid": grid, "zip": [g for i, g in enumerate(zips) if i not in used] + [chosen]}
 
 
 def choose(earlier: Sweep, runs: dict, best_of: BestOf) -> Choice:
@@ -190,4 +243,4 @@ def _value(trial, key: str) -> Any:
     return getattr(getattr(trial.config, section), name)
 
 
-__all__ = ["BestOf", "Choice", "Study", "choose", "is_study_file", "load_study"]
+__all__ = ["BestOf", "Choice", "Study", "choose", "is_study_file", "load_stage", "load_study", "stage_sweep"]

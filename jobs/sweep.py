@@ -463,9 +463,13 @@ def cmd_cancel(args, sweep=None) -> int:
 def _load(args):
     """The sweep the command line names; a trial config file is refused with the command to use."""
     from jobs.overrides import load_yaml_file
+    from jobs.study import is_study_file, load_stage
     from jobs.sweep_spec import is_sweep_file, load_sweep
 
-    if not is_sweep_file(load_yaml_file(args.sweep)):
+    raw = load_yaml_file(args.sweep)
+    if is_study_file(raw):
+        return load_stage(args.sweep, list(args.overrides))
+    if not is_sweep_file(raw):
         command = " ".join(["python -m jobs.train", args.sweep, *args.overrides])
         raise ConfigError(f"{args.sweep} is a trial config, not a sweep: run it with {command}")
     return load_sweep(args.sweep, list(args.overrides))
@@ -478,39 +482,21 @@ def _is_study(path: str) -> bool:
     return Path(path).is_file() and is_study_file(load_yaml_file(path))
 
 
-def stage_sweep(study, stage: str) -> tuple[Any, str | None]:
-    """(the sweep of ``stage``, None) — or, for a ``best_of`` stage whose earlier stage is not done
-    yet, (its shape, why it waits). A ready ``best_of`` stage is built from the earlier stage's
-    winners (:func:`jobs.study.choose`), read from MLflow."""
-    from jobs.study import choose
-    from jobs.tracking import fast_read
-
-    dep = study.best_of.get(stage)
-    if dep is None:
-        return study.sweep(stage), None
-    earlier, waits = stage_sweep(study, dep.stage)
-    if waits:
-        return study.sweep(stage), f"stage {dep.stage} waits too ({waits})"
-    uri = tracking_uri_of(earlier)
-    experiment = fast_read.experiment_id(uri, earlier.name)
-    runs = fast_read.trial_runs(uri, experiment, trial_ids=[t.trial_id for t in earlier.trials]) if experiment else {}
-    todo = plan(earlier, runs, {}, earlier.max_failures, tuple(earlier.evaluation.selected))[1]
-    left = len(todo) + searched_left(earlier, todo)
-    if not earlier.trials or left:
-        return study.sweep(stage), f"{left or 'all'} trial(s) of stage {dep.stage} not done yet"
-    return study.sweep(stage, choose(earlier, runs, dep)), None
-
-
 def cmd_study(command: str, args) -> int:
     """``run`` / ``--dry-run`` / ``status`` / ``cancel`` of a study (:mod:`jobs.study`): its stages in
-    order. ``run`` launches a stage only once the stages before it are done, so one command runs
-    the whole study (a re-run continues it); a stage waiting for an earlier one ends the command
-    with exit 0 and says so."""
-    from jobs.study import choose, load_study
+    order (only the one ``stage=NAME`` names, if given). ``run`` launches a stage only once the
+    stages before it are done, so one command runs the whole study (a re-run continues it); a stage
+    waiting for an earlier one ends the command with exit 0 and says so."""
+    from jobs.study import choose, load_study, stage_sweep
 
-    study = load_study(args.sweep, list(args.overrides))
+    only = [o.split("=", 1)[1].strip() for o in args.overrides if o.split("=", 1)[0].strip() == "stage"]
+    study = load_study(args.sweep, [o for o in args.overrides if o.split("=", 1)[0].strip() != "stage"])
+    if only and only[0] not in study.stages:
+        raise ConfigError(f"stage={only[0]}: not a stage of {args.sweep} ({', '.join(study.stages)})", "stage")
     code = EXIT_OK
     for stage in study.stages:
+        if only and stage != only[0]:
+            continue
         sweep, waits = stage_sweep(study, stage)
         dep = study.best_of.get(stage)
         print(f"== stage {stage} ({sweep.name}): {sweep.description}", flush=True)

@@ -13,7 +13,7 @@ from jobs.sweep_spec import EvaluationSettings, is_sweep_file, load_sweep, load_
 from rgflow.config import model_preset
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = ["smoke", "batchsize", "priors", "temperature"]
+SHIPPED = ["smoke", "priors", "temperature"]  # sweeps; batchsize and mini-study are studies in stages
 
 
 def write(tmp_path: Path, text: str, name: str = "sweep.yaml") -> Path:
@@ -83,22 +83,41 @@ def test_shipped_sweeps_expand_to_the_product_of_their_axes(name):
     assert is_sweep_file(yaml.safe_load(path.read_text()))
 
 
-def test_batchsize_is_the_study():
-    sweep = load_sweep(REPO / "sweeps/batchsize.yaml")
-    assert len(sweep.trials) == 2 * 3 * 2 * 3
-    pairs = {(t.config.data.name, t.config.model.preset, t.config.train.epochs) for t in sweep.trials}
+@pytest.mark.parametrize("name", ["batchsize", "mini-study"])
+def test_the_batch_size_studies_tune_the_lr_per_batch_size_then_confirm_it(name):
+    from jobs.study import load_study
+
+    study = load_study(REPO / "sweeps" / f"{name}.yaml")
+    assert list(study.stages) == ["tune", "confirm"]
+    tune, confirm = study.sweep("tune"), study.sweep("confirm")
+    batches = sorted({t.config.train.batch_size for t in tune.trials})
+    assert len(batches) >= 3 and batches == sorted({t.config.train.batch_size for t in confirm.trials})
+    for bs in batches:  # every batch size searches the same LRs, with and without warm-up
+        lrs = {t.config.train.lr for t in tune.trials if t.config.train.batch_size == bs}
+        assert len(lrs) >= 4 and max(lrs) / min(lrs) > 10
+        assert len({t.config.train.warmup_steps for t in tune.trials if t.config.train.batch_size == bs}) == 2
+    assert tune.tune.scheduler.kind == "asha" and "train.batch_size" in tune.tune.scheduler.group_by
+    assert confirm.tune.scheduler is None  # the arms of the comparison run to their full budget
+    assert {t.config.prior.kind for t in confirm.trials} == {"laplace", "gaussian"}
+    assert {t.config.run.seed for t in confirm.trials} == {0, 1, 2}
+    assert max(t.config.train.epochs for t in tune.trials) < min(t.config.train.epochs for t in confirm.trials)
+    assert study.best_of["confirm"].take == ("train.lr", "train.warmup_steps")
+    assert not tune.evaluation.selected and "test_bpd" in confirm.evaluation.selected
+
+
+def test_batchsize_keeps_the_seed_reproductions_recipe_and_budgets():
+    from jobs.study import load_study
+
+    confirm = load_study(REPO / "sweeps/batchsize.yaml").sweep("confirm")
+    assert len(confirm.trials) == 2 * 4 * 2 * 3
+    pairs = {(t.config.data.name, t.config.model.preset, t.config.train.epochs) for t in confirm.trials}
     assert pairs == {("msds1", "msds", 60), ("celeba", "celeba32", 100)}
-    recipes = {(t.config.train.batch_size, t.config.train.lr_scaling) for t in sweep.trials}
-    assert recipes == {(64, "none"), (512, "none"), (512, "sqrt")}
-    assert {t.config.prior.kind for t in sweep.trials} == {"laplace", "gaussian"}
-    assert {t.config.run.seed for t in sweep.trials} == {0, 1, 2}
-    for t in sweep.trials:
-        assert t.config.train.weight_decay == 5e-5 and t.config.train.lr == 1e-3
+    assert {t.config.train.batch_size for t in confirm.trials} == {64, 128, 256, 512}
+    for t in confirm.trials:
+        assert t.config.train.weight_decay == 5e-5 and t.config.train.lr_scaling == "none"
         assert t.config.eval.temperatures == (0.5, 0.75, 1.0) == t.config.train.sample_temperatures
-    effective = sorted({round(t.config.train.effective_lr, 6) for t in sweep.trials})
-    assert effective == [0.001, round(1e-3 * math.sqrt(8), 6)]
-    assert sweep.backend == "ray" and sweep.resources.gpus == 1.0
-    assert sweep.evaluation.selected == ("test_bpd", "samples", "fid", "receptive_fields")
+    assert confirm.backend == "ray" and confirm.resources.gpus == 1.0
+    assert confirm.evaluation.selected == ("test_bpd", "samples", "fid", "receptive_fields")
 
 
 def test_smoke_is_small():
@@ -512,12 +531,14 @@ def test_dry_run_table(tmp_path):
 
 
 def test_dry_run_of_the_study_totals():
-    sweep = load_sweep(REPO / "sweeps/batchsize.yaml")
+    from jobs.study import load_study
+
+    sweep = load_study(REPO / "sweeps/batchsize.yaml").sweep("confirm")
     table = format_trials_table(sweep)
-    assert len(table.splitlines()) == 36 + 4
+    assert len(table.splitlines()) == 48 + 4
     msds = [t for t in sweep.trials if t.config.data.name == "msds1"]
     celeba = [t for t in sweep.trials if t.config.data.name == "celeba"]
-    assert len(msds) == len(celeba) == 18
+    assert len(msds) == len(celeba) == 24
     # CelebA: 162,770 images × 100 epochs at ≈ 200 img/s is ≈ 22.6 h of training per trial.
     assert gpu_hours(celeba[0].config, sweep.evaluation) == pytest.approx(162_770 * 100 / 200 / 3600, rel=0.15)
     assert gpu_hours(msds[0].config, sweep.evaluation) == pytest.approx(85_000 * 60 / 370 / 3600, rel=0.15)

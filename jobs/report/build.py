@@ -53,7 +53,11 @@ def sweep_target(path: str | Path, overrides: list[str] = ()) -> dict:
 
     if not is_study_file(load_yaml_file(path)):
         return _target_of(load_sweep(path, list(overrides)))
-    from jobs.sweep import stage_sweep
+    if any(o.split("=", 1)[0].strip() == "stage" for o in overrides):  # one stage, reported as a sweep
+        from jobs.study import load_stage
+
+        return _target_of(load_stage(path, list(overrides)))
+    from jobs.study import stage_sweep
 
     study = load_study(path, list(overrides))
     last = list(study.stages)[-1]
