@@ -21,9 +21,23 @@
    params and metrics) are first logged into a sqlite store with ``MlflowClient.log_batch``
    (``tests/fixtures/sweep_store.py``); for scale, a fresh ``python -c "import mlflow"``.
    Targets (issue 15): ≤ 2 s for the smoke sweep, < 5 s for 1,000 trials.
+5. **Ray overhead per trivial trial, reporting on** (issue 12; target ≤ 1 s per trial): a sweep of
+   ``--ray-trials`` trials (default 200: a ``seeds`` axis over one batch size and prior) on the
+   embedded Ray, ``--ray-concurrency`` at a time (default 1), through the real path (``jobs.sweep`` →
+   ``RayBackend`` → Tune → ``_trainable`` → ``jobs.attempt.execute`` → ``jobs.train`` with MLflow),
+   each trial one optimizer step on 32 MSDS1 images and one validation, reported to Tune as a result
+   before the final one. Overhead per trial = (wall − Σ trial work) / trials as in part 1 (with
+   concurrency c > 1 also the slot form (c · wall − Σ work) / trials). Beside it, Tune's figure from
+   its experiment folder: (the experiment's span, its controller's start to its final
+   experiment-state save, − Σ per-trial ``time_total_s``) / trials; and, from Tune's per-trial start
+   and last-result times, the wall time split into launcher start, Tune's start to the first trial,
+   per-trial phases (Tune start → MLflow run start, MLflow run, run end → last result, last result
+   → next trial's start) and exit.
 
 Usage: ``.venv/bin/python bench/sweep_bench.py [--backends ray,local,slurm] [--skip-1000] [--merge]
-[--status-only]``. Slurm
+[--status-only] [--ray-overhead-only] [--ray-trials N] [--ray-concurrency C] [--keep]``. Part 5
+runs with the others when ``ray`` is among the backends; ``--ray-overhead-only`` runs it alone and
+merges it into the existing JSON. Slurm
 parts use the dev cluster (``slurm/devcluster.sh``), started if needed and shared with test sessions
 through their lease files. Prints a
 table and writes ``bench/results/sweep.json``. The machine is shared and noisy: the load average is
@@ -212,6 +226,119 @@ def _submit_1000(_, root: Path, path: Path, overrides: list[str], env: dict[str,
     return out
 
 
+TRIVIAL = ("train.batch_size=[32]", "prior.kind=[laplace]", "data.train_size=32", "data.valid_size=32",
+           "data.test_size=32", "train.epochs=1", "train.steps=1", "train.log_every=1", "train.val_draws=1",
+           "train.sample_count=4", "evaluation.enabled=false")
+
+
+def _quantiles(values: list[float]) -> dict:
+    """Median, mean, 90th percentile, max and sum of ``values`` (s)."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {"median": statistics.median(ordered), "mean": statistics.fmean(ordered),
+            "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], "max": ordered[-1], "sum": sum(ordered)}
+
+
+def _tune_launch(sweep_dir: Path) -> dict:
+    """Tune's own record of the (one) launch: the experiment's start and end, and per trial (by
+    trial id) its start time, last-result time, ``time_total_s`` and result rows."""
+    (launch,) = (sweep_dir / "tune").iterdir()
+    state = json.loads(max(launch.glob("experiment_state-*.json")).read_text())
+    trials = {}
+    for trial_json, runtime_json in state["trial_data"]:
+        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+        folder = launch / trial["relative_logdir"]
+        rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
+        trials[trial["relative_logdir"].split("-", 1)[1]] = {
+            "start": runtime["start_time"], "last_result": runtime["last_result_time"],
+            "time_total_s": runtime["last_result"]["time_total_s"], "rows": rows}
+    # The experiment's span: the controller's start to its last experiment-state save (at the end of
+    # fit). Tune's own "_total_time" is no wall time: Σ time_this_iter_s, with a function trainable's
+    # last result counted twice (re-processed as the ``done`` result); kept for reference.
+    saved = max(launch.glob("experiment_state-*.json")).stat().st_mtime
+    return {"start": state["stats"]["start_time"], "end": saved, "runner_total_time": state["runner_data"]["_total_time"],
+            "trials": trials}
+
+
+def ray_overhead(trials: int, concurrency: int, keep: bool = False) -> dict:
+    """Part 5 (see the module docstring)."""
+    from mlflow import MlflowClient
+
+    tmp = tempfile.mkdtemp(prefix="sweep-bench-ray-overhead-")
+    root = Path(tmp)
+    try:
+        env = _env(root)
+        args = [str(SMOKE), "backend=ray", f"run.out_dir={root / 'runs'}", *TRIVIAL,
+                f"seeds=[{','.join(map(str, range(trials)))}]", f"ray.max_concurrent_trials={concurrency}"]
+        load = _loadavg()
+        started_at = time.time()
+        wall, proc = _sweep(args, env, timeout=6 * 3600)
+        ended_at = time.time()
+        if proc.returncode != 0:
+            raise RuntimeError(f"ray sweep failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        exp = client.get_experiment_by_name("smoke")
+        found = client.search_runs([exp.experiment_id], max_results=trials + 100)
+        runs = [r for r in found if r.data.tags.get("rgflow.role") == "trial"]
+        (parent,) = [r for r in found if r.data.tags.get("rgflow.role") == "sweep"]
+        assert len(runs) == trials and all(r.info.status == "FINISHED" for r in runs), \
+            (len(runs), {r.info.status for r in runs})
+        tune = _tune_launch(root / "runs" / "smoke")
+        assert len(tune["trials"]) == trials, len(tune["trials"])
+        per = []
+        for run in runs:
+            t = tune["trials"][run.data.tags["rgflow.trial_id"]]
+            validations = [row for row in t["rows"] if row.get("val_epoch") is not None]
+            assert len(validations) == 1 and len(t["rows"]) == 2, t["rows"]  # intermediate result + outcome
+            per.append({"tune_start": t["start"], "mlflow_start": run.info.start_time / 1000,
+                        "mlflow_end": run.info.end_time / 1000, "last_result": t["last_result"],
+                        "time_total_s": t["time_total_s"]})
+        per.sort(key=lambda p: p["tune_start"])
+        work = sum(p["mlflow_end"] - p["mlflow_start"] for p in per)
+        tune_inside = sum(p["time_total_s"] for p in per)
+        tune_end = tune["end"]
+        tune_span = tune_end - tune["start"]
+        first = per[0]
+        phases = {
+            "tune_start_to_mlflow_run_start": _quantiles([p["mlflow_start"] - p["tune_start"] for p in per]),
+            "mlflow_run": _quantiles([p["mlflow_end"] - p["mlflow_start"] for p in per]),
+            "mlflow_run_end_to_last_result": _quantiles([p["last_result"] - p["mlflow_end"] for p in per]),
+            "time_total_s": _quantiles([p["time_total_s"] for p in per]),
+        }
+        if concurrency == 1:
+            phases["last_result_to_next_trial_start"] = _quantiles(
+                [b["tune_start"] - a["last_result"] for a, b in zip(per, per[1:])])
+        out = {
+            "trials": trials, "concurrency": concurrency, "command": "python -m jobs.sweep sweeps/smoke.yaml " + " ".join(
+                a if not a.startswith("seeds=") else f"seeds=[0..{trials - 1}]" for a in args[1:]),
+            "wall_s": wall, "trial_work_s": work, "overhead_per_trial_s": (wall - work) / trials,
+            "tune_experiment_s": tune_span, "tune_time_total_s_sum": tune_inside,
+            "tune_overhead_per_trial_s": (tune_span - tune_inside) / trials,
+            "tune_runner_total_time_s": tune["runner_total_time"],
+            "launcher_before_tune_s": tune["start"] - started_at, "after_tune_s": ended_at - tune_end,
+            # the launcher's start split at the parent run's creation: imports, preflight, the MLflow
+            # store | Ray started, the trainable's parameters put, the Tuner built
+            "launcher_to_parent_run_s": parent.info.start_time / 1000 - started_at,
+            "parent_run_to_tune_s": tune["start"] - parent.info.start_time / 1000,
+            "before_first_trial_s": first["tune_start"] - tune["start"],
+            "first_trial": {"tune_start_to_mlflow_run_start_s": first["mlflow_start"] - first["tune_start"],
+                            "mlflow_run_s": first["mlflow_end"] - first["mlflow_start"],
+                            "time_total_s": first["time_total_s"]},
+            "after_last_result_s": tune_end - max(p["last_result"] for p in per),
+            "phases": phases, "loadavg_start": load, "loadavg_end": _loadavg(),
+        }
+        if concurrency > 1:
+            out["slot_overhead_per_trial_s"] = (concurrency * wall - work) / trials
+            out["tune_slot_overhead_per_trial_s"] = (concurrency * tune_span - tune_inside) / trials
+        if keep:
+            out["kept"] = str(root)
+        return out
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def status_times() -> dict:
     """Part 4 (see the module docstring)."""
     from jobs.sweep_spec import load_sweep
@@ -257,7 +384,20 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true",
                         help="keep the other parts of an existing bench/results/sweep.json (re-measure some backends)")
     parser.add_argument("--status-only", action="store_true", help="measure part 4 (status) only")
+    parser.add_argument("--ray-overhead-only", action="store_true",
+                        help="measure part 5 (Ray overhead per trivial trial) only, merged into the existing JSON")
+    parser.add_argument("--ray-trials", type=int, default=200, help="trials of part 5 (default 200)")
+    parser.add_argument("--ray-concurrency", type=int, default=1, help="trials at a time in part 5 (default 1)")
+    parser.add_argument("--keep", action="store_true", help="keep part 5's run folder (driver log, Tune folder)")
     args = parser.parse_args()
+    if args.ray_overhead_only:
+        result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        row = _ray_overhead_row(args)
+        result["ray_overhead"] = _merge_rows(result.get("ray_overhead"), row)
+        result.setdefault("loadavg_start", row["loadavg_start"])
+        result.setdefault("loadavg_end", row["loadavg_end"])
+        _report(result)
+        return
     if args.status_only:
         result = {"loadavg_start": _loadavg(), "status": status_times(), "loadavg_end": _loadavg()}
         if args.merge and RESULTS.exists():
@@ -267,12 +407,33 @@ def main() -> None:
     backends = list(filter(None, args.backends.split(",")))
     with _slurm_cluster("slurm" in backends or not args.skip_1000) as slurm_env:
         result = _measure(backends, args.skip_1000, slurm_env)
+    if "ray" in backends:
+        result["ray_overhead"] = [_ray_overhead_row(args)]
     if args.merge and RESULTS.exists():
         old = json.loads(RESULTS.read_text())
         result["scheduling"] = [r for r in old.get("scheduling", []) if r["backend"] not in backends] + result["scheduling"]
         if args.skip_1000 and "thousand" in old:
             result["thousand"] = old["thousand"]
+        rows = old.get("ray_overhead")
+        for row in result.get("ray_overhead", []):
+            rows = _merge_rows(rows, row)
+        if rows:
+            result["ray_overhead"] = rows
     _report(result)
+
+
+def _merge_rows(old, row: dict) -> list[dict]:
+    """Part 5's rows: ``row`` replaces an earlier one of the same trials and concurrency."""
+    rows = old if isinstance(old, list) else []
+    return [r for r in rows if (r["trials"], r["concurrency"]) != (row["trials"], row["concurrency"])] + [row]
+
+
+def _ray_overhead_row(args) -> dict:
+    row = ray_overhead(args.ray_trials, args.ray_concurrency, args.keep)
+    print(f"ray    {row['trials']} trivial trials, {row['concurrency']} at a time: wall {row['wall_s']:.1f} s, "
+          f"trial work {row['trial_work_s']:.1f} s → overhead {row['overhead_per_trial_s']:.2f} s/trial "
+          f"(Tune: {row['tune_overhead_per_trial_s']:.2f} s/trial)", flush=True)
+    return row
 
 
 def _loadavg() -> list[str]:
@@ -308,6 +469,32 @@ def _report(result: dict) -> None:
         else:
             print(f"| {row['backend']}: scheduling overhead per trial (16 one-step trials, serial) | "
                   f"{row['overhead_per_trial_s']:.2f} s (wall {row['wall_s']:.1f} s, work {row['trial_work_s']:.1f} s) |")
+    rows = result.get("ray_overhead") or []
+    for row in rows if isinstance(rows, list) else [rows]:
+        what = f"ray: {row['trials']} trivial trials (1 step, 1 validation reported), {row['concurrency']} at a time"
+        print(f"| {what}: overhead per trial, (wall − Σ MLflow run time) / trials | {row['overhead_per_trial_s']:.2f} s "
+              f"(wall {row['wall_s']:.1f} s, work {row['trial_work_s']:.1f} s; target ≤ 1 s) |")
+        if "slot_overhead_per_trial_s" in row:
+            print(f"| {what}: slot overhead per trial, (c · wall − Σ work) / trials | "
+                  f"{row['slot_overhead_per_trial_s']:.2f} s |")
+        print(f"| {what}: Tune's figure, (experiment span − Σ time_total_s) / trials | "
+              f"{row['tune_overhead_per_trial_s']:.2f} s (span {row['tune_experiment_s']:.1f} s, "
+              f"Σ time_total_s {row['tune_time_total_s_sum']:.1f} s) |")
+        if "tune_slot_overhead_per_trial_s" in row:
+            print(f"| {what}: Tune's slot figure, (c · span − Σ time_total_s) / trials | "
+                  f"{row['tune_slot_overhead_per_trial_s']:.2f} s |")
+        print(f"| {what}: launcher before Tune (to the parent run + after it) / Tune start to first trial / after "
+              f"last result / exit after Tune | {row['launcher_before_tune_s']:.1f} "
+              f"({row.get('launcher_to_parent_run_s', float('nan')):.1f} + {row.get('parent_run_to_tune_s', float('nan')):.1f})"
+              f" / {row['before_first_trial_s']:.1f} / {row['after_last_result_s']:.1f} / {row['after_tune_s']:.1f} s |")
+        first = row.get("first_trial")
+        if first:
+            print(f"| {what}: first trial (new worker): Tune start to MLflow run start / MLflow run / time_total_s | "
+                  f"{first['tune_start_to_mlflow_run_start_s']:.1f} / {first['mlflow_run_s']:.1f} / "
+                  f"{first['time_total_s']:.1f} s |")
+        for name, q in row["phases"].items():
+            print(f"| {what}: per trial, {name.replace('_', ' ')}: median / p90 / sum | "
+                  f"{q['median']:.2f} / {q['p90']:.2f} / {q['sum']:.1f} s |")
     for key, value in (result.get("thousand") or {}).items():
         print(f"| 1,000-trial sweep: {key} | {value:.2f} |" if isinstance(value, float) else
               f"| 1,000-trial sweep: {key} | {value} |")
