@@ -70,7 +70,6 @@ def run_worker(spec: dict) -> dict:
     import torch
 
     from rgflow.config import PriorConfig, model_preset
-    from rgflow.logit import dequantize
     from rgflow.model import RGFlowModel
 
     device = spec["device"]
@@ -80,7 +79,7 @@ def run_worker(spec: dict) -> dict:
     model = RGFlowModel(cfg, PriorConfig()).to(device)
     out = {**spec, "threads": torch.get_num_threads(), "torch": torch.__version__,
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
-    mm_before = _matmul_gflops(torch, device)
+    mm_before = _matmul_gflops(torch, device, spec.get("matmul_reps", 10))
     gen = torch.Generator(device=device).manual_seed(0)
     if spec["kind"] == "train":
         batch = spec["batch"]
@@ -88,20 +87,16 @@ def run_worker(spec: dict) -> dict:
         x = torch.randint(0, 256, (batch, 3, cfg.size, cfg.size), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(1)).to(device)
 
-        def step() -> float:
-            opt.zero_grad(set_to_none=True)
-            loss = model.nll_per_dim(dequantize(x, gen))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            return loss.item()
-
-        step()  # warm-up (allocator, optimizer state)
+        t0 = time.perf_counter()
+        for _ in range(spec.get("warmup", 1)):  # warm-up: allocator, optimizer state (and compilation)
+            train_step(torch, model, opt, x, gen)
+        _sync(torch, device)
+        out["warmup_s"] = time.perf_counter() - t0
         times, cpu = [], []
         for _ in range(spec["steps"]):
             _sync(torch, device)
             t0, c0 = time.perf_counter(), time.process_time()
-            step()
+            train_step(torch, model, opt, x, gen)
             _sync(torch, device)
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
@@ -120,7 +115,7 @@ def run_worker(spec: dict) -> dict:
         sample_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
         gflop = forward_gemm_flops(cfg) * n / 1e9
         out.update(sample_s=sample_s, sample_cpu_s=cpu_s, gflops=gflop / sample_s, gflops_per_cpu_s=gflop / cpu_s)
-    mm_after = _matmul_gflops(torch, device)
+    mm_after = _matmul_gflops(torch, device, spec.get("matmul_reps", 10))
     out.update(matmul_gflops=(mm_before[0] + mm_after[0]) / 2, matmul_gflops_range=[mm_before[0], mm_after[0]],
                matmul_gflops_per_cpu_s=(mm_before[1] + mm_after[1]) / 2, peak_rss_mb=_peak_rss_mb())
     if device.startswith("cuda"):
@@ -130,6 +125,18 @@ def run_worker(spec: dict) -> dict:
     # the robust efficiency figure on a shared machine
     out["cpu_ratio_to_matmul"] = out["gflops_per_cpu_s"] / out["matmul_gflops_per_cpu_s"]
     return out
+
+
+def train_step(torch, model, opt, x, gen) -> float:
+    """One step of the reference recipe on the uint8 images ``x``; returns the loss (nats/dim)."""
+    from rgflow.logit import dequantize
+
+    opt.zero_grad(set_to_none=True)
+    loss = model.nll_per_dim(dequantize(x, gen))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
 
 
 def _adamw(torch, model):

@@ -19,6 +19,9 @@ scale 1/√2, in training mode, so their gradient checkpointing (``layers.rnvp.m
 around every S and T call) is on, as in their training. The optimiser is built as their
 ``main.main()`` builds it: ``torch.optim.AdamW(params, lr, weight_decay)`` with torch's default
 implementation (ours uses the fused kernel: that difference is part of what is compared).
+A worker spec with ``precision: tf32`` (``bench/gpu_check.py``) switches TF32 on for their
+matmuls and convolutions (``torch.backends.cuda.matmul.allow_tf32``, ``cudnn.allow_tf32``); this
+script always runs fp32.
 
 What is timed, per step (one warm-up step, then ``--steps`` timed), is the body of their training
 loop (``main.main()``) minus data loading and log writing: ``optimizer.zero_grad()``;
@@ -208,10 +211,12 @@ def run_reference_worker(spec: dict) -> dict:
     from rgflow.config import model_preset
 
     device = spec["device"]
-    cfg = model_preset(PRESET, **spec["model_overrides"])  # the same architecture, for the FLOP count
+    cfg = model_preset(spec["preset"], **spec["model_overrides"])  # the same architecture, for the FLOP count
     ref_main, shims = _import_reference(torch, spec)
     args, utils = ref_main.args, ref_main.utils
     args.device = torch.device(device)  # their args.py derives it from --cuda; set it directly
+    if spec["precision"] == "tf32":  # their fp32 code with TF32 tensor-core matmuls and convolutions
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
     flow = ref_main.build_mera()
     flow.train(True)
@@ -219,7 +224,7 @@ def run_reference_worker(spec: dict) -> dict:
     out = {**spec, "threads": torch.get_num_threads(), "torch": torch.__version__,
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "shims": shims,
            "nparams": sum(p.numel() for p in params), "reference_argv": _reference_argv(spec)[1:]}
-    mm_before = model_bench._matmul_gflops(torch, device)
+    mm_before = model_bench._matmul_gflops(torch, device, spec.get("matmul_reps", 10))
     if spec["kind"] == "train":
         batch = spec["batch"]
         optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -246,9 +251,13 @@ def run_reference_worker(spec: dict) -> dict:
             return loss_mean.item()
 
         ckpt = sys.modules["layers.rnvp"].checkpoint
+        t0 = time.perf_counter()
         losses = [step()]  # warm-up
         # their checkpointing is on: every S/T call but the first coupling's first half-step
         out["checkpoint_calls_per_step"] = ckpt.calls
+        losses += [step() for _ in range(spec.get("warmup", 1) - 1)]
+        model_bench._sync(torch, device)
+        out["warmup_s"] = time.perf_counter() - t0
         times, cpu = [], []
         for _ in range(spec["steps"]):
             model_bench._sync(torch, device)
@@ -279,7 +288,7 @@ def run_reference_worker(spec: dict) -> dict:
         sample_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
         gflop = model_bench.forward_gemm_flops(cfg) * n / 1e9
         out.update(sample_s=sample_s, sample_cpu_s=cpu_s, gflops=gflop / sample_s, gflops_per_cpu_s=gflop / cpu_s)
-    mm_after = model_bench._matmul_gflops(torch, device)
+    mm_after = model_bench._matmul_gflops(torch, device, spec.get("matmul_reps", 10))
     out.update(matmul_gflops=(mm_before[0] + mm_after[0]) / 2, matmul_gflops_range=[mm_before[0], mm_after[0]],
                matmul_gflops_per_cpu_s=(mm_before[1] + mm_after[1]) / 2, peak_rss_mb=model_bench._peak_rss_mb())
     if device.startswith("cuda"):
@@ -306,10 +315,11 @@ def run_worker(spec: dict) -> dict:
 
 # ------------------------------------------------------------------------------ driver
 
-def spawn(spec: dict, timeout: float) -> dict:
+def spawn(spec: dict, timeout: float, script: Path = Path(__file__).resolve()) -> dict:
+    """Run ``script --worker SPEC`` in a fresh subprocess: its result row, or ``spec`` with ``error``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     try:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
+        proc = subprocess.run([sys.executable, str(script), "--worker", json.dumps(spec)],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {**spec, "error": f"timed out after {timeout:.0f} s"}
