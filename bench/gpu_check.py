@@ -61,6 +61,9 @@ sys.path.insert(0, str(BENCH))
 import model_bench  # noqa: E402  (the same directory; reused, not duplicated)
 import reference_bench  # noqa: E402
 
+sys.path.insert(0, str(REPO))
+from jobs.tracking.env import device_name  # noqa: E402  (GPU or CPU model name, as the trial runs record it)
+
 DEFAULT_REFERENCE = REPO.parent / "shared" / "reference" / "RG-Flow"
 TARGET_SPEEDUP, TARGET_BPD_DELTA, TARGET_PACKING = 8.0, 0.01, 3.0
 
@@ -155,20 +158,6 @@ def label(r: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------- workers
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _device_name(torch, device: str) -> str:
-    return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else _cpu_name()
-
 
 def run_bpd_worker(spec: dict) -> dict:
     """Train ours ``steps`` steps on MSDS1 in ``precision``; validation BPD (bits/dim) of a fixed batch."""
@@ -289,15 +278,13 @@ def run_packing_worker(spec: dict) -> dict:
 
 
 def run_worker(spec: dict) -> dict:
-    import torch
-
     if spec["kind"] == "bpd":
         out = run_bpd_worker(spec)
     elif spec["kind"] == "packing":
         out = run_packing_worker(spec)
     else:
         out = reference_bench.run_worker(spec)
-    return {**out, "device_name": _device_name(torch, spec["device"])}
+    return {**out, "device_name": device_name(spec["device"])}
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -307,7 +294,7 @@ def machine(torch, device: str) -> dict:
     return {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
             "cuda_available": torch.cuda.is_available(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "host_cpu": _cpu_name()}
+            "cpus": os.cpu_count(), "host_cpu": device_name("cpu")}
 
 
 def _finite_positive(x) -> bool:
