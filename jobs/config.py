@@ -109,12 +109,17 @@ class TrackingConfig:
     ``log_model``: which checkpoint's weights a finished trial logs under the run's ``model/``
     artifacts (``model/weights.pt``, ``model/config.yaml``, ``model/model.json``; loaded back by
     :func:`jobs.model_io.load_model`): ``best`` (the lowest validation BPD; the last when there is
-    no best), ``last``, or ``none``."""
+    no best), ``last``, or ``none``.
+
+    ``system_metrics``: log MLflow's system metrics (``system/…``: CPU, memory, disk, network; GPU
+    through ``pynvml`` when present) every ``system_metrics_interval_s`` seconds (1–300)."""
 
     uri: str | None = None
     experiment: str = "rgflow"
     enabled: bool = True
     log_model: str = "best"
+    system_metrics: bool = True
+    system_metrics_interval_s: float = 15.0
 
     def __post_init__(self) -> None:
         if self.uri is not None and not self.uri:
@@ -125,6 +130,9 @@ class TrackingConfig:
             raise lib.ConfigError("tracking.experiment", self.experiment, "must be a non-empty name")
         if self.log_model not in ("best", "last", "none"):
             raise lib.ConfigError("tracking.log_model", self.log_model, "must be one of best, last, none")
+        if not 1 <= self.system_metrics_interval_s <= 300:
+            raise lib.ConfigError("tracking.system_metrics_interval_s", self.system_metrics_interval_s,
+                                  "must be from 1 to 300 (seconds)")
 
     @property
     def resolved_uri(self) -> str:

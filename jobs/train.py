@@ -416,7 +416,9 @@ def _open_tracking(config: TrialConfig, run_dir: Path, tid: str, where: _Where, 
                 experiment, connect_s = None, 0.0
         return open_trial_run(uri, experiment, tid, run_name, parent, trial_params(config, name), tags, run_dir,
                               existing, device=str(prepared.device), connect_timeout_s=connect_s,
-                              experiment_name=name, deferred_parent=deferred_parent)
+                              experiment_name=name, deferred_parent=deferred_parent,
+                              system_metrics_interval_s=config.tracking.system_metrics_interval_s
+                              if config.tracking.system_metrics else None)
     except Exception as err:  # noqa: BLE001 - a refusal is bad input; anything else is a bug
         if isinstance(err, (TrackingError, ValueError)) or type(err).__name__ == "MlflowException":
             raise BadInput(f"tracking store {uri}: {_one_line(err)}") from None

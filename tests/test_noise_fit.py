@@ -38,10 +38,16 @@ def test_the_95_percent_interval_covers_the_truth_about_95_percent_of_the_time()
     ([64, 512], best_lr([64, 512]), "2 batch size(s)"),
     ([64, 64, 64], [1e-3, 1e-3, 1e-3], "1 batch size(s)"),
     ([32, 64, 128], [3e-3, 2e-3, 1e-3], "does not rise and level off"),  # falling LR: slope < 0
+    ([32, 64, 128], [4.9e-3, 4.9e-3, 4.9e-3], "the same LR is best at every batch size"),
 ])
 def test_not_tested_when_the_relation_cannot_be_fitted(batches, lrs, why):
     fit = noise_scale_fit(batches, lrs)
     assert fit.state == "not_tested" and why in fit.why and np.isnan(fit.b_noise)
+
+
+def test_not_tested_when_a_best_lr_is_the_edge_of_its_search():
+    fit = noise_scale_fit(BATCHES, best_lr(BATCHES), at_edge=[False, False, True, False, False, False])
+    assert fit.state == "not_tested" and "batch 128 is the edge of the LRs searched" in fit.why
 
 
 def test_the_winner_of_each_batch_size_ran_to_the_end():

@@ -26,8 +26,9 @@ from jobs.report.render import Table
 @dataclass(frozen=True)
 class NoiseFit:
     """``b_noise`` (images) and ``lr_max`` with 95 % t intervals, from ``n`` batch sizes; ``state``:
-    ``fitted``, or ``not_tested`` with ``why`` (fewer than 3 batch sizes, or a line that does not
-    have the relation's shape: intercept or slope ≤ 0)."""
+    ``fitted``, or ``not_tested`` with ``why`` (fewer than 3 batch sizes, a chosen LR at the edge of
+    the LRs searched, the same LR at every batch size, or a line that does not have the relation's
+    shape: intercept or slope ≤ 0)."""
 
     state: str
     n: int
@@ -40,13 +41,22 @@ class NoiseFit:
     why: str = ""
 
 
-def noise_scale_fit(batch_sizes, lrs, level: float = 0.95) -> NoiseFit:
-    """Fit ``1/lr = a + b/B`` to the best learning rate ``lrs`` at each of ``batch_sizes`` (images)."""
+def noise_scale_fit(batch_sizes, lrs, at_edge=None, level: float = 0.95) -> NoiseFit:
+    """Fit ``1/lr = a + b/B`` to the best learning rate ``lrs`` at each of ``batch_sizes`` (images).
+    ``at_edge``: per batch size, whether its best LR is the lowest or highest LR searched there (the
+    optimum may then lie outside the search: not fitted)."""
     x = 1.0 / np.asarray(batch_sizes, dtype=float)
     y = 1.0 / np.asarray(lrs, dtype=float)
     n = len(x)
     if n < 3 or len(set(x)) < 3:
         return NoiseFit("not_tested", n, why=f"{len(set(x))} batch size(s): a line through 2 points has no uncertainty")
+    edge = [int(b) for b, e in zip(batch_sizes, at_edge if at_edge is not None else [False] * n) if e]
+    if edge:
+        return NoiseFit("not_tested", n, why=f"the best LR at batch {', '.join(map(str, edge))} is the edge of the LRs "
+                                             "searched there: the optimum may lie beyond it; widen the search")
+    if np.ptp(y) <= 1e-9 * np.abs(y).max():
+        return NoiseFit("not_tested", n, why="the same LR is best at every batch size: the search cannot resolve how "
+                                             "the optimum moves with the batch size")
     design = np.column_stack([np.ones(n), x])
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
     a, b = coef
@@ -119,7 +129,9 @@ def study_sections(stage: str, table: pd.DataFrame, out: Path) -> tuple[list[Tab
     (out / "lr_search.csv").write_text(frame.to_csv(index=False))
     figure = lr_search_figure(frame, out / "lr_search.png")
     winners = frame[frame["winner"]].sort_values("batch_size")
-    fit = noise_scale_fit(winners["batch_size"].astype(float), winners["lr"])
+    tried = frame.groupby("batch_size")["lr"].agg(["min", "max"])
+    at_edge = [lr in (tried.at[b, "min"], tried.at[b, "max"]) for b, lr in zip(winners["batch_size"], winners["lr"])]
+    fit = noise_scale_fit(winners["batch_size"].astype(float), winners["lr"], at_edge)
     shown = pd.DataFrame({
         "batch (images)": winners["batch_size"].astype(int).astype(str),
         "chosen LR": winners["lr"].map(lambda v: f"{v:.3g}"),

@@ -41,6 +41,7 @@ from .tags import (  # noqa: F401 - the tag names are re-exported for trial.py a
     REUSED_FROM_EXPERIMENT_TAG, REUSED_FROM_TAG, ROLE_TAG, RUN_DIR_TAG, RUN_NAME_TAG, SOURCE_GIT_COMMIT_TAG,
     SOURCE_NAME_TAG, SOURCE_TYPE_TAG, STATE_TAG, SWEEP_ID_TAG, SWEEP_TAG, TRIAL_ID_TAG, USER_TAG,
 )
+from .env import user_name
 from .uri import resolve_tracking_uri, sqlite_path  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,8 @@ def ensure_sweep_run(uri: str, experiment_id: str, sweep_name: str, sweep_id: st
     def attempt() -> str:
         runs = search()
         if not runs:
-            tags = {ROLE_TAG: "sweep", SWEEP_TAG: sweep_name, SWEEP_ID_TAG: sweep_id, STATE_TAG: "running"}
+            tags = {ROLE_TAG: "sweep", SWEEP_TAG: sweep_name, SWEEP_ID_TAG: sweep_id, STATE_TAG: "running",
+                    USER_TAG: user_name()}
             mine = client.create_run(experiment_id, tags=tags, run_name=sweep_name).info.run_id
             time.sleep(_SETTLE_S)  # let a concurrent creator's run become visible before choosing
             runs = search()

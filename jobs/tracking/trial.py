@@ -21,9 +21,13 @@ Design (see also ``spool.py`` and ``record.py``):
 * Reopening (``existing_run_id``, or the run recorded in ``run_dir/tracking.json``) sets the run
   back to RUNNING, bumps ``rgflow.attempt`` and clears the previous ``rgflow.failure_reason``.
   Steps a resumed trainer repeats (at or below a key's highest spooled step) are dropped.
+* System metrics (``open_trial_run(system_metrics_interval_s=…)``): MLflow's own monitor
+  (:class:`SystemMetrics`) samples in a third daemon thread into the same spool, so an outage costs
+  it nothing either; ``end`` stops it before the final push, so an ended run receives no more.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from .env import environment_tags
 from .record import TrackingRecord
@@ -46,10 +51,91 @@ from .store import (
 log = logging.getLogger(__name__)
 _MAX_RETRY_DELAY_S = 10.0
 _TEXT_DIR = ".tracking-artifacts"
+_SYSTEM_PREFIX = "system/"
+_SYSTEM_JOIN_S = 2.0  # how long end() waits for a sample being taken (psutil/NVML calls) to finish
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class _FirstOfEach(logging.Filter):
+    """Lets each distinct message through once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self._seen:
+            return False
+        self._seen.add(message)
+        return True
+
+
+@functools.cache
+def _quiet_system_metrics_logs() -> None:
+    """MLflow's monitor logs INFO lines on stderr when it starts and when it finds no GPU, and its
+    GPU samplers warn at every sample whose reading fails (e.g. one not supported on the device):
+    keep the INFO lines off the trainer's console and let each distinct warning through once."""
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    for name in ("mlflow.system_metrics.metrics.gpu_monitor", "mlflow.system_metrics.metrics.rocm_monitor"):
+        logging.getLogger(name).addFilter(_FirstOfEach())
+
+
+class SystemMetrics(SystemMetricsMonitor):
+    """MLflow's system-metrics monitor — its samplers (CPU %, system memory MB and %, disk MB and %,
+    network MB since the start; GPU utilisation %, memory MB and %, power W and % per GPU through
+    ``pynvml`` when present), its ``system/<name>`` keys and its step counter — writing each sample
+    into the trial's spool instead of calling the store itself.
+
+    One sample every ``interval_s`` seconds (CPU %: the mean over the interval; the rest: the value
+    at the sample), at steps 0, 1, 2, … — continuing after the highest ``system/…`` step already in
+    the spool, so a resumed attempt goes on where the last one stopped (MLflow's own monitor starts
+    again at 0 unless asked to read the run from the store). ``interval_s`` overrides
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``; ``MLFLOW_SYSTEM_METRICS_NODE_ID`` still names the
+    node (``system/<node>/<name>``). A sampler that raises stops the monitor with one warning.
+    """
+
+    def __init__(self, spool: MetricSpool, interval_s: float, uri: str, trial_id: str):
+        _quiet_system_metrics_logs()
+        super().__init__(None, sampling_interval=interval_s, tracking_uri=uri)
+        self.sampling_interval = interval_s
+        self._spool, self._trial_id = spool, trial_id
+        self._publish_lock = threading.Lock()  # finish() waits for a sample being spooled
+        steps = [step for key, step in spool.high_water.items() if key.startswith(_SYSTEM_PREFIX)]
+        self._logging_step = max(steps, default=-1) + 1
+
+    def monitor(self) -> None:
+        try:
+            self.collect_metrics()  # primes psutil's CPU counters: the first sample covers one interval
+            for sampler in self.monitors:
+                sampler.clear_metrics()
+            while not self._shutdown_event.wait(self.sampling_interval):
+                self.collect_metrics()
+                self.publish_metrics(self.aggregate_metrics())
+        except Exception as exc:  # noqa: BLE001 - system metrics never stop the training
+            log.warning("trial %s: system metrics stopped: %s: %s", self._trial_id, type(exc).__name__, exc)
+
+    def publish_metrics(self, metrics: Mapping[str, float]) -> None:
+        prefix = self._metrics_prefix + (f"{self.node_id}/" if self.node_id else "")
+        with self._publish_lock:
+            if self._shutdown_event.is_set():
+                return
+            self._spool.append({prefix + k: v for k, v in metrics.items()}, self._logging_step, _now_ms())
+        self._logging_step += 1
+        for sampler in self.monitors:
+            sampler.clear_metrics()
+
+    def finish(self, timeout_s: float = _SYSTEM_JOIN_S) -> None:
+        """Stop sampling: once this returns nothing more is spooled. Waits ≤ ``timeout_s`` for the
+        thread (it only ends late if a sampler hangs; it is a daemon and exits after that sample)."""
+        with self._publish_lock:
+            self._shutdown_event.set()
+        if self._process is not None:
+            self._process.join(timeout_s)
+            self._process = None
 
 
 class TrialRun:
@@ -72,6 +158,7 @@ class TrialRun:
         self._connected = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._system: SystemMetrics | None = None
         self._ended = False
         self._end_ok: bool | None = None
         self.error: BaseException | None = None  #: the last failure talking to the store
@@ -171,7 +258,10 @@ class TrialRun:
         if self._ended:
             return bool(self._end_ok)
         self._ended = True
+        started = time.monotonic()
         self._stop.set()
+        if self._system is not None:
+            self._system.finish(min(_SYSTEM_JOIN_S, timeout_s))
         tags = {STATE_TAG: state} | ({REASON_TAG: reason} if reason else {})
         with self._record_lock:
             self.set_tags(tags)
@@ -179,7 +269,7 @@ class TrialRun:
             self._record.save(self.run_dir)
         if not self._connected:  # offline the whole attempt: do not hold the trial's exit for long
             timeout_s = min(timeout_s, 10.0)
-        deadline = time.monotonic() + timeout_s
+        deadline = started + timeout_s
         ok = self._drain(deadline)
         if self._thread is not None:
             self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -200,6 +290,14 @@ class TrialRun:
                 return False
             time.sleep(delay)
             delay = min(delay * 2, _MAX_RETRY_DELAY_S)
+
+    def _start_system_metrics(self, interval_s: float) -> None:
+        """Start :class:`SystemMetrics` (a failure to start is one warning: training goes on)."""
+        try:
+            self._system = SystemMetrics(self._spool, interval_s, self.uri, self._record.trial_id)
+            self._system.start()
+        except Exception as exc:  # noqa: BLE001 - system metrics never stop the training
+            log.warning("trial %s: no system metrics: %s: %s", self._record.trial_id, type(exc).__name__, exc)
 
     def _start_flusher(self) -> None:
         self._thread = threading.Thread(target=self._flusher, name=f"tracking-{self._record.trial_id}", daemon=True)
@@ -396,6 +494,7 @@ def open_trial_run(
     flush_interval_s: float = 2.0,
     experiment_name: str | None = None,
     deferred_parent: Mapping[str, Any] | None = None,
+    system_metrics_interval_s: float | None = None,
 ) -> TrialRun:
     """Open the run of trial ``trial_id`` whose files live in ``run_dir`` and start its flusher.
 
@@ -412,6 +511,9 @@ def open_trial_run(
     experiment, or else experiment ``experiment_name``, found or created when the store answers;
     ``deferred_parent`` (``{"name", "sweep_id", "params"}``, optionally ``"description"``) likewise names the sweep's parent run
     when ``parent_run_id`` is None.
+
+    ``system_metrics_interval_s``: sample MLflow's system metrics (:class:`SystemMetrics`) every so
+    many seconds until :meth:`TrialRun.end`, online or offline alike; None: none.
 
     Raises :class:`TrackingError` when the store refuses (e.g. unknown experiment or run); an
     unreachable store is not an error (see the module docstring).
@@ -463,6 +565,8 @@ def open_trial_run(
             raise TrackingError(f"trial {trial_id}: tracking store {uri} refused the run: {exc}") from exc
         trial._note_failure(exc)
     trial._start_flusher()
+    if system_metrics_interval_s is not None:
+        trial._start_system_metrics(system_metrics_interval_s)
     return trial
 
 
