@@ -152,7 +152,8 @@ def study_sections(stage: str, table: pd.DataFrame, out: Path) -> tuple[list[Tab
              "that ran to the end (pruned ones never win); it sets the LR and warm-up of every later trial of that "
              "batch size.", line]
     return [Table(f"Stage {stage}: the learning rate chosen per batch size", shown, csv="lr_search.csv", notes=notes)], \
-        [(f"Stage {stage}: best validation BPD against learning rate", figure)], fit
+        [(f"Stage {stage}: best validation BPD (bits/dim) against learning rate, per batch size; a pruned trial "
+          "(hollow) shows its best before it was stopped, after fewer epochs than those that ran to the end", figure)], fit
 
 
 __all__ = ["NoiseFit", "noise_scale_fit", "lr_search_frame", "lr_search_figure", "study_sections"]
