@@ -136,6 +136,7 @@ axes:
     prior.kind: [laplace, gaussian]
   seeds: [0]
 resources: {{cpus: 1, gpus: 0, memory_gb: 2, time_limit_min: 10}}
+reuse: false  # every scenario trains its trials (they share trial ids with the other scenarios' sweeps)
 backend: local
 ray: {{address: local, max_concurrent_trials: 2, max_failures: 1}}
 local: {{parallel: 2}}

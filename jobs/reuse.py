@@ -48,9 +48,11 @@ def apply_reuse(sweep, uri: str, experiment_id: str, parent_run_id: str, runs: d
     sweep's link runs and put their trials back into ``todo`` (their runs leave ``runs``). A link
     that cannot be created leaves its trial to train, with a note. Returns (the new ``todo`` in
     trial order, the number of trials linked)."""
-    from jobs.tracking.store import delete_link_run, link_trial_run
+    from jobs.tracking.store import delete_incomplete_links, delete_link_run, link_trial_run
     from jobs.train import trial_run_names
 
+    for run_id in delete_incomplete_links(uri, experiment_id):
+        notes[f"link {run_id}"] = "deleted: a link left half-made by an earlier launch (the store failed mid-way)"
     chosen, linked = set(todo), 0
     names = dict(zip((t.trial_id for t in sweep.trials), trial_run_names(sweep)))
     index = {t.trial_id: t.index for t in sweep.trials}

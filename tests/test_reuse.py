@@ -169,3 +169,24 @@ def test_which_runs_are_reusable_and_a_failed_link_leaves_nothing(tmp_path):
         delete_link_run(uri, newest)
     delete_link_run(uri, link.run_id)
     assert client.get_run(link.run_id).info.lifecycle_stage == "deleted"
+
+
+def test_a_link_left_half_made_by_a_store_outage_is_deleted_by_the_next_launch(tmp_path):
+    """A link whose creation and clean-up both failed (the store went down mid-way) stays RUNNING
+    without ``rgflow.role``: :func:`jobs.tracking.store.delete_incomplete_links` (called by every
+    launch) deletes it, and leaves trial runs and finished links alone."""
+    from mlflow import MlflowClient
+
+    from jobs.tracking.store import delete_incomplete_links
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("b", artifact_location=str(tmp_path / "art"))
+    half = client.create_run(exp, tags={TG.REUSED_FROM_TAG: "f" * 32}).info.run_id
+    live = client.create_run(exp, tags={TG.ROLE_TAG: "trial", TG.TRIAL_ID_TAG: "t1"}).info.run_id
+    done = client.create_run(exp, tags={TG.ROLE_TAG: "trial", TG.REUSED_FROM_TAG: "e" * 32}).info.run_id
+    client.set_terminated(done, "FINISHED")
+    assert delete_incomplete_links(uri, exp) == [half]
+    assert client.get_run(half).info.lifecycle_stage == "deleted"
+    assert {client.get_run(r).info.lifecycle_stage for r in (live, done)} == {"active"}
+    assert delete_incomplete_links(uri, exp) == []

@@ -477,8 +477,9 @@ def link_trial_run(uri: str, experiment_id: str, original_run_id: str, tags: Map
     ``rgflow.reused_from`` / ``rgflow.reused_from_experiment`` (the original run id and its
     experiment's name), and a copy of all its artifacts (``model/``, ``eval/``, ``train.log``), so
     that the link loads, evaluates and reports like a trained run. ``rgflow.role=trial`` is set
-    last: a link that fails half-way is deleted, and one never completed is not a trial run. Not
-    retried; errors are raised."""
+    last: a link that fails half-way is deleted (or, when the store is gone too, by the next launch:
+    :func:`delete_incomplete_links`), and one never completed is not a trial run. Not retried;
+    errors are raised."""
     import tempfile
 
     client = get_client(uri)
@@ -508,6 +509,20 @@ def link_trial_run(uri: str, experiment_id: str, original_run_id: str, tags: Map
             log.warning("could not delete the incomplete link run %s", link)
         raise
     return _summary(client.get_run(link))
+
+
+def delete_incomplete_links(uri: str, experiment_id: str) -> list[str]:
+    """Delete the link runs of ``experiment_id`` that :func:`link_trial_run` left half-made (the
+    store failed mid-way and the clean-up too): RUNNING, with ``rgflow.reused_from`` and without
+    ``rgflow.role``. Returns their ids. Transient errors retried for 60 s."""
+    client = get_client(uri)
+    found = retry_transient(lambda: client.search_runs(
+        [experiment_id], f"attributes.status = 'RUNNING' and tags.`{REUSED_FROM_TAG}` LIKE '%'", ViewType.ACTIVE_ONLY,
+        max_results=SEARCH_PAGE), timeout_s=60.0, what=f"incomplete links of experiment {experiment_id}")
+    stale = [r.info.run_id for r in found if ROLE_TAG not in r.data.tags]
+    for run_id in stale:
+        retry_transient(lambda run_id=run_id: client.delete_run(run_id), timeout_s=60.0, what=f"delete run {run_id}")
+    return stale
 
 
 def delete_link_run(uri: str, run_id: str) -> None:
