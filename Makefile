@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Two pytest-xdist workers (TEST_WORKERS=0: one process): most tests wait on real processes and
+# services (Ray, MLflow, Slurm, Chromium), so two share the 2 CPU cores of CI well. Slurm tests
+# run in one worker, in order (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The edit-test loop: no Slurm dev cluster, no headless browser, no test marked slow.
 test-fast: $(STAMP)

@@ -146,7 +146,7 @@ def stage_sweep(study, stage: str) -> tuple[Any, str | None]:
     left = len(todo) + searched_left(earlier, todo)
     if not earlier.trials or left:
         return study.sweep(stage), f"{left or 'all'} trial(s) of stage {dep.stage} not done yet"
-    return study.sweep(stage, choose(earlier, runs, dep)), None
+    return study.sweep(stage, choose(earlier, runs, dep, best_in_history(uri))), None
 
 
 def load_stage(path: str | Path, overrides: list[str] = ()) -> Sweep:
@@ -215,17 +215,31 @@ def _with_choice(axes: dict, best_of: BestOf, choice: Choice, path: Path, stage:
     return {**axes, "grid": grid, "zip": [g for i, g in enumerate(zips) if i not in used] + [chosen]}
 
 
-def choose(earlier: Sweep, runs: dict, best_of: BestOf) -> Choice:
+def best_in_history(uri: str):
+    """``best(run)``: the lowest ``val_bpd`` (bits/dim) of a run's whole history, read from the store."""
+    from jobs.tracking import read_metric_history
+
+    def best(run) -> float | None:
+        values = [v for _, _, v in read_metric_history(uri, run.run_id, "val_bpd") if v == v]
+        return min(values) if values else None
+
+    return best
+
+
+def choose(earlier: Sweep, runs: dict, best_of: BestOf, best=None) -> Choice:
     """The winners of ``earlier`` (its trial runs ``runs``: trial id → RunSummary) per ``by`` value:
-    the trial with the lowest best validation BPD among the FINISHED, not pruned ones."""
+    the trial with the lowest best validation BPD among the FINISHED, not pruned ones. ``best(run)``:
+    that BPD (default: the run's ``best_val_bpd`` or latest ``val_bpd`` metric; the launcher passes
+    :func:`best_in_history`)."""
     from jobs.backends.base import best_val_bpd
 
+    best = best or (lambda run: best_val_bpd(run.metrics))
     groups: dict[tuple, list] = {}
     for trial in earlier.trials:
         key = tuple(_value(trial, k) for k in best_of.by)
         groups.setdefault(key, [])
         run = runs.get(trial.trial_id)
-        bpd = best_val_bpd(run.metrics) if run is not None and run.status == "FINISHED" and run.state != "pruned" else None
+        bpd = best(run) if run is not None and run.status == "FINISHED" and run.state != "pruned" else None
         if bpd is not None and bpd == bpd:
             groups[key].append((bpd, trial))
     values, missing = {}, []

@@ -487,7 +487,7 @@ def cmd_study(command: str, args) -> int:
     order (only the one ``stage=NAME`` names, if given). ``run`` launches a stage only once the
     stages before it are done, so one command runs the whole study (a re-run continues it); a stage
     waiting for an earlier one ends the command with exit 0 and says so."""
-    from jobs.study import choose, load_study, stage_sweep
+    from jobs.study import best_in_history, choose, load_study, stage_sweep
 
     only = [o.split("=", 1)[1].strip() for o in args.overrides if o.split("=", 1)[0].strip() == "stage"]
     study = load_study(args.sweep, [o for o in args.overrides if o.split("=", 1)[0].strip() != "stage"])
@@ -507,7 +507,7 @@ def cmd_study(command: str, args) -> int:
 
             runs = fast_read.trial_runs(uri, fast_read.experiment_id(uri, earlier.name),
                                         trial_ids=[t.trial_id for t in earlier.trials])
-            chosen = choose(earlier, runs, dep)
+            chosen = choose(earlier, runs, dep, best_in_history(uri))
             for key, value in sorted(chosen.values.items(), key=str):
                 taken = ", ".join(f"{k}={value[k]:.4g}" if isinstance(value[k], float) else f"{k}={value[k]}"
                                   for k in dep.take)

@@ -61,10 +61,14 @@ def pytest_terminal_summary(terminalreporter) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
     """A test that uses the Slurm dev cluster is a ``slurm`` test even if its marker was forgotten,
-    so that ``make test-fast`` (``-m "not slurm"``) never starts the cluster."""
+    so that ``make test-fast`` (``-m "not slurm"``) never starts the cluster. With pytest-xdist
+    (``make test`` runs two workers, ``--dist loadgroup``), every ``slurm`` test runs in one worker,
+    one after another: they share the dev cluster's few CPUs and their job timeouts assume it free."""
     for item in items:
         if "slurm_cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slurm") is None:
             item.add_marker(pytest.mark.slurm)
+        if item.get_closest_marker("slurm") is not None:
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 def services_required() -> bool:

@@ -180,7 +180,7 @@ def test_mlflow_ui_shows_the_sweep(mlflow_server, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     env["MLFLOW_TRACKING_URI"] = mlflow_server.uri
     sweep = [
-        sys.executable, "-m", "jobs.sweep", "sweeps/smoke.yaml", "backend=local", "name=ui-smoke",
+        sys.executable, "-m", "jobs.sweep", "sweeps/smoke.yaml", "backend=local", "name=ui-smoke", "reuse=false",
         "train.batch_size=[32,64]", "prior.kind=laplace", "train.steps=3", "train.epochs=1",
         "data.train_size=256", "data.valid_size=64", "data.test_size=64", f"run.out_dir={tmp_path / 'runs'}",
         "evaluation.enabled=false", "tracking.system_metrics_interval_s=1",  # samples within a short trial

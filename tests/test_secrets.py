@@ -235,7 +235,8 @@ def test_a_local_sweep_leaks_its_tracking_credentials_nowhere(secret_server, mlf
     clean = f"http://127.0.0.1:{proxy.port}"
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(f"name: {name}\nbase_config: {REPO / 'configs' / 'tiny.yaml'}\naxes: {{seeds: [0]}}\n"
-                     "resources: {cpus: 1, gpus: 0}\nbackend: local\nevaluation: {enabled: false}\n")
+                     "resources: {cpus: 1, gpus: 0}\nbackend: local\nevaluation: {enabled: false}\n"
+                     "reuse: false\n")  # the shared server may hold this trial from another test: train it here
     runs = tmp_path / "runs"
     done = subprocess.run(
         [sys.executable, "-m", "jobs.sweep", str(sweep), *TINY, f"run.out_dir={runs}", f"data.root={REPO / 'data'}",
