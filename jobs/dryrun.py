@@ -379,7 +379,7 @@ def format_trials_table(sweep: Sweep, results_dir: str | Path | None = None) -> 
         *lines,
         f"total: {len(sweep.trials)} trials, {_count(sum(training_images(t.config) for t in sweep.trials))} training "
         f"images, {sum(e.hours for e in found):.3g} {total_words} (estimated)",
-        f"{_basis_line(sweep, found)}; evaluations after training: {evaluations}",
+        *([f"{_basis_line(sweep, found)}; evaluations after training: {evaluations}"] if found else []),
         *([reuse] if reuse else []),
         *([searched] if searched else []),
         *([pruning] if pruning else []),

@@ -124,10 +124,11 @@ def tasks_of(sweep) -> list[TrialTask]:
 
 def searched_left(sweep, todo: list[str]) -> int:
     """Trials a searcher sweep has still to sample: its budget less the recorded trials that are
-    done (finished, pruned or given up); 0 for other sweeps."""
+    done (finished, pruned or given up), less those to resume (``todo``); 0 for other sweeps and for
+    a budget lowered below what was sampled."""
     if sweep.search is None:
         return 0
-    return max(sweep.search.budget - (len(sweep.trials) - len(todo)), 0) - len(todo)
+    return max(sweep.search.budget - len(sweep.trials), 0)
 
 
 def _busy(ctx: SweepContext, state: SweepState) -> bool:

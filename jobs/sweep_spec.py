@@ -604,13 +604,11 @@ def load_trial(path: str | Path, overrides: list[str] = (), index: int | None = 
     """The trial a ``jobs.train`` command line names: ``(None, config)`` for a trial config file,
     ``(sweep, sweep.trial(index).config)`` for a sweep file (``index`` required there, refused for
     a trial config file). A study names its stage with the override ``stage=NAME`` (:func:`jobs.study.load_stage`)."""
-    raw = load_yaml_file(path)
-    if isinstance(raw, dict) and "stages" in raw:
-        from jobs.study import load_stage
+    from jobs.study import is_study_file, load_stage
 
-        sweep = load_stage(path, list(overrides))
+    raw = load_yaml_file(path)
     if is_sweep_file(raw):
-        sweep = sweep if isinstance(raw, dict) and "stages" in raw else load_sweep(path, overrides)
+        sweep = load_stage(path, list(overrides)) if is_study_file(raw) else load_sweep(path, overrides)
         if index is None:
             raise ConfigError(f"{path} is a sweep with {len(sweep.trials)} trials: run them all with python -m jobs.sweep "
                               f"{path}, or one with --trial N (0-{len(sweep.trials) - 1})")

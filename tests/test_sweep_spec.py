@@ -196,6 +196,9 @@ def test_tune_section_is_typed_and_a_searcher_sweep_has_its_recorded_trials(tmp_
         [(0, 64, 1, 0.002), (1, 32, 0, 3e-4)]
     assert again.sweep_id == sweep.sweep_id  # the sweep is what it searches, not how far it got
     assert "up to 10 more trials (3 per setting × 4 settings; 2 sampled so far)" in format_trials_table(again)
+    from jobs.sweep import searched_left
+
+    assert searched_left(again, []) == searched_left(again, [again.trials[0].trial_id]) == 10  # resumed ones aside
     assert load_sweep(path, ["tune.scheduler.kind=hyperband"]).tune.scheduler.kind == "hyperband"
 
 
