@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from jobs.report import scaling as SC
 from jobs.report import verdict as V
 
 N_TRAIN = 6400
@@ -205,20 +206,20 @@ def test_critical_batch_size_recovered_from_curves():
 
 
 def test_critical_batch_interval_covers_the_truth(monkeypatch):
-    monkeypatch.setattr(V, "BOOTSTRAP", 500)
+    monkeypatch.setattr(SC, "BOOTSTRAP", 500)
     hits = 0
     for rep in range(40):
         trials, val = scaling_curves([32, 64, 128, 256, 512], b_crit=300.0, s_min=400.0, seeds=4, rel_sd=0.03, rng=rep)
-        lo, hi = only(V.critical_batch_findings(trials, val, []), "critical batch").numbers["ci95"]
+        lo, hi = only(SC.critical_batch_findings(trials, val, []), "critical batch").numbers["ci95"]
         hits += lo < 300 < hi
     assert hits >= 33  # nominal 95 % of 40 = 38; resampling the 4 seeds themselves gave 28
 
 
 def test_fit_scaling_on_exact_points():
     b = np.array([32.0, 128.0, 512.0])
-    fit = V.fit_scaling(b, 1000 * (1 + 200 / b))
+    fit = SC.fit_scaling(b, 1000 * (1 + 200 / b))
     assert (fit.s_min, fit.b_crit) == pytest.approx((1000, 200)) and fit.residual == pytest.approx(0, abs=1e-12)
-    assert math.isinf(V.fit_scaling(b, 1e5 / b).b_crit)  # perfect scaling: no intercept, no saturation
+    assert math.isinf(SC.fit_scaling(b, 1e5 / b).b_crit)  # perfect scaling: no intercept, no saturation
 
 
 def test_b_simple_per_group_at_matched_bpd():

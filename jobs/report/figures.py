@@ -23,7 +23,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from jobs.report.stats import mean_ci  # noqa: E402
 from jobs.report.tables import temperature_of  # noqa: E402
-from jobs.report.verdict import xy  # noqa: E402
+from jobs.report.findings import xy  # noqa: E402
 
 AXES = {"epoch": "epoch", "step": "optimizer step", "samples_seen": "samples seen (images)",
         "wall_s": "wall-clock (hours)"}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from jobs.report.verdict import Finding
+from jobs.report.findings import Finding
 from rgflow.atomic import write_atomic
 
 TABLE_ROWS = 60  # rows shown in the documents; the CSV files have them all

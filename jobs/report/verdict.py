@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from jobs.report import stats as S
+from jobs.report.findings import (EMPTY, Arm, Finding, arm_at, by_run, ci_words, common_horizon,
+                                   count, finished, fmt_p, label, lost_trials, note, value_at, xy)
+from jobs.report.scaling import critical_batch_findings, steps_to, target_bpd
 
 BASELINE_SCALING = "none"
 DEFAULT_MARGIN = 0.01  # bits/dim: equivalence margin of BPD comparisons (sweep file: report.equivalence_margin)
@@ -35,115 +37,11 @@ LATE_FRACTION = 0.1  # slope window: the last 10 % of training (in epochs)
 NOISE_WINDOW = 0.2  # B_simple window: the last 20 % of the steps up to the matched validation BPD
 MIN_NOISE_POINTS = 3
 MIN_GAIN = 1e-3  # bits/dim: a projected gain per further 10 % of training below this is "flat"
-BOOTSTRAP = 2000  # bootstrap draws of the B_crit interval
-EMPTY = pd.DataFrame({"run_id": [], "step": [], "epoch": [], "val_bpd": []})
-DIVERGED_PREFIX = "non-finite"
 
 
 # ----------------------------------------------------------------------------------------------
 # Findings
 # ----------------------------------------------------------------------------------------------
-
-@dataclass
-class Arm:
-    """One side of a comparison: ``values`` per seed of the finished trials, ``lost`` the trials
-    of the same setting that did not finish (one phrase each, e.g. "seed 2 diverged at lr 2.8e-03")."""
-
-    label: str
-    values: dict[int, float]
-    lost: list[str] = field(default_factory=list)
-
-    @property
-    def ci(self) -> S.MeanCI:
-        return S.mean_ci(list(self.values.values()))
-
-    def describe(self) -> str:
-        ci = self.ci
-        n = f"{ci.n} seed{'s' if ci.n != 1 else ''}"
-        value = f"{ci.mean:.3f} [{ci.lo:.3f}, {ci.hi:.3f}]" if ci.known else (f"{ci.mean:.3f}" if ci.n else "no value")
-        lost = f"; {self.lost_phrase()}" if self.lost else ""
-        return f"{self.label}: {value} ({n}{lost})"
-
-    def lost_phrase(self) -> str:
-        total = len(self.values) + len(self.lost)
-        return f"{len(self.lost)} of {total} seeds did not finish: " + ", ".join(self.lost)
-
-    def to_json(self) -> dict:
-        ci = self.ci
-        return {"label": self.label, "n": ci.n, "seeds": sorted(self.values), "mean": ci.mean,
-                "ci95": [ci.lo, ci.hi], "values": [self.values[s] for s in sorted(self.values)], "lost": self.lost}
-
-
-@dataclass
-class Finding:
-    """One verdict sentence and the numbers behind it.
-
-    ``topic`` groups sentences; ``context`` names the setting; ``question`` is what was asked;
-    ``conclusion`` the answer's keyword. A comparison also has ``arms`` (a, b), ``test`` (the
-    :class:`~jobs.report.stats.TwoArm`), and after :func:`adjust` its Holm-adjusted p-values.
-    ``numbers``: further values (axis, horizon, outcome, …). ``render`` builds ``text`` once the
-    conclusion is known.
-    """
-
-    topic: str
-    context: str
-    question: str
-    text: str = ""
-    conclusion: str | None = None
-    numbers: dict = field(default_factory=dict)
-    arms: tuple[Arm, Arm] | None = None
-    test: S.TwoArm | None = None
-    margin: float | None = None
-    p_holm: float = math.nan
-    p_tost: float = math.nan
-    p_tost_holm: float = math.nan
-    render: Callable[["Finding"], str] | None = field(default=None, repr=False)
-
-    @property
-    def is_comparison(self) -> bool:
-        return self.test is not None
-
-    def to_json(self) -> dict:
-        """JSON-ready dict (NaN and ±inf become ``None``); see docs/ARCHITECTURE.md."""
-        out = {"topic": self.topic, "context": self.context, "question": self.question,
-               "conclusion": self.conclusion, "text": self.text}
-        if self.is_comparison:
-            t = self.test
-            out.update({"arms": [a.to_json() for a in self.arms], "n": [t.n_a, t.n_b], "estimate": t.estimate,
-                        "se": t.se, "ci95": list(t.ci95), "ci_adjusted": list(S.adjusted_interval(t, self.p_holm)),
-                        "test": t.test, "df": t.df, "p": t.p, "p_holm": self.p_holm, "margin": self.margin,
-                        "p_tost": self.p_tost, "p_tost_holm": self.p_tost_holm, "units": "bits/dim"})
-            if self.numbers.get("deferred"):  # not tested: no test statistic to read a direction into
-                out.update({k: None for k in ("se", "ci95", "ci_adjusted", "df", "p", "p_tost")})
-        out.update(self.numbers)
-        return clean_json(out)
-
-
-def clean_json(value):
-    """``value`` with every non-finite float replaced by ``None`` and numpy scalars made plain."""
-    if isinstance(value, dict):
-        return {k: clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean_json(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
-
-
-def label(context: str, **parts) -> str:
-    bits = [f"{k}={v}" for k, v in parts.items() if v is not None]
-    if context:
-        bits.insert(0, context)
-    return ", ".join(bits)
-
-
-def fmt_p(p: float) -> str:
-    return "n/a" if not math.isfinite(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
-
 
 def comparison_text(f: Finding, worse: str, better: str, equal: str) -> str:
     """The generic sentence of a comparison: both arms, the estimate with its CI and test, the
@@ -192,73 +90,12 @@ def adjust(findings: list[Finding]) -> list[Finding]:
 # Curves and arms
 # ----------------------------------------------------------------------------------------------
 
-def xy(curve: pd.DataFrame, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
-    """Finite ``(x, y)`` pairs of a curve as float arrays sorted by ``x``."""
-    if x not in curve or y not in curve:
-        return np.array([]), np.array([])
-    xs, ys = curve[x].to_numpy(float), curve[y].to_numpy(float)
-    ok = np.isfinite(xs) & np.isfinite(ys)
-    order = np.argsort(xs[ok], kind="stable")
-    return xs[ok][order], ys[ok][order]
-
-
-def value_at(curve: pd.DataFrame, axis: str, x: float) -> float:
-    """``val_bpd`` linearly interpolated at ``axis = x``; NaN outside the curve's range."""
-    xs, ys = xy(curve, axis, "val_bpd")
-    if xs.size == 0 or x < xs[0] - 1e-9 or x > xs[-1] + 1e-9:
-        return math.nan
-    return float(np.interp(x, xs, ys))
-
-
-def by_run(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """``{run_id: rows}``, split once (filtering per trial would be quadratic in the sweep size)."""
-    return {rid: rows for rid, rows in frame.groupby("run_id", sort=False)}
-
-
-def finished(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials if "state" not in trials else trials[trials["state"] == "finished"]
-
-
-def lost_trials(group: pd.DataFrame) -> list[str]:
-    """One phrase per trial of ``group`` that did not finish, lowest seed first."""
-    if "state" not in group:
-        return []
-    out = []
-    for _, row in group[group["state"] != "finished"].sort_values("seed").iterrows():
-        reason = str(row.get("failure_reason") or "")
-        lr = row.get("effective_lr")
-        at_lr = f" at lr {float(lr):.2e}" if isinstance(lr, (int, float)) and math.isfinite(lr) else ""
-        if reason.startswith(DIVERGED_PREFIX):
-            out.append(f"seed {row['seed']} diverged{at_lr} ({reason})")
-        elif row["state"] == "failed":
-            out.append(f"seed {row['seed']} failed{at_lr}" + (f" ({reason})" if reason else ""))
-        else:
-            out.append(f"seed {row['seed']} {row['state'] or 'unknown'}")
-    return out
-
-
-def common_horizon(curves: dict[str, pd.DataFrame], ids, axis: str) -> float:
-    """The largest ``axis`` value every curve of ``ids`` reached (NaN if one is missing)."""
-    ends = [curves[i][axis].max() if i in curves else math.nan for i in ids]
-    return float(min(ends)) if ends and all(np.isfinite(ends)) else math.nan
-
-
-def arm_at(curves: dict[str, pd.DataFrame], group: pd.DataFrame, axis: str, x: float, name: str) -> Arm:
-    done = finished(group)
-    return Arm(name, {int(r.seed): value_at(curves.get(rid, EMPTY), axis, x) for rid, r in done.iterrows()},
-               lost_trials(group))
-
-
 def compare_finding(topic: str, context: str, question: str, a: Arm, b: Arm, margin: float, worse: str,
                     better: str, equal: str, **numbers) -> Finding:
     test = S.by_seed(a.values, b.values)
     return Finding(topic, context, question, numbers=numbers, arms=(a, b), test=test, margin=margin,
                    render=lambda f: comparison_text(f, worse, better, equal))
 
-
-def note(topic: str, context: str, question: str, text: str, **numbers) -> Finding:
-    """A finding that answers nothing (a comparison the sweep cannot make): ``conclusion`` not_tested."""
-    return Finding(topic, context, question, f"[{context}] {text}", "not_tested", numbers)
 
 
 AXIS_WORDS = {"epoch": ("equal epochs", "epoch {x:.3g}"), "step": ("equal optimizer steps", "step {x:.0f}")}
@@ -491,25 +328,6 @@ def prior_findings(trials: pd.DataFrame, val: pd.DataFrame, margin: float = DEFA
 # Gradient noise scale and critical batch size
 # ----------------------------------------------------------------------------------------------
 
-def target_bpd(curves: dict[str, pd.DataFrame], ids) -> float:
-    """The lowest validation BPD every trial of ``ids`` reached: the largest of their minima."""
-    mins = [float(np.nanmin(curves[i]["val_bpd"])) for i in ids if i in curves and curves[i]["val_bpd"].notna().any()]
-    return max(mins) if mins and len(mins) == len(list(ids)) else math.nan
-
-
-def steps_to(curve: pd.DataFrame, target: float) -> float:
-    """Optimizer steps at which ``val_bpd`` first reaches ``target`` (linear between validations)."""
-    steps, bpd = xy(curve, "step", "val_bpd")
-    hit = np.flatnonzero(bpd <= target + 1e-12)
-    if hit.size == 0:
-        return math.nan
-    k = int(hit[0])
-    if k == 0 or bpd[k - 1] == bpd[k]:
-        return float(steps[k])
-    frac = (bpd[k - 1] - target) / (bpd[k - 1] - bpd[k])
-    return float(steps[k - 1] + frac * (steps[k] - steps[k - 1]))
-
-
 def b_simple_window(series: pd.DataFrame, until: float, adam: bool = False) -> float:
     """Σ tr(Σ) / Σ |G|² of the raw estimates over the last :data:`NOISE_WINDOW` of steps up to
     ``until`` (at least the last :data:`MIN_NOISE_POINTS` measurements); NaN when not logged or
@@ -564,119 +382,6 @@ def noise_scale_findings(trials: pd.DataFrame, val: pd.DataFrame, noise: pd.Data
     return findings
 
 
-def count(value: float) -> str:
-    """A quantity in images with 3 significant digits and no exponent: ``1,230``, ``45.6``, ``0.0213``."""
-    if not math.isfinite(value):
-        return "n/a"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{float(f'{value:.3g}'):g}"
-
-
-def ci_words(ci: S.MeanCI) -> str:
-    """``"1,230 [980, 1,480] (3 seeds)"``; ``"1,230 (1 seed)"`` without an interval."""
-    if ci.known:
-        return f"{count(ci.mean)} [{count(ci.lo)}, {count(ci.hi)}] ({ci.n} seeds)"
-    return f"{count(ci.mean)} (1 seed)"
-
-
-@dataclass(frozen=True)
-class ScalingFit:
-    """S(B) = S_min·(1 + B_crit/B), fitted by least squares of S against 1/B on the per-batch mean
-    steps. ``b_crit`` in images (inf: no saturation in range; ≤ 0 is reported as such)."""
-
-    s_min: float
-    b_crit: float
-    residual: float  # RMS relative residual of the means (NaN with 2 batch sizes: the fit is exact)
-
-
-def fit_scaling(batches: np.ndarray, steps: np.ndarray) -> ScalingFit:
-    inv = 1.0 / np.asarray(batches, dtype=float)
-    steps = np.asarray(steps, dtype=float)
-    slope, intercept = np.polyfit(inv, steps, 1)
-    b_crit = slope / intercept if intercept > 0 else math.inf
-    fitted = intercept + slope * inv
-    residual = float(np.sqrt(np.mean(((steps - fitted) / steps) ** 2))) if len(steps) > 2 else math.nan
-    return ScalingFit(float(intercept), float(b_crit), residual)
-
-
-def bound(value: float) -> str:
-    """A B_crit interval end: ``"1,234"``, ``"∞"`` or ``"≤ 0"``."""
-    return "∞" if math.isinf(value) and value > 0 else ("≤ 0" if value <= 0 else count(value))
-
-
-def bootstrap_b_crit(batches: np.ndarray, steps: dict[int, np.ndarray], rng_seed: int) -> tuple[float, float]:
-    """95 % percentile interval of B_crit under a parametric bootstrap over seeds: each batch size's
-    mean steps is redrawn as mean + s.e.·T(n − 1) (the t distribution keeps the interval honest
-    with 2–5 seeds, where resampling the seeds themselves covers far less than 95 %)."""
-    rng = np.random.default_rng(rng_seed)
-    draws = []
-    for b in batches:
-        v = steps[int(b)]
-        draws.append(v.mean() + v.std(ddof=1) / math.sqrt(v.size) * rng.standard_t(v.size - 1, BOOTSTRAP))
-    boot = np.array([fit_scaling(batches, column).b_crit for column in np.stack(draws, axis=1)])
-    boot = np.where(np.isfinite(boot), boot, math.inf)
-    lo, hi = np.percentile(boot, [2.5, 97.5], method="inverted_cdf")  # no interpolation across ±inf
-    return float(lo), float(hi)
-
-
-def critical_batch_findings(trials: pd.DataFrame, val: pd.DataFrame, noise_findings: list[Finding],
-                            rng_seed: int = 0) -> list[Finding]:
-    """B_crit from steps-to-target (McCandlish et al. 2018; Shallue et al. 2019) per (context,
-    prior, LR scaling) with ≥ 2 batch sizes, with a bootstrap CI over seeds
-    (:func:`bootstrap_b_crit`), beside the measured B_simple."""
-    curves = by_run(val)
-    findings = []
-    done = finished(trials)
-    for (context, prior, scaling), group in done.groupby(["context", "prior", "lr_scaling"], sort=True):
-        sizes = sorted(group["batch_size"].unique())
-        if len(sizes) < 2:
-            continue
-        where = label(context, prior=prior, lr_scaling=scaling)
-        target = target_bpd(curves, group.index)
-        per_batch = {int(b): np.array([steps_to(curves.get(rid, EMPTY), target)
-                                       for rid in group[group["batch_size"] == b].index]) for b in sizes}
-        per_batch = {b: v[np.isfinite(v)] for b, v in per_batch.items()}
-        if not np.isfinite(target) or any(v.size == 0 for v in per_batch.values()):
-            findings.append(note("critical batch", where, "critical batch size", "Steps to a common validation BPD "
-                                 "could not be measured for every batch size: B_crit not estimated."))
-            continue
-        bs = np.array(sorted(per_batch), dtype=float)
-        fit = fit_scaling(bs, [per_batch[int(b)].mean() for b in bs])
-        testable = all(v.size >= 2 for v in per_batch.values())
-        lo, hi = bootstrap_b_crit(bs, per_batch, rng_seed) if testable else (math.nan, math.nan)
-        exact = len(bs) == 2
-        fit_words = ("exact fit: 2 batch sizes for 2 parameters, no residual to judge it by" if exact else
-                     f"{len(bs)} batch sizes, RMS relative residual {fit.residual:.1%}")
-        if math.isinf(fit.b_crit):
-            value = "beyond the batch sizes trained (steps fall as 1/B throughout: no saturation measured)"
-        elif fit.b_crit <= 0:
-            value = "below the smallest batch size (steps do not fall with batch size)"
-        else:
-            value = f"{count(fit.b_crit)} images" + (f", 95 % CI over seeds [{bound(lo)}, {bound(hi)}] (parametric t "
-                                                   "bootstrap; ∞: no saturation within the batch sizes trained)"
-                                                   if testable else " (1 seed at some batch size: no CI)")
-        simple = [f for f in noise_findings if f.topic == "noise scale" and f.conclusion == "measured"
-                  and f.numbers.get("prior") == prior and f.numbers.get("lr_scaling") == scaling
-                  and f.numbers.get("other_settings") == context]
-        beside = "; ".join(f"batch {f.numbers['batch_size']}: {count(f.numbers['b_simple'])}" for f in simple)
-        text = (f"[{where}] Steps to validation BPD {target:.3f} fitted by S = S_min·(1 + B_crit/B) ({fit_words}): "
-                f"B_crit = {value}; measured B_simple at matched BPD (plain-SGD approximation of B_noise): "
-                f"{beside or 'not logged'}.")
-        points = [{"batch_size": int(b), "seed": int(r.seed), "steps": steps_to(curves.get(rid, EMPTY), target)}
-                  for b in sizes for rid, r in group[group["batch_size"] == b].iterrows()]
-        findings.append(Finding("critical batch", where, "critical batch size", text,
-                                "measured" if testable else "not_tested", {
-                                    "prior": prior, "lr_scaling": scaling, "target_bpd": target, "b_crit": fit.b_crit,
-                                    "ci95": [lo, hi], "s_min": fit.s_min, "e_min": fit.s_min * fit.b_crit,
-                                    "residual": fit.residual, "exact_fit": exact, "points": points,
-                                    "test": f"parametric t bootstrap over seeds ({BOOTSTRAP} draws)",
-                                    "units": "images"}))
-    return findings
-
-
-# ----------------------------------------------------------------------------------------------
-# Everything
-# ----------------------------------------------------------------------------------------------
-
 def verdict(trials: pd.DataFrame, val: pd.DataFrame, noise: pd.DataFrame,
             margin: float = DEFAULT_MARGIN) -> list[Finding]:
     """All findings in reading order (batch gap, LR scaling, still improving, noise scale, critical
@@ -691,6 +396,5 @@ def verdict(trials: pd.DataFrame, val: pd.DataFrame, noise: pd.DataFrame,
                   + critical_batch_findings(trials, val, noise_found) + prior_findings(trials, val, margin, tests))
 
 
-__all__ = ["Arm", "Finding", "verdict", "batch_gap_findings", "lr_scaling_findings", "still_improving_findings",
-           "noise_scale_findings", "critical_batch_findings", "prior_findings", "late_slope", "value_at",
-           "steps_to", "fit_scaling", "b_simple_window", "clean_json", "adjust", "xy", "DEFAULT_MARGIN"]
+__all__ = ["verdict", "batch_gap_findings", "lr_scaling_findings", "still_improving_findings", "noise_scale_findings",
+           "prior_findings", "late_slope", "b_simple_window", "adjust", "DEFAULT_MARGIN"]
