@@ -42,6 +42,7 @@ from typing import Any
 
 from rgflow.config import ModelConfig, model_preset
 from jobs.config import TrialConfig
+from jobs.report import power
 from jobs.sweep_spec import EvaluationSettings, Sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -347,11 +348,61 @@ def search_line(sweep: Sweep, results_dir: str | Path | None = None) -> str | No
             f"{unit} more (estimated: the searched values are not known yet)")
 
 
+def power_lines(sweep: Sweep) -> list[str]:
+    """What the report's comparisons of this sweep can find (:mod:`jobs.report.power`): for a sweep
+    that compares settings over seeds — two or more settings of its non-seed axes, none of them
+    searched (no ``axes.random``, ``tune.scheduler`` or ``tune.searcher``: those are searches, as a
+    study's tuning stage) — one line: per comparison of two settings over the fewest seeds a
+    setting has, the minimum detectable difference (two-sided paired t, bits/dim) and the seeds
+    the TOST needs to show equivalence within ``report.equivalence_margin`` when the true
+    difference is 0; and a WARNING line when that is out of reach at the sweep's seeds (TOST power
+    below 0.8, or one seed). The s.d. of a per-seed difference is √2 × ``report.expected_seed_sd``,
+    the two settings' seeds taken as independent: conservative when seeds correlate positively,
+    as in the mini-study (:data:`jobs.sweep_spec.DEFAULT_SEED_SD`). Empty for any other sweep."""
+    if sweep.tune.scheduler or sweep.tune.searcher or sweep.axes.random or not sweep.trials:
+        return []
+    seeds: dict[str, set] = {}
+    for trial in sweep.trials:
+        setting = "|".join(_cell(v) for k, v in trial.varying.items() if k != "run.seed")
+        seeds.setdefault(setting, set()).add(trial.config.run.seed)
+    if len(seeds) < 2:
+        return []
+    axes = [[k for k in group if k != "run.seed"] for group in [*sweep.axes.zip, *([k] for k in sweep.axes.grid)]]
+    compared = ["/".join(group) for group in axes
+                if len({tuple(_cell(t.varying[k]) for k in group) for t in sweep.trials}) > 1]
+    n = min(map(len, seeds.values()))
+    paired = len({frozenset(s) for s in seeds.values()}) == 1
+    report = sweep.report
+    sd = math.sqrt(2) * report.expected_seed_sd
+    margin = report.equivalence_margin
+    needed = power.seeds_for_tost(sd, margin, power.POWER, power.ALPHA, max_n=power.MAX_SEEDS)
+    tost = power.tost_power(n, sd, margin, power.ALPHA)
+    seed_words = f"{n} seed{'s' * (n != 1)}"
+    design = f"{seed_words}, paired by seed" if paired else f"at least {seed_words} each, unpaired (modelled as paired)"
+    assumed = (f"s.d. of a per-seed difference {sd:.2g} bits/dim = √2 × report.expected_seed_sd {report.expected_seed_sd:g}, "
+               f"seeds independent; two-sided α {power.ALPHA:g}, power {power.POWER:g}, before family adjustment")
+    detectable = (f"minimum detectable difference {power.min_detectable_difference(n, sd):.2g} bits/dim"
+                  if n >= 2 else "nothing tested (the report needs ≥ 2 seeds per setting; it states no direction)")
+    needs = f"{needed} seeds" if needed else f"more than {power.MAX_SEEDS} seeds"
+    lines = [f"power: per comparison of two of the {len(seeds)} settings ({' × '.join(compared)}) over {design} "
+             f"({assumed}): {detectable}; equivalence within ±{margin:g} bits/dim (report.equivalence_margin) "
+             f"needs {needs} (TOST power {tost:.2f} at {seed_words})"]
+    if n < 2:
+        lines.append(f"WARNING: at {seed_words} the report tests no comparison: give ≥ 2 seeds for a test, {needs} for "
+                     f"equivalence within ±{margin:g} bits/dim")
+    elif tost < power.POWER:
+        lines.append(f"WARNING: equivalence within ±{margin:g} bits/dim is out of reach at {seed_words} (TOST power "
+                     f"{tost:.2f} < {power.POWER:g}): the report can find differences but will not call two settings "
+                     f"equivalent; give {needs}, or widen report.equivalence_margin")
+    return lines
+
+
 def format_trials_table(sweep: Sweep, results_dir: str | Path | None = None) -> str:
     """The dry-run table: one row per trial (index, trial id, each varying value, resources,
     training images, estimated hours on the trial's device), a total line, a line saying
-    where each throughput comes from (measurements in ``results_dir``, default ``bench/results``)
-    and, when some would be, how many trials a launch links from other sweeps (:func:`reuse_line`)."""
+    where each throughput comes from (measurements in ``results_dir``, default ``bench/results``),
+    when some would be, how many trials a launch links from other sweeps (:func:`reuse_line`),
+    and the power of the report's comparisons (:func:`power_lines`)."""
     found = estimates(sweep, results_dir)
     devices = {e.device for e in found}
     hours = {"gpu": "GPU-h", "cpu": "CPU-h"}[devices.pop()] if len(devices) == 1 else "hours"
@@ -383,10 +434,11 @@ def format_trials_table(sweep: Sweep, results_dir: str | Path | None = None) -> 
         *([reuse] if reuse else []),
         *([searched] if searched else []),
         *([pruning] if pruning else []),
+        *power_lines(sweep),
     ])
 
 
 __all__ = ["IMAGES_PER_S", "PRECISION_SPEEDUP", "ASSUMED_CPU_FLOP_S", "RESULTS_DIR", "Measurement", "Throughput",
            "Estimate", "forward_flops", "flow_parameters", "images_per_second", "load_measurements", "throughput",
            "trial_device", "trial_gpus", "split_sizes", "training_images", "gpu_hours", "estimates",
-           "format_trials_table", "reuse_line", "search_line"]
+           "format_trials_table", "reuse_line", "search_line", "power_lines"]

@@ -31,7 +31,7 @@ The shape (every key but ``name`` is optional; see ``sweeps/README.md`` for a co
       scheduler: {kind: asha, grace_epochs: 1, reduction_factor: 3, max_epochs: null, group_by: [train.batch_size]}
       searcher: {kind: optuna, num_samples: 8, seed: 0}   # searches axes.random.params
     evaluation: {enabled: true, test_bpd: true, samples: true, fid: true, receptive_fields: true}
-    report: {equivalence_margin: 0.01}   # bits/dim: the TOST margin of every BPD comparison
+    report: {equivalence_margin: 0.01, expected_seed_sd: 0.026, min_gain: 0.001, targets: null}   # bits/dim
 
 **Trial order** (the index used by ``--trial N`` and Slurm array task ids) is the cartesian
 product of, outermost first: each ``zip`` group (in file order), each ``grid`` key (in file order,
@@ -218,15 +218,40 @@ class EvaluationSettings:
         return tuple(n for n in names if self.enabled and getattr(self, n))
 
 
+#: bits/dim: the default ``report.expected_seed_sd``, measured in the committed mini-study
+#: (docs/results/mini-study/trials.csv: 18 finished trials, test_bpd of seeds 0, 1, 2 in each of 6
+#: settings, train.batch_size 32/64/128 × prior.kind): the pooled within-setting s.d. over seeds,
+#: √(Σ squared deviations from the setting's mean / 12 df) = 0.02595, rounded. The s.d. of paired
+#: per-seed differences between two of those settings, pooled over the 15 pairs, is 0.031 — a
+#: little below √2 × 0.026 = 0.037, the value for independent seeds (a seed correlation of ≈ 0.3).
+DEFAULT_SEED_SD = 0.026
+
+
 @dataclass(frozen=True)
 class ReportSettings:
-    """How ``jobs.report`` judges comparisons: ``equivalence_margin`` (bits/dim) is the ± margin of
-    the TOST equivalence test of every BPD comparison (see docs/STATISTICS.md)."""
+    """How ``jobs.report`` judges comparisons (all in bits/dim; see docs/STATISTICS.md):
+
+    * ``equivalence_margin``: the ± margin of the TOST equivalence test of every BPD comparison;
+    * ``expected_seed_sd``: the s.d. over seeds of one setting's BPD that ``--dry-run`` assumes for
+      the power of those comparisons (:data:`DEFAULT_SEED_SD`, measured);
+    * ``min_gain``: the largest improvement still to come that a converged run may have (the
+      convergence gate);
+    * ``targets``: the BPD targets of the critical-batch fit's steps-to-target (``None``: the
+      default quantiles)."""
 
     equivalence_margin: float = 0.01
+    expected_seed_sd: float = DEFAULT_SEED_SD
+    min_gain: float = 0.001
+    targets: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        lib._check_positive("report.equivalence_margin", self.equivalence_margin, integer=False)
+        for key in ("equivalence_margin", "expected_seed_sd", "min_gain"):
+            lib._check_positive(f"report.{key}", getattr(self, key), integer=False)
+        if self.targets is not None:
+            object.__setattr__(self, "targets", tuple(self.targets))
+            if not self.targets or any(t <= 0 for t in self.targets):
+                raise lib.ConfigError("report.targets", list(self.targets),
+                                      "must be a list of positive BPD values (bits/dim), or null for the default quantiles")
 
 
 SCHEDULERS = ("asha", "hyperband")

@@ -8,10 +8,14 @@ import sys
 
 import pytest
 
+from jobs.config import ConfigError
 from jobs.dryrun import (
     ASSUMED_CPU_FLOP_S, estimates, format_trials_table, forward_flops, images_per_second, load_measurements,
-    training_passes,
+    power_lines, training_passes,
 )
+from jobs.report.power import min_detectable_difference, seeds_for_tost, tost_power
+from jobs.study import load_study
+from jobs.sweep import main
 from jobs.sweep_spec import load_sweep
 from rgflow.config import model_preset
 from tests.fixtures.sweep import REPO
@@ -26,10 +30,17 @@ evaluation: {{fid: false}}
 """
 
 
-def _sweep(tmp_path, *overrides: str):
+def _sweep(tmp_path, *overrides: str, text: str = SWEEP):
     path = tmp_path / "est.yaml"
-    path.write_text(SWEEP)
+    path.write_text(text)
     return load_sweep(path, [f"run.out_dir={tmp_path / 'runs'}", *overrides])
+
+
+def _line(lines: list[str], start: str) -> str:
+    """The one line of a dry-run that starts with ``start``."""
+    found = [line for line in lines if line.startswith(start)]
+    assert len(found) == 1, lines
+    return found[0]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +64,8 @@ def test_cpu_estimate_measured_by_the_bench(tmp_path, bench_results):
         assert est.throughput.basis == f"measured on cpu, {row['threads']} thread{'s' * (row['threads'] != 1)}, " \
                                        f"batch 32 ({bench_results / 'model.json'})"
     table = format_trials_table(sweep, bench_results).splitlines()
-    assert table[1].split()[-1] == "CPU-h" and table[-2].endswith("CPU-hours (estimated)")
-    assert "measured on cpu" in table[-1] and "assumed" not in table[-1]
+    assert table[1].split()[-1] == "CPU-h" and _line(table, "total: ").endswith("CPU-hours (estimated)")
+    assert "measured on cpu" in _line(table, "estimate, ") and "assumed" not in _line(table, "estimate, ")
 
 
 def test_gpu_trials_stay_assumed_without_a_gpu_measurement(tmp_path, bench_results):
@@ -64,7 +75,7 @@ def test_gpu_trials_stay_assumed_without_a_gpu_measurement(tmp_path, bench_resul
     assert all(e.throughput.basis == "assumed (guess)" for e in found)
     assert found[0].throughput.images_per_s == images_per_second(sweep.trials[0].config.model)
     table = format_trials_table(sweep, bench_results).splitlines()
-    assert table[1].split()[-1] == "GPU-h" and "assumed figures are not measurements" in table[-1]
+    assert table[1].split()[-1] == "GPU-h" and "assumed figures are not measurements" in _line(table, "estimate, ")
 
 
 def test_cpu_estimate_without_measurements_is_assumed(tmp_path):
@@ -111,3 +122,63 @@ def test_model_overrides_scale_a_measurement_by_flops(tmp_path):
     sweep = _sweep(tmp_path, "model.nhidden=64")
     ratio = forward_flops(model_preset("tiny")) / forward_flops(sweep.trials[0].config.model)
     assert estimates(sweep, results)[0].throughput.images_per_s == pytest.approx(100.0 * ratio)
+
+
+# ----------------------------------------------------------------------------------------------
+# Power of the report's comparisons
+# ----------------------------------------------------------------------------------------------
+
+COMPARED = SWEEP.replace("axes: {grid: {train.batch_size: [32, 512]}}",
+                         "axes: {grid: {train.batch_size: [32, 64], prior.kind: [laplace, gaussian]}, seeds: [0, 1, 2]}")
+
+
+def test_mini_study_dry_run_states_the_power_of_its_confirm_stage():
+    study = load_study(REPO / "sweeps" / "mini-study.yaml")
+    assert power_lines(study.sweep("tune")) == []  # a search (random LRs, ASHA): nothing compared over seeds
+    table = format_trials_table(study.sweep("confirm"), REPO / "no-bench").splitlines()
+    sd = 2**0.5 * 0.026
+    assert table[-2] == (
+        "power: per comparison of two of the 6 settings (train.batch_size × prior.kind) over 3 seeds, paired by seed "
+        "(s.d. of a per-seed difference 0.037 bits/dim = √2 × report.expected_seed_sd 0.026, seeds independent; "
+        "two-sided α 0.05, power 0.8, before family adjustment): minimum detectable difference "
+        f"{min_detectable_difference(3, sd):.2g} bits/dim; equivalence within ±0.01 bits/dim (report.equivalence_margin) "
+        f"needs {seeds_for_tost(sd, 0.01)} seeds (TOST power {tost_power(3, sd, 0.01):.2f} at 3 seeds)")
+    assert table[-1].startswith("WARNING: equivalence within ±0.01 bits/dim is out of reach at 3 seeds (TOST power 0.00")
+
+
+def test_power_line_of_a_sweep_follows_its_report_settings(tmp_path):
+    few = power_lines(_sweep(tmp_path, text=COMPARED))
+    assert few[0].startswith("power: per comparison of two of the 4 settings (train.batch_size × prior.kind) over 3 "
+                             "seeds, paired by seed")
+    assert few[1].startswith("WARNING: equivalence within ±0.01 bits/dim is out of reach at 3 seeds")
+    # A small seed-to-seed spread, or a wide margin: 3 seeds reach equivalence, no warning.
+    sd = 2**0.5 * 0.002
+    enough = power_lines(_sweep(tmp_path, "report.expected_seed_sd=0.002", text=COMPARED))
+    assert len(enough) == 1 and "s.d. of a per-seed difference 0.0028 bits/dim" in enough[0]
+    assert enough[0].endswith(f"needs {seeds_for_tost(sd, 0.01)} seeds (TOST power {tost_power(3, sd, 0.01):.2f} at "
+                              "3 seeds)")
+    assert len(power_lines(_sweep(tmp_path, "report.equivalence_margin=0.1", text=COMPARED))) == 1
+
+
+def test_one_seed_is_warned_and_sweeps_that_compare_nothing_have_no_power_line(tmp_path):
+    one = power_lines(_sweep(tmp_path))  # batch 32 vs 512, one seed
+    assert "over 1 seed, paired by seed" in one[0] and "nothing tested (the report needs ≥ 2 seeds" in one[0]
+    assert one[1].startswith("WARNING: at 1 seed the report tests no comparison: give ≥ 2 seeds for a test")
+    assert power_lines(_sweep(tmp_path, "train.batch_size=32", "seeds=[0,1,2]")) == []  # one setting
+
+
+def test_settings_on_different_seeds_are_modelled_as_paired(tmp_path):
+    text = SWEEP.replace("axes: {grid: {train.batch_size: [32, 512]}}",
+                         "axes: {zip: [{train.batch_size: [32, 32, 64, 64], run.seed: [0, 1, 2, 3]}]}")
+    line = power_lines(_sweep(tmp_path, text=text))[0]
+    assert "two of the 2 settings (train.batch_size) over at least 2 seeds each, unpaired (modelled as paired)" in line
+
+
+def test_a_bad_expected_seed_sd_is_a_one_line_error_naming_the_key(tmp_path, capsys):
+    with pytest.raises(ConfigError) as info:
+        _sweep(tmp_path, "report.expected_seed_sd=-1", text=COMPARED)
+    assert str(info.value) == ("report.expected_seed_sd=-1.0: must be a positive number "
+                               "[override 'report.expected_seed_sd=-1']")
+    assert main([str(REPO / "sweeps" / "mini-study.yaml"), "--dry-run", "report.expected_seed_sd=-1"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.strip().splitlines() == [f"error: {info.value}"]

@@ -260,7 +260,7 @@ def test_report_reads_what_train_and_evaluate_wrote(trained, tmp_path, no_weight
     """The metric names written by jobs.train and jobs.evaluate are the ones jobs.report reads."""
     import csv
 
-    from jobs.report import build_report
+    from jobs.report.build import build_report
 
     E.evaluate_trial(trained["config"], trained["outcome"].run_dir, tracking_uri=trained["uri"], selected=("test_bpd",))
     folder = build_report(experiment="evaltest", tracking_uri=trained["uri"], out_dir=tmp_path / "r")

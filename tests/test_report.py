@@ -17,7 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from PIL import Image
 
 from jobs.config import flatten
-from jobs.report import build_report
+from jobs.report.build import build_report
 from jobs.report.__main__ import main as report_main
 from jobs.report import stats
 from jobs.report.query import HISTORY_KEYS, load_sweep_runs

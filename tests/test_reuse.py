@@ -32,7 +32,7 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
 @pytest.mark.slow
 def test_a_trial_finished_in_another_sweep_is_linked_not_trained(sweep_env, tmp_path):
     from jobs.model_io import load_model
-    from jobs.report import build_report
+    from jobs.report.build import build_report
 
     a_args, b_args = sweep_env.overrides(*COMMON, *A), sweep_env.overrides(*COMMON, *B)
     first = sweep_env.run(SMOKE, *a_args)

@@ -337,6 +337,34 @@ def test_settings_overrides_and_slurm_defaults(tmp_path):
     assert load_sweep(path, ["report.equivalence_margin=0.005"]).report.equivalence_margin == 0.005
 
 
+def test_report_settings_are_typed_from_the_file_and_overrides(tmp_path):
+    from jobs.sweep_spec import DEFAULT_SEED_SD
+
+    report = load_sweep(write(tmp_path, SMALL)).report
+    assert (report.expected_seed_sd, report.min_gain, report.targets) == (DEFAULT_SEED_SD, 0.001, None)
+    path = write(tmp_path, SMALL + "report: {expected_seed_sd: 0.02, min_gain: 0.002, targets: [4.6, 4.5]}\n")
+    report = load_sweep(path).report
+    assert (report.expected_seed_sd, report.min_gain, report.targets) == (0.02, 0.002, (4.6, 4.5))
+    assert load_sweep(path, ["report.targets=4.4,4.3"]).report.targets == (4.4, 4.3)
+    assert load_sweep(path, ["report.targets=null"]).report.targets is None
+    assert load_sweep(path, ["report.expected_seed_sd=0.03"]).report.expected_seed_sd == 0.03
+    assert load_sweep(path, ["report.min_gain=1"]).report.min_gain == 1.0
+
+
+def test_the_default_seed_sd_is_the_mini_studys():
+    import csv
+
+    rows = [r for r in csv.DictReader((REPO / "docs/results/mini-study/trials.csv").open()) if r["state"] == "finished"]
+    by_setting: dict[tuple, list[float]] = {}
+    for r in rows:
+        by_setting.setdefault((r["train.batch_size"], r["prior.kind"]), []).append(float(r["test_bpd"]))
+    squares = sum(sum((v - sum(vs) / len(vs)) ** 2 for v in vs) for vs in by_setting.values())
+    pooled = math.sqrt(squares / sum(len(vs) - 1 for vs in by_setting.values()))
+    from jobs.sweep_spec import DEFAULT_SEED_SD
+
+    assert DEFAULT_SEED_SD == round(pooled, 3)
+
+
 def test_sweep_id_tracks_what_is_trained(tmp_path):
     path = write(tmp_path, SMALL)
     base = load_sweep(path).sweep_id
@@ -370,6 +398,15 @@ def test_trial_index_lookup(tmp_path):
     (["resources.cpu=2"], "resources.cpu: unknown key (did you mean 'resources.cpus'?) [override 'resources.cpu=2']"),
     (["evaluation.fid=maybe"], "evaluation.fid='maybe': expected a boolean (true/false), got a string [override 'evaluation.fid=maybe']"),
     (["report.equivalence_margin=0"], "report.equivalence_margin=0.0: must be a positive number [override 'report.equivalence_margin=0']"),
+    (["report.expected_seed_sd=-1"], "report.expected_seed_sd=-1.0: must be a positive number [override 'report.expected_seed_sd=-1']"),
+    (["report.min_gain=0"], "report.min_gain=0.0: must be a positive number [override 'report.min_gain=0']"),
+    (["report.min_gain=0.001,0.002"],
+     "'report.min_gain=0.001,0.002' is a multirun list, but report.min_gain is set once for the whole sweep, not per trial: give one value"),
+    (["report.targets=[4.5,0]"],
+     "report.targets=[4.5, 0.0]: must be a list of positive BPD values (bits/dim), or null for the default quantiles [override 'report.targets=[4.5,0]']"),
+    (["report.targets=[]"],
+     "report.targets=[]: must be a list of positive BPD values (bits/dim), or null for the default quantiles [override 'report.targets=[]']"),
+    (["report.targets=4.5"], "report.targets=4.5: expected a list of numbers or null, got a decimal number [override 'report.targets=4.5']"),
     (["train.batch_size=[32,big]"], "train.batch_size='big': expected an integer, got a string [override 'train.batch_size=[32,big]']"),
     (["prior.kind=[laplace,cauchy]"], "prior.kind='cauchy': must be one of 'laplace', 'gaussian' [override 'prior.kind=[laplace,cauchy]']"),
     (["data.name=celeba"], "data.name='celeba': not among the axes.zip[0] values [\"msds1\", \"msds2\"] [override 'data.name=celeba']"),
@@ -530,7 +567,10 @@ def test_dry_run_table(tmp_path):
     total = sum(gpu_hours(t.config, sweep.evaluation) for t in sweep.trials)
     assert lines[18].startswith("total: 16 trials, ") and lines[18].endswith(f"{total:.3g} GPU-hours (estimated)")
     assert "not measurements" in lines[19] and "tiny 20000" in lines[19]
-    assert len(lines) == 20
+    assert lines[20].startswith("power: per comparison of two of the 8 settings (data.name/train.epochs × "
+                                "train.batch_size × prior.kind) over 2 seeds, paired by seed")
+    assert lines[21].startswith("WARNING: equivalence within ±0.01 bits/dim is out of reach at 2 seeds")
+    assert len(lines) == 22
 
 
 def test_dry_run_of_the_study_totals():
@@ -538,7 +578,7 @@ def test_dry_run_of_the_study_totals():
 
     sweep = load_study(REPO / "sweeps/batchsize.yaml").sweep("confirm")
     table = format_trials_table(sweep)
-    assert len(table.splitlines()) == 48 + 4
+    assert len(table.splitlines()) == 48 + 4 + 2  # and the power line and its warning
     msds = [t for t in sweep.trials if t.config.data.name == "msds1"]
     celeba = [t for t in sweep.trials if t.config.data.name == "celeba"]
     assert len(msds) == len(celeba) == 24
