@@ -21,6 +21,7 @@ from jobs.report.build import build_report
 from jobs.report.__main__ import main as report_main
 from jobs.report import stats
 from jobs.report.query import HISTORY_KEYS, load_sweep_runs
+from jobs.report.scaling import TARGET_QUANTILES
 from jobs.report.tables import curves, trial_table
 from jobs.sweep_spec import load_sweep
 from rgflow.model import RGFlowModel
@@ -204,12 +205,13 @@ def test_trials_csv_columns_and_values(report, synth):
 def test_figures_and_self_contained_html(report):
     folder, _ = report
     for name in ("val_bpd_vs_epoch", "val_bpd_vs_step", "val_bpd_vs_samples_seen", "val_bpd_vs_wall_s",
-                 "fid_vs_temperature", "noise_scale", "samples", "receptive_fields"):
+                 "fid_vs_temperature", "noise_scale", "samples", "receptive_fields", "steps_to_target",
+                 "steps_vs_examples"):
         png = folder / f"{name}.png"
         assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG", name
     page = (folder / "report.html").read_text()
     srcs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", page)
-    assert len(srcs) == 9 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 10 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<link" not in page and "<script" not in page
     md = (folder / "report.md").read_text()
     assert "![" in md and "val_bpd_vs_epoch.png" in md
@@ -318,7 +320,8 @@ def test_verdict_matches_synthetic_truth(report):
     noise = [f for f in findings if f["topic"] == "noise scale"]
     assert len(noise) == 4 and all(f["b_simple"] == pytest.approx(NOISE_SCALE) for f in noise)  # one per group
     crit = [f for f in findings if f["topic"] == "critical batch"]
-    assert len(crit) == 2 and all(f["exact_fit"] for f in crit)
+    assert len(crit) == 2 * len(TARGET_QUANTILES)  # per prior, per target
+    assert all(f["exact_fit"] or f["conclusion"] == "not_tested" for f in crit)
     lr = [f for f in findings if f["topic"] == "lr scaling"]
     assert lr and all(f["conclusion"] == "not_tested" and "not tested" in f["text"] for f in lr)
     text = (folder / "report.md").read_text()

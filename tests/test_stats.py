@@ -59,16 +59,6 @@ def test_holm_step_down():
     assert S.holm([]) == []
 
 
-def test_adjusted_interval_excludes_zero_exactly_when_holm_rejects():
-    rng = np.random.default_rng(2)
-    tests = [S.welch(rng.normal(d, 0.05, 3), rng.normal(0, 0.05, 3)) for d in np.linspace(0, 0.15, 12)]
-    adjusted = S.holm([t.p for t in tests])
-    for t, p_holm in zip(tests, adjusted):
-        lo, hi = S.adjusted_interval(t, p_holm)
-        assert (lo > 0 or hi < 0) == (p_holm < 0.05)
-        assert hi - lo >= t.ci95[1] - t.ci95[0] - 1e-12
-
-
 def test_tost_equivalence_and_the_four_conclusions():
     rng = np.random.default_rng(3)
     close = S.welch(3.0 + rng.normal(0, 0.002, 6), 3.001 + rng.normal(0, 0.002, 6))
@@ -83,11 +73,69 @@ def test_tost_equivalence_and_the_four_conclusions():
 
 def test_slope_test_states():
     assert S.slope_test([-0.004, -0.0041, -0.0039], 6.0, 1e-3).state == "improving"
-    assert S.slope_test([1e-6, -2e-6, 0.5e-6], 6.0, 1e-3).state == "flat"
+    assert S.slope_test([1e-6, -2e-6, 0.5e-6], 6.0, 1e-3).state == "converged"
     assert S.slope_test([0.004, 0.0041, 0.0039], 6.0, 1e-3).state == "worsening"
     assert S.slope_test([-0.004, 0.004], 6.0, 1e-3).state == "inconclusive"
     one = S.slope_test([-0.004], 6.0, 1e-3)
     assert one.state == "not_tested" and one.gain == pytest.approx(0.024)
+    assert math.isnan(one.gain_upper) and math.isnan(one.p_converged)
+    cases = ([-0.004, -0.0041], [1e-6, 0.0], [0.004, 0.0041], [-0.004, 0.004], [1.0])
+    assert {S.slope_test(v, 6.0, 1e-3).state for v in cases} == set(S.SLOPE_STATES)
+
+
+def test_slope_gain_upper_is_the_one_sided_t_bound():
+    slopes = [-1e-4, 2e-5, -6e-5, 1e-5]
+    t = S.slope_test(slopes, 5.0, 1e-3)
+    se = np.std(slopes, ddof=1) / 2
+    assert t.gain == pytest.approx(-np.mean(slopes) * 5)
+    assert t.gain_upper == pytest.approx(-(np.mean(slopes) - sps.t.ppf(0.95, 3) * se) * 5)
+    assert t.p == pytest.approx(sps.ttest_1samp(slopes, 0).pvalue)
+    assert t.p_converged == pytest.approx(sps.ttest_1samp(slopes, -1e-3 / 5, alternative="greater").pvalue)
+    assert t.state == ("converged" if t.gain_upper < 1e-3 else "inconclusive")
+    rng = np.random.default_rng(8)
+    for s in rng.normal(-1e-4, 2e-4, (300, 3)):  # the gate and its p agree
+        t = S.slope_test(s, 5.0, 1e-3)
+        assert (t.gain_upper < 1e-3) == (t.p_converged < 0.05)
+
+
+def test_slope_state_from_adjusted_p_values():
+    t = S.slope_test([1e-6, -2e-6, 0.5e-6], 6.0, 1e-3)
+    assert t.state == "converged" and S.slope_state(t, t.p, 0.2, 1e-3) == "inconclusive"
+    down = S.slope_test([-0.004, -0.0041, -0.0039], 6.0, 1e-3)
+    assert S.slope_state(down, 0.2, down.p_converged, 1e-3) == "inconclusive"
+    assert S.slope_state(S.slope_test([0.1], 6.0, 1e-3), 0.0, 0.0, 1e-3) == "not_tested"
+
+
+def test_a_curve_still_falling_by_min_gain_is_called_converged_at_most_alpha_of_the_time():
+    rng = np.random.default_rng(4)
+    horizon, min_gain = 6.0, 1e-3
+    for gain, n, spread in [(1.0, 2, 0.5), (1.0, 3, 1.0), (1.0, 5, 0.3), (1.5, 3, 0.3), (4.0, 4, 2.0)]:
+        slopes = rng.normal(-gain * min_gain / horizon, spread * min_gain / horizon, (2000, n))
+        converged = sum(S.slope_test(s, horizon, min_gain).state == "converged" for s in slopes) / 2000
+        assert converged <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 2000)  # exactly α at gain = min_gain
+
+
+def test_a_flat_curve_is_converged_only_when_its_spread_bounds_the_gain():
+    rng = np.random.default_rng(5)
+    flat = rng.normal(0, 0.1 * 1e-3 / 6, (500, 5))  # 5 seeds, per-seed slopes tightly around 0
+    assert np.mean([S.slope_test(s, 6.0, 1e-3).state == "converged" for s in flat]) > 0.95
+    wide = S.slope_test([-0.004, 0.0041, 0.0002, -0.0003, 0.0001], 6.0, 1e-3)  # mean ≈ 0, huge spread
+    assert wide.p > 0.5 and wide.gain_upper > 1e-3 and wide.state == "inconclusive"
+
+
+def test_divergence_test_is_fishers_exact_test():
+    assert S.divergence_test(0, 3, 3, 3) == pytest.approx(0.1)
+    assert S.divergence_test(0, 3, 0, 3) == 1.0
+    assert S.divergence_test(3, 3, 3, 3) == 1.0
+    rng = np.random.default_rng(6)
+    for _ in range(50):
+        n_a, n_b = rng.integers(1, 12, 2)
+        k_a, k_b = rng.integers(0, n_a + 1), rng.integers(0, n_b + 1)
+        ref = sps.fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]]).pvalue
+        assert S.divergence_test(int(k_a), int(n_a), int(k_b), int(n_b)) == pytest.approx(ref)
+    assert math.isnan(S.divergence_test(0, 0, 0, 0)) and math.isnan(S.divergence_test(0, 0, 1, 3))
+    with pytest.raises(ValueError):
+        S.divergence_test(4, 3, 0, 3)
 
 
 def test_one_sample_against_a_published_value():

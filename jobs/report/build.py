@@ -26,12 +26,14 @@ from jobs.report.header import header
 from jobs.report.query import ReportInputError, SweepRuns, load_sweep_runs
 from jobs.report.reference_values import RECIPE_2025, SOURCE_2025
 from jobs.report.render import Report, Table, write_documents
-from jobs.report.study import study_sections
+from jobs.report.findings import clean_json
+from jobs.report.study import group_columns, lr_search_frame, study_sections
 from jobs.report.tables import (SETTING_KEYS, csv_columns, curves, finite_hours, parse_param, reproduction_shown,
                                 reproduction_table, setting_label, settings_shown, settings_table, trial_table,
                                 trials_shown, varying_params)
-from jobs.report.verdict import DEFAULT_MARGIN, verdict
+from jobs.report.verdict import verdict
 from jobs.staging import staged_dir
+from jobs.sweep_spec import ReportSettings
 from rgflow.atomic import write_atomic
 from jobs.tracking import download_artifact, list_artifacts, log_report
 from jobs.tracking.tags import ROLE_TAG, RUN_DIR_TAG
@@ -56,7 +58,9 @@ def sweep_target(path: str | Path, overrides: list[str] = ()) -> dict:
     if any(o.split("=", 1)[0].strip() == "stage" for o in overrides):  # one stage, reported as a sweep
         from jobs.study import load_stage
 
-        return _target_of(load_stage(path, list(overrides)))
+        stage = next(o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "stage")
+        dep = load_study(path, [o for o in overrides if o.split("=", 1)[0].strip() != "stage"]).best_of.get(stage)
+        return {**_target_of(load_stage(path, list(overrides))), "chosen": dep.take if dep else ()}
     from jobs.study import stage_sweep
 
     study = load_study(path, list(overrides))
@@ -65,15 +69,31 @@ def sweep_target(path: str | Path, overrides: list[str] = ()) -> dict:
     if waits:
         raise ReportInputError(f"stage {last} of study {study.name} has not run yet ({waits}): run python -m "
                                f"jobs.sweep {path} first")
-    searched = [(dep.stage, stage_sweep(study, dep.stage)[0]) for dep in study.best_of.values()]
-    return {**_target_of(sweep), "study": study.name, "search_stages": searched}
+    dep = study.best_of.get(last)
+    searched = [(dep.stage, stage_sweep(study, dep.stage)[0], dep.by)] if dep else []
+    return {**_target_of(sweep), "study": study.name, "search_stages": searched, "chosen": dep.take if dep else ()}
 
 
 def _target_of(sweep) -> dict:
     return {"experiment": sweep.name, "uri": sweep.first_config.tracking.uri,
             "sweep_id": sweep.sweep_id, "trial_ids": [t.trial_id for t in sweep.trials],
             "resources": {"gpus": float(sweep.resources.gpus), "cpus": float(sweep.resources.cpus)},
-            "margin": sweep.report.equivalence_margin}
+            "report": sweep.report}
+
+
+def lr_at_edge(data: SweepRuns, table: pd.DataFrame, searches: list) -> pd.Series:
+    """Per trial of ``table``: whether the LR an earlier stage chose for it (its search group and
+    batch size in ``searches``: (stage, by, :func:`lr_search_frame`, group columns)) is at the edge
+    of what that stage searched. False for trials no search chose for."""
+    params = {r.run_id: r.params for r in data.runs}
+    edge = pd.Series(False, index=table.index)
+    for _, _, frame, keys in searches:
+        winners = frame[frame["winner"]]
+        at = {(g, int(b)): bool(e) for g, b, e in zip(winners["group"], winners["batch_size"], winners["at_edge"])}
+        for rid in table.index:
+            group = ", ".join(f"{k}={params[rid].get(k)}" for k in keys)
+            edge[rid] = edge[rid] or at.get((group, int(table.at[rid, "batch_size"])), False)
+    return edge
 
 
 def resources_from_parent(params: dict[str, str]) -> dict[str, float]:
@@ -162,12 +182,21 @@ def make_figures(data: SweepRuns, table: pd.DataFrame, val: pd.DataFrame, noise:
     else:
         notes.append("No gradient noise scale history: no noise-scale figure.")
     trained = figures.what_was_trained(table)
-    path = figures.steps_to_target_figure(findings, f"Steps to a common validation BPD vs batch size, {trained}",
+    path = figures.steps_to_target_figure(findings, f"Steps to each target validation BPD vs batch size, {trained}",
                                           out / "steps_to_target.png")
     if path:
-        made.append(("Optimizer steps to the lowest validation BPD every trial reached, against batch size (log–log): "
-                     "grey points one seed each, squares the mean over seeds, solid line the fit S = S_min·(1 + "
-                     "B_crit/B) where B_crit is finite and positive, dashed line perfect scaling S ∝ 1/B", path))
+        made.append(("Optimizer steps to each target validation BPD against batch size (log–log), one colour per "
+                     "target: faint dots one seed each, hollow triangles runs that never reached the target (censored "
+                     "at their last validation), squares the mean over seeds with its 95 % t CI, solid line the fit "
+                     "S = S_min·(1 + B_crit/B) of the fully observed batch sizes, dashed line perfect scaling S ∝ 1/B",
+                     path))
+    path = figures.steps_vs_examples_figure(findings, f"Steps vs examples to each target, {trained}",
+                                            out / "steps_vs_examples.png")
+    if path:
+        made.append(("Steps S against examples E = B·S to each target validation BPD (log–log; Shallue et al. 2019, "
+                     "McCandlish et al. 2018): one colour per target, one point per batch size with 95 % t CIs over "
+                     "seeds, the fitted hyperbola (S/S_min − 1)(E/E_min − 1) = 1; perfect scaling runs along the "
+                     "E_min line, maximal parallelism along the S_min line", path))
     with tempfile.TemporaryDirectory(dir=out) as work:
         samples, fields = eval_panels(data, table, Path(work))
         path = figures.sample_grid_figure(samples, f"Samples per temperature, {trained}", out / "samples.png")
@@ -237,11 +266,12 @@ def build_report(target: str | None = None, *, experiment: str | None = None, ou
         if not name:
             raise ReportInputError("nothing to report on: pass SWEEP.yaml or --experiment NAME")
         spec = {"experiment": name, "uri": None, "sweep_id": None, "trial_ids": None, "resources": None,
-                "margin": None}
+                "report": ReportSettings()}
     data = load_sweep_runs(tracking_uri or spec["uri"], spec["experiment"], spec["sweep_id"], spec["trial_ids"])
     resources = spec["resources"] or resources_from_parent(data.parent_params)
-    margin = spec["margin"] or DEFAULT_MARGIN
-    table = trial_table(data, resources)
+    judged: ReportSettings = spec["report"]
+    margin = judged.equivalence_margin
+    table = trial_table(data, resources, spec.get("chosen", ()))
     val, noise = curves(data, table)
     trained = header(data, table)
     settings = settings_table(table)
@@ -250,19 +280,24 @@ def build_report(target: str | None = None, *, experiment: str | None = None, ou
     lost = int((table["state"] != "finished").sum())
     notes = [f"The verdict's statistics use the finished trials; the {lost} others are named in their arm's "
              "finding, the tables and the figures."] if lost else []
-    findings = verdict(table, val, noise, margin)
-    searched = [(stage, load_sweep_runs(tracking_uri or spec["uri"], s.name, s.sweep_id, [t.trial_id for t in s.trials]))
-                for stage, s in spec.get("search_stages", [])]
+    searches = []
+    for stage, s, by in spec.get("search_stages", []):
+        stage_runs = load_sweep_runs(tracking_uri or spec["uri"], s.name, s.sweep_id, [t.trial_id for t in s.trials])
+        stage_table = trial_table(stage_runs, resources)
+        searches.append((stage, by, lr_search_frame(stage_table, by), group_columns(stage_table, by)))
+    table["lr_at_edge"] = lr_at_edge(data, table, searches)
+    findings = verdict(table, val, noise, margin, judged.min_gain, judged.targets)
 
     final = Path(out_dir) if out_dir else Path("reports") / spec["experiment"]
     with staged_dir(final) as out:
         made, fig_notes = make_figures(data, table, val, noise, findings, out)
         extra_tables = []
-        for stage, stage_data in searched:
-            tables_, figures_, fit = study_sections(stage, trial_table(stage_data, resources), out)
+        for stage, by, frame, _ in searches:
+            tables_, figures_, fits = study_sections(stage, frame, out, by)
             extra_tables, made = extra_tables + tables_, made + figures_
-            fields = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in dataclasses.asdict(fit).items()}
-            write_atomic(out / f"noise_scale_fit_{stage}.json", json.dumps(fields, indent=1, allow_nan=False))
+            write_atomic(out / f"noise_scale_fit_{stage}.json", json.dumps(
+                [clean_json({"group": name, **dataclasses.asdict(fit)}) for name, fit in fits.items()], indent=1,
+                allow_nan=False))
         varying = varying_params(data.runs)
         table.reset_index()[csv_columns(table, varying)].to_csv(out / "trials.csv", index=False)
         settings.to_csv(out / "settings.csv", index=False)

@@ -23,13 +23,14 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from jobs.report.stats import mean_ci  # noqa: E402
 from jobs.report.tables import temperature_of  # noqa: E402
-from jobs.report.findings import xy  # noqa: E402
+from jobs.report.findings import count, xy  # noqa: E402
 
 AXES = {"epoch": "epoch", "step": "optimizer step", "samples_seen": "samples seen (images)",
         "wall_s": "wall-clock (hours)"}
 LINESTYLES = {"none": "-", "sqrt": "--", "linear": ":"}
 GRID_POINTS = 100
 MARKER_MAX_POINTS = 20
+CRITICAL_DPI = 90  # the critical-batch figures
 
 
 def tick_label(value: float) -> str:
@@ -131,9 +132,9 @@ def mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
     return grid, np.array([c.mean for c in cis]), np.array([c.half_width for c in cis])
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, dpi: int = 110) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -289,39 +290,130 @@ def receptive_field_figure(panels: list[tuple[str, dict[int, np.ndarray]]], titl
     return _save(fig, path)
 
 
+def _critical_panels(findings: list) -> dict[str, list]:
+    """``{context: its critical batch findings with points, one per target, easiest first}``."""
+    panels: dict[str, list] = {}
+    for f in findings:
+        if f.topic == "critical batch" and f.numbers.get("points"):
+            panels.setdefault(f.context, []).append(f)
+    return panels
+
+
+def _b_crit_words(f) -> str:
+    """``"B_crit 318 [284, 384]"``, ``"B_crit > 900"`` (bound) or ``"B_crit not estimated"``."""
+    n = f.numbers
+    if f.conclusion == "measured":
+        return f"B_crit {count(n['b_crit'])} [{count(n['ci95'][0])}, {count(n['ci95'][1])}]"
+    sides = [f"{sign} {count(n[key])}" for sign, key in ((">", "b_crit_lower"), ("<", "b_crit_upper"))
+             if f.conclusion == "bound" and math.isfinite(n.get(key, math.nan))]
+    return "B_crit " + (" and ".join(sides) + " (one-sided 95 %)" if sides else "not estimated")
+
+
+def _censored_bounds(points: pd.DataFrame) -> pd.Series:
+    """Per censored batch size: mean steps with censored seeds at their last validation (a lower bound)."""
+    cut = points.groupby("batch_size")["censored"].any()
+    steps = points["steps"].where(~points["censored"], points["censored_at"])
+    return steps.groupby(points["batch_size"]).mean()[cut]
+
+
+def _bars(mean: pd.Series, lo: pd.Series, hi: pd.Series) -> np.ndarray:
+    """Asymmetric error bars of a 95 % CI for a log axis (none where unknown; clipped above 0)."""
+    low = np.nan_to_num((mean - np.maximum(lo, mean * 1e-3)).to_numpy(float))
+    return np.vstack([low, np.nan_to_num((hi - mean).to_numpy(float))])
+
+
+def _fitted(f) -> tuple[float, float] | None:
+    """(S_min steps, E_min images) of a finding's fit when both are positive, else ``None``."""
+    s_min, e_min = f.numbers.get("s_min", math.nan), f.numbers.get("e_min", math.nan)
+    return (s_min, e_min) if math.isfinite(s_min) and math.isfinite(e_min) and s_min > 0 and e_min > 0 else None
+
+
+def _log_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "all trials", fontsize=8)
+    plain_ticks(ax)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6)
+
+
 def steps_to_target_figure(findings: list, title: str, path: Path) -> Path | None:
-    """Steps to the target validation BPD against batch size (log–log), one panel per
-    ``critical batch`` finding (``jobs.report.verdict.critical_batch_findings``): the per-seed
-    points, the per-batch means, the fit S = S_min·(1 + B_crit/B) and the perfect-scaling line
-    S ∝ 1/B through the smallest batch's mean."""
-    found = [f for f in findings if f.topic == "critical batch" and f.numbers.get("points")]
-    if not found:
+    """Steps to each target validation BPD against batch size (log–log), one panel per (context,
+    prior, LR scaling), one colour per target (``critical batch`` findings of
+    :func:`jobs.report.scaling.critical_batch_findings`): per-seed points (hollow triangles:
+    censored, at the last validation), per-batch means with 95 % t CIs over seeds, the fit
+    S = S_min·(1 + B_crit/B), and perfect scaling S ∝ 1/B (dashed) through the smallest batch's mean."""
+    panels = _critical_panels(findings)
+    if not panels:
         return None
-    fig, axes = plt.subplots(1, len(found), figsize=(4.8 * len(found), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.4), squeeze=False)
     fig.suptitle(title, fontsize=9)
-    for ax, f in zip(axes[0], found):
-        points = pd.DataFrame(f.numbers["points"]).dropna()
-        means = points.groupby("batch_size")["steps"].mean()
-        ax.plot(points["batch_size"], points["steps"], "o", color="0.6", markersize=4, label="one seed")
-        ax.plot(means.index, means.to_numpy(), "s", color="C0", label="mean over seeds")
-        grid = np.geomspace(means.index.min(), means.index.max(), GRID_POINTS)
-        s_min, b_crit = f.numbers["s_min"], f.numbers["b_crit"]
-        if math.isfinite(b_crit) and b_crit > 0:
-            ax.plot(grid, s_min * (1 + b_crit / grid), "-", color="C0",
-                    label=f"fit S_min(1 + B_crit/B), B_crit = {b_crit:,.0f}")
-            ax.axvline(b_crit, color="C0", linewidth=0.8, linestyle=(0, (1, 2)))
-        ax.plot(grid, means.iloc[0] * means.index[0] / grid, "--", color="C3", label="perfect scaling S ∝ 1/B")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("batch size B (images)")
-        ax.set_ylabel(f"optimizer steps to validation BPD {f.numbers['target_bpd']:.3f}")
-        ax.set_title(f.context or "all trials", fontsize=8)
-        plain_ticks(ax)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    return _save(fig, path)
+    for ax, (context, found) in zip(axes[0], panels.items()):
+        sizes = sorted({p["batch_size"] for f in found for p in f.numbers["points"]})
+        grid = np.geomspace(sizes[0], sizes[-1], GRID_POINTS)
+        for k, f in enumerate(found):
+            color, target = f"C{k}", f.numbers["target_bpd"]
+            points = pd.DataFrame(f.numbers["points"])
+            seen, cut = points[~points["censored"]], points[points["censored"]]
+            ax.plot(seen["batch_size"], seen["steps"], "o", color=color, alpha=0.35, markersize=3)
+            ax.plot(cut["batch_size"], cut["censored_at"], "^", color=color, mfc="none", markersize=6)
+            rows = pd.DataFrame(f.numbers["per_batch"]).dropna(subset=["steps_mean"])
+            ax.errorbar(rows["batch_size"], rows["steps_mean"], capsize=3, fmt="s", color=color, markersize=4,
+                        yerr=_bars(rows["steps_mean"], rows["steps_lo"], rows["steps_hi"]),
+                        label=f"{target:.3f} bits/dim: {_b_crit_words(f)}")
+            fitted = _fitted(f)
+            if fitted:
+                ax.plot(grid, fitted[0] + fitted[1] / grid, "-", color=color, linewidth=1)
+            if len(rows):
+                first = rows.iloc[0]
+                ax.plot(grid, first["steps_mean"] * first["batch_size"] / grid, "--", color=color, linewidth=0.8,
+                        alpha=0.6)
+        _log_axes(ax, "batch size B (images)", "optimizer steps to the target validation BPD", context)
+    return _save(fig, path, dpi=CRITICAL_DPI)
 
 
-__all__ = ["val_bpd_figure", "steps_to_target_figure", "fid_figure", "noise_scale_figure", "sample_grid_figure", "receptive_field_figure",
+def steps_vs_examples_figure(findings: list, title: str, path: Path) -> Path | None:
+    """Steps S against examples E = B·S to each target validation BPD (log–log; Shallue et al. 2019,
+    McCandlish et al. 2018), one panel per (context, prior, LR scaling), one colour per target:
+    per-batch means with 95 % t CIs over seeds, labelled by batch size; censored batch sizes hollow
+    at their bound (mean with censored seeds at their last validation) with an arrow: the truth
+    lies beyond; the fitted hyperbola (S/S_min − 1)(E/E_min − 1) = 1 and its asymptotes (dotted)."""
+    panels = _critical_panels(findings)
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.6), squeeze=False)
+    fig.suptitle(title, fontsize=9)
+    for ax, (context, found) in zip(axes[0], panels.items()):
+        for k, f in enumerate(found):
+            color, target = f"C{k}", f.numbers["target_bpd"]
+            rows = pd.DataFrame(f.numbers["per_batch"]).dropna(subset=["steps_mean"])
+            ax.errorbar(rows["examples_mean"], rows["steps_mean"], fmt="o", color=color, markersize=4, capsize=3,
+                        xerr=_bars(rows["examples_mean"], rows["examples_lo"], rows["examples_hi"]),
+                        yerr=_bars(rows["steps_mean"], rows["steps_lo"], rows["steps_hi"]),
+                        label=f"{target:.3f} bits/dim: {_b_crit_words(f)}")
+            cut = _censored_bounds(pd.DataFrame(f.numbers["points"]))
+            ax.plot(cut.index * cut.to_numpy(), cut.to_numpy(), "o", color=color, mfc="none", markersize=6)
+            for batch, steps in cut.items():
+                ax.annotate("", xy=(batch * steps * 1.5, steps * 1.5), xytext=(batch * steps, steps),
+                            arrowprops={"arrowstyle": "->", "color": color})
+            labelled = list(zip(rows["batch_size"], rows["examples_mean"], rows["steps_mean"]))
+            for batch, examples, steps in labelled + [(b, b * s, s) for b, s in cut.items()]:
+                ax.annotate(f"B={int(batch)}", (examples, steps), textcoords="offset points", xytext=(4, 3),
+                            fontsize=6, color=color)
+            fitted = _fitted(f)
+            if fitted:
+                s_min, e_min = fitted
+                sizes = [p["batch_size"] for p in f.numbers["points"]]
+                grid = np.geomspace(min(sizes) / 4, max(sizes) * 4, GRID_POINTS)
+                ax.plot(grid * (s_min + e_min / grid), s_min + e_min / grid, "-", color=color, linewidth=1)
+                ax.axhline(s_min, color=color, linewidth=0.7, linestyle=(0, (1, 2)))
+                ax.axvline(e_min, color=color, linewidth=0.7, linestyle=(0, (1, 2)))
+        _log_axes(ax, "examples to the target E = B·S (images)", "optimizer steps to the target S", context)
+    return _save(fig, path, dpi=CRITICAL_DPI)
+
+
+__all__ = ["val_bpd_figure", "steps_to_target_figure", "steps_vs_examples_figure", "fid_figure", "noise_scale_figure", "sample_grid_figure", "receptive_field_figure",
            "mean_band", "plain_ticks", "tick_label", "spacing_decimals", "line_label", "what_was_trained", "AXES",
            "MARKER_MAX_POINTS"]

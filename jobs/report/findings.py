@@ -23,11 +23,17 @@ DIVERGED_PREFIX = "non-finite"
 @dataclass
 class Arm:
     """One side of a comparison: ``values`` per seed of the finished trials, ``lost`` the trials
-    of the same setting that did not finish (one phrase each, e.g. "seed 2 diverged at lr 2.8e-03")."""
+    of the same setting that did not finish (one phrase each, e.g. "seed 2 diverged at lr 2.8e-03"),
+    ``diverged`` how many of those diverged (non-finite values: an outcome, the arm is unstable)."""
 
     label: str
     values: dict[int, float]
     lost: list[str] = field(default_factory=list)
+    diverged: int = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.values) + len(self.lost)
 
     @property
     def ci(self) -> S.MeanCI:
@@ -38,16 +44,17 @@ class Arm:
         n = f"{ci.n} seed{'s' if ci.n != 1 else ''}"
         value = f"{ci.mean:.3f} [{ci.lo:.3f}, {ci.hi:.3f}]" if ci.known else (f"{ci.mean:.3f}" if ci.n else "no value")
         lost = f"; {self.lost_phrase()}" if self.lost else ""
-        return f"{self.label}: {value} ({n}{lost})"
+        unstable = f"; unstable: {self.diverged} of {self.total} seeds diverged" if self.diverged else ""
+        return f"{self.label}: {value} ({n}{lost}{unstable})"
 
     def lost_phrase(self) -> str:
-        total = len(self.values) + len(self.lost)
-        return f"{len(self.lost)} of {total} seeds did not finish: " + ", ".join(self.lost)
+        return f"{len(self.lost)} of {self.total} seeds did not finish: " + ", ".join(self.lost)
 
     def to_json(self) -> dict:
         ci = self.ci
         return {"label": self.label, "n": ci.n, "seeds": sorted(self.values), "mean": ci.mean,
-                "ci95": [ci.lo, ci.hi], "values": [self.values[s] for s in sorted(self.values)], "lost": self.lost}
+                "ci95": [ci.lo, ci.hi], "values": [self.values[s] for s in sorted(self.values)], "lost": self.lost,
+                "diverged": self.diverged, "trials": self.total}
 
 
 @dataclass
@@ -55,10 +62,11 @@ class Finding:
     """One verdict sentence and the numbers behind it.
 
     ``topic`` groups sentences; ``context`` names the setting; ``question`` is what was asked;
-    ``conclusion`` the answer's keyword. A comparison also has ``arms`` (a, b), ``test`` (the
-    :class:`~jobs.report.stats.TwoArm`), and after :func:`adjust` its Holm-adjusted p-values.
-    ``numbers``: further values (axis, horizon, outcome, …). ``render`` builds ``text`` once the
-    conclusion is known.
+    ``conclusion`` the answer's keyword; ``family`` the question whose tests are adjusted together
+    (docs/STATISTICS.md, "Families"). A comparison also has ``arms`` (a, b), ``test`` (the
+    :class:`~jobs.report.stats.TwoArm`), and after ``adjust`` its family-adjusted p-values and the
+    family's size (tested comparisons, for the simultaneous interval). ``numbers``: further values
+    (axis, horizon, outcome, …). ``render`` builds ``text`` once the conclusion is known.
     """
 
     topic: str
@@ -67,6 +75,8 @@ class Finding:
     text: str = ""
     conclusion: str | None = None
     numbers: dict = field(default_factory=dict)
+    family: str = ""
+    family_size: int = 0
     arms: tuple[Arm, Arm] | None = None
     test: S.TwoArm | None = None
     margin: float | None = None
@@ -81,16 +91,18 @@ class Finding:
 
     def to_json(self) -> dict:
         """JSON-ready dict (NaN and ±inf become ``None``); see docs/ARCHITECTURE.md."""
-        out = {"topic": self.topic, "context": self.context, "question": self.question,
-               "conclusion": self.conclusion, "text": self.text}
+        out = {"topic": self.topic, "family": self.family, "family_size": self.family_size, "context": self.context,
+               "question": self.question, "conclusion": self.conclusion, "text": self.text}
         if self.is_comparison:
             t = self.test
+            simultaneous = S.simultaneous_interval(t, self.family_size) if self.family_size else (math.nan, math.nan)
             out.update({"arms": [a.to_json() for a in self.arms], "n": [t.n_a, t.n_b], "estimate": t.estimate,
-                        "se": t.se, "ci95": list(t.ci95), "ci_adjusted": list(S.adjusted_interval(t, self.p_holm)),
-                        "test": t.test, "df": t.df, "p": t.p, "p_holm": self.p_holm, "margin": self.margin,
-                        "p_tost": self.p_tost, "p_tost_holm": self.p_tost_holm, "units": "bits/dim"})
+                        "se": t.se, "ci95": list(t.ci95), "ci_simultaneous": list(simultaneous),
+                        "test": t.test, "df": t.df, "p": t.p,
+                        "p_holm": self.p_holm, "margin": self.margin, "p_tost": self.p_tost,
+                        "p_tost_holm": self.p_tost_holm, "units": "bits/dim"})
             if self.numbers.get("deferred"):  # not tested: no test statistic to read a direction into
-                out.update({k: None for k in ("se", "ci95", "ci_adjusted", "df", "p", "p_tost")})
+                out.update({k: None for k in ("se", "ci95", "ci_simultaneous", "df", "p", "p_tost")})
         out.update(self.numbers)
         return clean_json(out)
 
@@ -173,10 +185,22 @@ def common_horizon(curves: dict[str, pd.DataFrame], ids, axis: str) -> float:
     return float(min(ends)) if ends and all(np.isfinite(ends)) else math.nan
 
 
+def diverged_count(group: pd.DataFrame) -> int:
+    """How many trials of ``group`` diverged (failure reason starting with :data:`DIVERGED_PREFIX`)."""
+    if "failure_reason" not in group:
+        return 0
+    return int(group["failure_reason"].fillna("").astype(str).str.startswith(DIVERGED_PREFIX).sum())
+
+
+def arm_of(group: pd.DataFrame, name: str, value: Callable[[str], float]) -> Arm:
+    """The arm of the trials in ``group``: ``value(run_id)`` per finished seed, the others lost."""
+    return Arm(name, {int(r.seed): value(rid) for rid, r in finished(group).iterrows()}, lost_trials(group),
+               diverged_count(group))
+
+
 def arm_at(curves: dict[str, pd.DataFrame], group: pd.DataFrame, axis: str, x: float, name: str) -> Arm:
-    done = finished(group)
-    return Arm(name, {int(r.seed): value_at(curves.get(rid, EMPTY), axis, x) for rid, r in done.iterrows()},
-               lost_trials(group))
+    """:func:`arm_of` with each seed's validation BPD at ``axis = x``."""
+    return arm_of(group, name, lambda rid: value_at(curves.get(rid, EMPTY), axis, x))
 
 
 
@@ -203,4 +227,4 @@ def ci_words(ci: S.MeanCI) -> str:
 
 
 __all__ = ["Arm", "Finding", "EMPTY", "DIVERGED_PREFIX", "clean_json", "label", "fmt_p", "xy", "value_at", "by_run",
-           "finished", "lost_trials", "common_horizon", "arm_at", "note", "count", "ci_words"]
+           "finished", "lost_trials", "common_horizon", "arm_at", "arm_of", "diverged_count", "note", "count", "ci_words"]

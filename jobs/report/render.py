@@ -22,7 +22,7 @@ TABLE_ROWS = 60  # rows shown in the documents; the CSV files have them all
 TOPIC_TITLES = {"batch gap": "Batch-size gap", "lr scaling": "Does LR scaling close it?",
                 "still improving": "Were the runs still improving at the end?", "noise scale": "Gradient noise scale",
                 "critical batch": "Critical batch size from the learning curves", "priors": "Do the priors differ?",
-                "data": "Data"}
+                "stability": "Did seeds diverge?", "data": "Data"}
 CODE = re.compile(r"`([^`]+)`")
 BOLD = re.compile(r"\*\*(.+?)\*\*")
 
@@ -70,6 +70,18 @@ def _by_topic(findings: list[Finding]) -> dict[str, list[Finding]]:
     return out
 
 
+def family_lines(items: list[Finding]) -> list[str]:
+    """One line per family of tests among ``items``: its name, size and what it controls."""
+    sizes = {}
+    for f in items:
+        if f.family and (f.family_size or f.family not in sizes):
+            sizes[f.family] = f.family_size
+    return [f"Family '{name}': {size} tested comparison(s), adjusted together (difference and equivalence tests in "
+            "one step-down procedure, family-wise error ≤ 0.05; docs/STATISTICS.md)" if size else
+            f"Family '{name}': tests adjusted together, family-wise error ≤ 0.05 (docs/STATISTICS.md)"
+            for name, size in sizes.items()]
+
+
 def _cell(value) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return ""
@@ -103,7 +115,9 @@ def markdown(report: Report) -> str:
         lines += ["Per setting:", ""] + _md_table(report.trained_groups) + [""]
     lines += ["## Verdict", ""]
     for topic, items in _by_topic(report.findings).items():
-        lines += [f"### {TOPIC_TITLES.get(topic, topic)}", ""] + [f"* {f.text}" for f in items] + [""]
+        families = [f"_{line}_" for line in family_lines(items)]
+        lines += [f"### {TOPIC_TITLES.get(topic, topic)}", ""] + ([*families, ""] if families else []) \
+            + [f"* {f.text}" for f in items] + [""]
     for table in report.tables:
         lines += [f"## {table.title}", ""]
         lines += (_md_table(table.frame) if not table.frame.empty else [table.empty]) + [""]
@@ -145,7 +159,8 @@ def html_document(report: Report) -> str:
         parts += ["<p>Per setting:</p>", _html_table(report.trained_groups)]
     parts.append("<h2>Verdict</h2>")
     for topic, items in _by_topic(report.findings).items():
-        parts += [f"<h3>{inline(TOPIC_TITLES.get(topic, topic))}</h3>", _html_list(f.text for f in items)]
+        parts += [f"<h3>{inline(TOPIC_TITLES.get(topic, topic))}</h3>",
+                  *(f"<p><em>{inline(line)}</em></p>" for line in family_lines(items)), _html_list(f.text for f in items)]
     for table in report.tables:
         parts.append(f"<h2>{inline(table.title)}</h2>")
         parts.append(_html_table(table.frame) if not table.frame.empty else f"<p>{inline(table.empty)}</p>")

@@ -1,7 +1,8 @@
-"""The statistics behind the verdict: t intervals over seeds, two-arm tests, Holm, TOST.
+"""The statistics behind the verdict: t intervals over seeds, two-arm tests, family-wise
+adjustment, TOST, simultaneous intervals, divergence counts, convergence of a curve.
 
-Every function takes plain numbers (one value per seed) and returns frozen dataclasses; nothing
-here knows about MLflow or pandas. The unit of replication is the **seed**: a setting's
+Every function takes plain numbers (one value per seed) and returns frozen dataclasses or floats;
+nothing here knows about MLflow or pandas. The unit of replication is the **seed**: a setting's
 uncertainty is its between-seed spread, so a mean over ``n`` seeds has a t interval on ``n − 1``
 degrees of freedom, and a comparison of two settings is
 
@@ -9,17 +10,22 @@ degrees of freedom, and a comparison of two settings is
   on the per-seed differences (``n − 1`` df), else
 * **Welch's t** with the Welch–Satterthwaite degrees of freedom.
 
-``estimate`` is always ``mean(a) − mean(b)``. A family of comparisons is corrected with
-Holm–Bonferroni (:func:`holm`); the *adjusted* interval of a comparison is its t interval at the
-level ``1 − α·p/p_holm``, which excludes 0 exactly when ``p_holm < α`` (for Bonferroni this is
-the familiar ``1 − α/m``). Equivalence is two one-sided tests (TOST) against ``±margin``.
+``estimate`` is always ``mean(a) − mean(b)`` (the arms' units, bits/dim for BPD). One question's
+``m`` comparisons are one family: each has a difference null (Δ = 0) and an equivalence null
+(|Δ| ≥ margin, two one-sided tests, TOST), and :func:`family_adjust` adjusts all ``2m`` together
+(Holm's step-down with Shaffer's logical restriction: at most one null of a pair is true), so the
+family-wise error rate over both kinds of conclusion is ≤ α. :func:`simultaneous_interval` is the
+matching Bonferroni interval (level ``1 − α/m``): the ``m`` intervals cover all ``m`` true
+differences together with probability ≥ ``1 − α``. Divergence counts are compared with Fisher's
+exact test (:func:`divergence_test`); a curve is ``converged`` only when the upper confidence bound
+of its remaining improvement is below a minimum gain (:func:`slope_test`).
 See docs/STATISTICS.md for the reasoning and :func:`conclude` for the four conclusions.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats as sps
@@ -195,18 +201,49 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return out.tolist()
 
 
-def adjusted_interval(test: TwoArm, p_holm: float, alpha: float = ALPHA) -> tuple[float, float]:
-    """The interval at level ``1 − α·p/p_holm``: it excludes 0 exactly when ``p_holm < α``."""
-    if not test.testable or not math.isfinite(p_holm):
-        return math.nan, math.nan
-    ratio = test.p / p_holm if p_holm > 0 else 1.0
-    return test.interval(1 - alpha * min(1.0, ratio))
+def family_adjust(p_diff: Sequence[float], p_tost: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Adjusted p-values of one question's ``2m`` hypotheses, with family-wise error rate ≤ α.
+
+    Comparison ``i`` has a difference null (Δ_i = 0, p ``p_diff[i]``) and an equivalence null
+    (|Δ_i| ≥ margin, TOST p ``p_tost[i]``); at most one of the pair is true. Holm's step-down over
+    all ``2m`` p-values, smallest first, with Shaffer's logical restriction: at each step the
+    divisor is the number of comparisons that still have an unrejected hypothesis — at most one
+    true null each, so never fewer than the true nulls left once only false ones were rejected
+    (Shaffer 1986). Never larger than Holm over the ``2m``; equal to :func:`holm` of ``p_diff``
+    when every ``p_tost`` is NaN. Running maximum, capped at 1; NaN entries stay NaN and do not
+    count. Returns ``(p_diff adjusted, p_tost adjusted)`` in the input order.
+    """
+    diff, tost = np.asarray(p_diff, dtype=float), np.asarray(p_tost, dtype=float)
+    if diff.shape != tost.shape or diff.ndim != 1:
+        raise ValueError(f"family_adjust: {diff.size} difference and {tost.size} TOST p-values: one pair per "
+                         "comparison")
+    m = diff.size
+    p = np.concatenate([diff, tost])
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    unrejected = np.bincount(idx % max(m, 1), minlength=m)  # finite hypotheses not yet rejected, per comparison
+    running = 0.0
+    for i in idx[np.argsort(p[idx], kind="stable")]:
+        running = max(running, min(1.0, np.count_nonzero(unrejected) * p[i]))
+        out[i] = running
+        unrejected[i % m] -= 1
+    return out[:m].tolist(), out[m:].tolist()
+
+
+def simultaneous_interval(test: TwoArm, m: int, alpha: float = ALPHA) -> tuple[float, float]:
+    """The t interval of ``test``'s estimate at level ``1 − α/m`` (Bonferroni, the estimate's units):
+    the intervals of a family of ``m`` comparisons cover all ``m`` true differences together with
+    probability ≥ ``1 − α``, whatever their dependence. (NaN, NaN) when not testable."""
+    if m < 1:
+        raise ValueError(f"simultaneous_interval: a family of {m} comparisons")
+    return test.interval(1 - alpha / m)
 
 
 def conclude(test: TwoArm, p_holm: float, p_tost_holm: float, alpha: float = ALPHA) -> str:
-    """One of :data:`CONCLUSIONS`: ``not_tested`` (an arm has < 2 seeds), ``different`` (Holm-adjusted
-    p < α, i.e. the adjusted interval excludes 0), ``equivalent`` (Holm-adjusted TOST p < α: the
-    difference lies within the margin), else ``inconclusive``."""
+    """One of :data:`CONCLUSIONS`: ``not_tested`` (an arm has < 2 seeds), ``different`` (adjusted
+    difference p < α), ``equivalent`` (adjusted TOST p < α: the difference lies within the margin),
+    else ``inconclusive``. ``p_holm``/``p_tost_holm``: the comparison's adjusted p-values, e.g.
+    from :func:`family_adjust`."""
     if not test.testable:
         return "not_tested"
     if p_holm < alpha:
@@ -216,50 +253,89 @@ def conclude(test: TwoArm, p_holm: float, p_tost_holm: float, alpha: float = ALP
     return "inconclusive"
 
 
+def divergence_test(k_a: int, n_a: int, k_b: int, n_b: int) -> float:
+    """Two-sided p of Fisher's exact test that arms *a* and *b* diverge equally often: ``k_a`` of
+    ``n_a`` trials diverged in *a*, ``k_b`` of ``n_b`` in *b* (counts of trials). NaN when an arm
+    has no trials (nothing to compare)."""
+    for k, n in ((k_a, n_a), (k_b, n_b)):
+        if not 0 <= k <= n:
+            raise ValueError(f"divergence_test: {k} diverged of {n} trials")
+    if n_a == 0 or n_b == 0:
+        return math.nan
+    return float(sps.fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]], alternative="two-sided").pvalue)
+
+
+SLOPE_STATES = ("improving", "converged", "worsening", "inconclusive", "not_tested")
+
+
 @dataclass(frozen=True)
 class SlopeTest:
-    """Late-training slope of validation BPD over seeds (bits/dim per epoch).
+    """Late-training slope of validation BPD over seeds.
 
-    One OLS slope per seed over its own late window; their spread across seeds is the
-    uncertainty (it absorbs the autocorrelation of a curve's successive validations, which a
-    single fit's residual s.e. ignores). ``state``: ``improving`` (slope < 0 by its t test and the
-    projected gain ≥ ``min_gain``), ``worsening``, ``flat`` (projected change within ±``min_gain``
-    by TOST), ``inconclusive``, or ``not_tested`` (< 2 seeds with a slope).
+    ``slope``: mean of one OLS slope per seed over its own late window (bits/dim per epoch) with
+    its t interval; their spread across seeds is the uncertainty (it absorbs the autocorrelation
+    of a curve's successive validations, which a single fit's residual s.e. ignores). ``p``: two-
+    sided t test of slope = 0. ``gain``: the projected improvement over the horizon, −slope ×
+    horizon (bits/dim; negative when getting worse); ``gain_upper``: its one-sided (1 − α) upper
+    confidence bound (bits/dim). ``p_converged``: one-sided t test of the null "gain ≥ min_gain"
+    (< α exactly when ``gain_upper`` < min_gain); at most one of its null and slope = 0 is true, so
+    a family of slope tests is adjusted with :func:`family_adjust`. ``p``, ``p_converged``,
+    ``gain_upper``: NaN when not tested. ``state``: one of :data:`SLOPE_STATES`, see
+    :func:`slope_state`, here from the unadjusted p-values.
     """
 
     slope: MeanCI
     p: float
-    p_flat: float
+    p_converged: float
     gain: float
+    gain_upper: float
     state: str
 
 
+def slope_state(test: SlopeTest, p: float, p_converged: float, min_gain: float, alpha: float = ALPHA) -> str:
+    """The state of ``test`` from its slope p and convergence p (``test.p``/``test.p_converged``, or
+    family-adjusted ones); the first rule that holds:
+
+    * ``not_tested``: fewer than 2 seeds with a slope;
+    * ``worsening``: slope > 0 with p < α and a projected loss (−gain) ≥ ``min_gain`` (bits/dim);
+    * ``converged``: ``p_converged`` < α — an equivalence-style gate: a curve whose remaining
+      improvement is at least ``min_gain`` is called converged with probability ≤ α;
+    * ``improving``: slope < 0 with p < α and gain ≥ ``min_gain``;
+    * ``inconclusive`` otherwise.
+    """
+    if not test.slope.known:
+        return "not_tested"
+    if test.slope.mean > 0 and p < alpha and -test.gain >= min_gain:
+        return "worsening"
+    if p_converged < alpha:
+        return "converged"
+    if test.slope.mean < 0 and p < alpha and test.gain >= min_gain:
+        return "improving"
+    return "inconclusive"
+
+
 def slope_test(slopes, horizon: float, min_gain: float, alpha: float = ALPHA) -> SlopeTest:
-    """Test per-seed ``slopes`` (bits/dim per epoch); ``gain`` = −slope × ``horizon`` epochs is the
-    projected improvement over that many further epochs, compared with ``min_gain`` (bits/dim)."""
+    """Test per-seed ``slopes`` (bits/dim per epoch) over ``horizon`` further epochs against
+    ``min_gain`` (bits/dim): ``gain`` = −mean × horizon, ``gain_upper`` = −(mean − t₁₋α,ₙ₋₁·se) ×
+    horizon, ``p_converged`` = P(T ≥ (mean + min_gain/horizon)/se); state by :func:`slope_state`."""
     est = mean_ci(slopes)
+    gain = -est.mean * horizon
     if not est.known:
-        return SlopeTest(est, math.nan, math.nan, -est.mean * horizon, "not_tested")
+        return SlopeTest(est, math.nan, math.nan, gain, math.nan, "not_tested")
     se = est.sd / math.sqrt(est.n)
     df = est.n - 1
-    gain = -est.mean * horizon
     if se == 0:
         p = 0.0 if est.mean else 1.0
-        p_flat = 0.0 if abs(gain) < min_gain else 1.0
+        p_converged = 0.0 if gain < min_gain else 1.0
+        gain_upper = gain
     else:
         p = float(2 * sps.t.sf(abs(est.mean) / se, df))
-        bound = min_gain / horizon  # |slope| below this ⇔ |projected change| below min_gain
-        p_flat = max(float(sps.t.cdf((est.mean - bound) / se, df)), float(sps.t.sf((est.mean + bound) / se, df)))
-    if p < alpha and gain >= min_gain:
-        state = "improving"
-    elif p < alpha and -gain >= min_gain:
-        state = "worsening"
-    elif p_flat < alpha:
-        state = "flat"
-    else:
-        state = "inconclusive"
-    return SlopeTest(est, p, p_flat, gain, state)
+        p_converged = float(sps.t.sf((est.mean + min_gain / horizon) / se, df))
+        gain_upper = -(est.mean - float(sps.t.ppf(1 - alpha, df)) * se) * horizon
+    test = SlopeTest(est, p, p_converged, gain, gain_upper, "not_tested")
+    return replace(test, state=slope_state(test, p, p_converged, min_gain, alpha))
 
 
-__all__ = ["ALPHA", "CONCLUSIONS", "MeanCI", "TwoArm", "SlopeTest", "mean_ci", "welch", "paired", "one_sample", "by_seed", "holm",
-           "adjusted_interval", "conclude", "slope_test", "finite"]
+__all__ = ["ALPHA", "CONCLUSIONS", "SLOPE_STATES", "MeanCI", "TwoArm", "SlopeTest", "mean_ci", "welch", "paired",
+           "one_sample", "by_seed", "holm", "family_adjust", "simultaneous_interval", "conclude",
+           "divergence_test", "slope_state", "slope_test", "finite"]

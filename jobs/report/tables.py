@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -102,7 +103,7 @@ def last_and_best(frame: pd.DataFrame | None) -> tuple[float, float]:
     return float(frame["value"].iloc[-1]), float(frame["value"].min())
 
 
-def trial_table(data: SweepRuns, resources: dict[str, float] | None = None) -> pd.DataFrame:
+def trial_table(data: SweepRuns, resources: dict[str, float] | None = None, chosen: Collection[str] = ()) -> pd.DataFrame:
     """One row per trial, indexed by MLflow run id; the columns of ``trials.csv``.
 
     Columns: ``trial_id, trial_index, state, status, failure_reason`` (tag ``rgflow.failure_reason``,
@@ -146,29 +147,40 @@ def trial_table(data: SweepRuns, resources: dict[str, float] | None = None) -> p
     table = pd.DataFrame(rows).set_index("run_id")
     table["batch_size"] = table["batch_size"].astype(int)
     table["seed"] = table["seed"].astype(int)
-    table["context"] = context_labels(table, varying)
+    table["context"] = context_labels(table, varying, chosen)
     return table
 
 
-def context_labels(table: pd.DataFrame, varying: list[str]) -> pd.Series:
-    """A label per trial for the varying settings that are not the verdict's factors.
+def context_labels(table: pd.DataFrame, varying: list[str], chosen: Collection[str] = ()) -> pd.Series:
+    """A label per trial for the varying settings that are not the verdict's factors: trials with
+    one label are compared with each other (e.g. ``data.name=msds1``).
 
-    Left out: the factors, where/how a trial ran (:data:`jobs.config.ID_EXCLUDED`), settings that
-    co-vary with the batch size (e.g. a zipped learning rate), and settings determined by ones
-    already in the label (e.g. ``model.preset`` zipped with ``data.name``).
+    Left out: the factors, where/how a trial ran (:data:`jobs.config.ID_EXCLUDED`), the ``chosen``
+    keys (values an earlier stage of a study chose per arm, ``best_of.take``: different per arm by
+    design), settings that co-vary with the batch size within the label (e.g. an LR tuned per data
+    set and batch size), and settings determined by ones already in the label (e.g. ``model.preset``
+    zipped with ``data.name``). Keys with fewer values are considered first, so a data set is kept
+    and the LR tuned within it is not.
     """
+    candidates = sorted((k for k in varying if k not in FACTOR_PARAMS and k not in chosen
+                         and not k.startswith(NOT_CONTEXT_PREFIXES)),
+                        key=lambda k: (table[k].nunique(dropna=False), k))
+    several_batches = table["batch_size"].nunique() > 1
     kept: list[str] = []
-    for key in varying:
-        if key in FACTOR_PARAMS or key.startswith(NOT_CONTEXT_PREFIXES):
+    for key in candidates:
+        if kept and _determined(table, kept, key):
             continue
-        if table["batch_size"].nunique() > 1 and (table.groupby("batch_size")[key].nunique() <= 1).all():
-            continue
-        if kept and (table.groupby(kept)[key].nunique() <= 1).all():
+        if several_batches and _determined(table, [*kept, "batch_size"], key):
             continue
         kept.append(key)
     if not kept:
         return pd.Series("", index=table.index)
     return table[kept].apply(lambda row: ", ".join(f"{k}={row[k]}" for k in kept), axis=1)
+
+
+def _determined(table: pd.DataFrame, keys: list[str], key: str) -> bool:
+    """Whether ``key`` takes one value within every group of ``keys``."""
+    return bool((table.groupby(keys, dropna=False)[key].nunique(dropna=False) <= 1).all())
 
 
 def _at_steps(hist: dict[str, pd.DataFrame], key: str, steps: np.ndarray) -> np.ndarray:

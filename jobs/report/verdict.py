@@ -21,14 +21,15 @@ stay in their arm's finding ("1 of 3 seeds diverged at lr 2.8e-03"). The JSON fo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from jobs.report import stats as S
-from jobs.report.findings import (EMPTY, Arm, Finding, arm_at, by_run, ci_words, common_horizon,
-                                   count, finished, fmt_p, label, lost_trials, note, value_at, xy)
+from jobs.report.findings import (EMPTY, Arm, Finding, arm_at, arm_of, by_run, ci_words, common_horizon,
+                                   count, finished, fmt_p, label, note, value_at, xy)
 from jobs.report.scaling import critical_batch_findings, steps_to, target_bpd
 
 BASELINE_SCALING = "none"
@@ -36,48 +37,64 @@ DEFAULT_MARGIN = 0.01  # bits/dim: equivalence margin of BPD comparisons (sweep 
 LATE_FRACTION = 0.1  # slope window: the last 10 % of training (in epochs)
 NOISE_WINDOW = 0.2  # B_simple window: the last 20 % of the steps up to the matched validation BPD
 MIN_NOISE_POINTS = 3
-MIN_GAIN = 1e-3  # bits/dim: a projected gain per further 10 % of training below this is "flat"
+MIN_GAIN = 1e-3  # bits/dim: the convergence gate per further 10 % of training (sweep file: report.min_gain)
 
 
 # ----------------------------------------------------------------------------------------------
 # Findings
 # ----------------------------------------------------------------------------------------------
 
+def caveat(f: Finding) -> str:
+    """What a comparison's BPD statistics leave out: the seeds of an arm that did not finish."""
+    parts = [f"{arm.label} is unstable ({arm.diverged} of {arm.total} seeds diverged)" for arm in f.arms
+             if arm.diverged]
+    parts += [f"{arm.label} lost {len(arm.lost) - arm.diverged} of {arm.total} seeds otherwise" for arm in f.arms
+              if len(arm.lost) > arm.diverged]
+    if not parts:
+        return ""
+    return f" Caveat: the BPD statistics use the finished seeds only; {'; '.join(parts)}."
+
+
 def comparison_text(f: Finding, worse: str, better: str, equal: str) -> str:
     """The generic sentence of a comparison: both arms, the estimate with its CI and test, the
-    conclusion. ``worse``/``better``: what a positive/negative difference means (a − b, lower BPD
-    is better); ``equal``: the subject of an equivalence ("batches 512 and 64")."""
+    conclusion, and the caveat of lost seeds. ``worse``/``better``: what a positive/negative
+    difference means (a − b, lower BPD is better); ``equal``: the subject of an equivalence."""
     a, b = f.arms
     t = f.test
     head = f"[{f.context}] {f.question}: {a.describe()} vs {b.describe()} bits/dim"
     if f.conclusion == "not_tested":
         why = f.numbers.get("deferred") or "fewer than 2 seeds in an arm"
-        return f"{head}; not tested ({why}): no direction is stated."
+        return f"{head}; not tested ({why}): no direction is stated.{caveat(f)}"
     lo, hi = t.ci95
-    stats = (f"difference {t.estimate:+.3f} bits/dim, 95 % CI [{lo:+.3f}, {hi:+.3f}] ({t.test}, df {t.df:.1f}, "
-             f"p {fmt_p(t.p)}, Holm p {fmt_p(f.p_holm)})")
+    slo, shi = S.simultaneous_interval(t, f.family_size)
+    stats = (f"difference {t.estimate:+.3f} bits/dim, 95 % CI [{lo:+.3f}, {hi:+.3f}], simultaneous over the "
+             f"{f.family_size} comparison(s) of family '{f.family}' [{slo:+.3f}, {shi:+.3f}] ({t.test}, df "
+             f"{t.df:.1f}, p {fmt_p(t.p)}, family-adjusted p {fmt_p(f.p_holm)})")
     if f.conclusion == "different":
         verdict = worse if t.estimate > 0 else better
         within = (f", though within the ±{f.margin:g} bits/dim equivalence margin"
                   if f.p_tost_holm < S.ALPHA else "")
-        return f"{head}; {stats}: {verdict}{within}."
+        return f"{head}; {stats}: {verdict}{within}.{caveat(f)}"
     if f.conclusion == "equivalent":
         return (f"{head}; {stats}: {equal} are equivalent within ±{f.margin:g} bits/dim "
-                f"(TOST Holm p {fmt_p(f.p_tost_holm)}).")
+                f"(TOST family-adjusted p {fmt_p(f.p_tost_holm)}).{caveat(f)}")
     return (f"{head}; {stats}: inconclusive — neither a difference nor equivalence within ±{f.margin:g} bits/dim "
-            f"is established (TOST Holm p {fmt_p(f.p_tost_holm)}).")
+            f"is established (TOST family-adjusted p {fmt_p(f.p_tost_holm)}).{caveat(f)}")
 
 
 def adjust(findings: list[Finding]) -> list[Finding]:
-    """Holm–Bonferroni over every testable comparison (differences and TOSTs as two families),
-    then the conclusion and the sentence of every finding that has a ``render``."""
+    """Per family (one question): the difference and equivalence tests of its testable comparisons
+    adjusted together (:func:`jobs.report.stats.family_adjust`, family-wise error ≤ α), then the
+    conclusion and the sentence of every finding that has a ``render``."""
     tested = [f for f in findings if f.is_comparison and f.test.testable and not f.numbers.get("deferred")]
-    for f in tested:
-        f.p_tost = f.test.tost_p(f.margin)
-    for f, p in zip(tested, S.holm([f.test.p for f in tested])):
-        f.p_holm = p
-    for f, p in zip(tested, S.holm([f.p_tost for f in tested])):
-        f.p_tost_holm = p
+    for family in dict.fromkeys(f.family for f in tested):
+        members = [f for f in tested if f.family == family]
+        for f in members:
+            f.p_tost = f.test.tost_p(f.margin)
+            f.family_size = len(members)
+        p_diff, p_tost = S.family_adjust([f.test.p for f in members], [f.p_tost for f in members])
+        for f, pd_, pt in zip(members, p_diff, p_tost):
+            f.p_holm, f.p_tost_holm = pd_, pt
     for f in findings:
         if f.is_comparison:
             f.conclusion = "not_tested" if f.numbers.get("deferred") else S.conclude(f.test, f.p_holm, f.p_tost_holm)
@@ -86,16 +103,48 @@ def adjust(findings: list[Finding]) -> list[Finding]:
     return findings
 
 
+def stability_findings(findings: list[Finding]) -> list[Finding]:
+    """For every comparison with a diverged seed in an arm: is the divergence rate different? An
+    exact test (Fisher) of diverged vs not per arm, Holm within family ``stability``."""
+    out, seen = [], set()
+    for f in findings:
+        if not f.is_comparison or not any(arm.diverged for arm in f.arms):
+            continue
+        a, b = f.arms
+        key = (f.context, a.label, b.label)
+        if key in seen:
+            continue
+        seen.add(key)
+        p = S.divergence_test(a.diverged, a.total, b.diverged, b.total)
+        floor = S.divergence_test(a.total, a.total, 0, b.total)
+        out.append(Finding("stability", f.context, f"divergence rate, {a.label} vs {b.label}", family="stability",
+                           numbers={"diverged": [a.diverged, b.diverged], "trials": [a.total, b.total], "p": p,
+                                    "test": "Fisher exact, two-sided", "smallest_attainable_p": floor}))
+    for f, p in zip(out, S.holm([f.numbers["p"] for f in out])):
+        a, b = f.numbers["diverged"], f.numbers["trials"]
+        f.numbers["p_holm"] = p
+        f.family_size = len(out)
+        f.conclusion = "different" if p < S.ALPHA else "inconclusive"
+        rates = f"{a[0]} of {b[0]} vs {a[1]} of {b[1]} seeds diverged"
+        verdict = ("the divergence rates differ" if f.conclusion == "different" else
+                   "a difference in divergence rate is not established" + (
+                       f" (with these seed counts no outcome could reach p < 0.05: the smallest attainable p is "
+                       f"{f.numbers['smallest_attainable_p']:.2g})" if f.numbers["smallest_attainable_p"] >= S.ALPHA
+                       else ""))
+        f.text = (f"[{f.context}] {f.question}: {rates} (Fisher exact, p {fmt_p(f.numbers['p'])}, Holm p "
+                  f"{fmt_p(p)} over {len(out)} comparison(s)): {verdict}.")
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Curves and arms
 # ----------------------------------------------------------------------------------------------
 
-def compare_finding(topic: str, context: str, question: str, a: Arm, b: Arm, margin: float, worse: str,
-                    better: str, equal: str, **numbers) -> Finding:
+def compare_finding(topic: str, family: str, context: str, question: str, a: Arm, b: Arm, margin: float,
+                    worse: str, better: str, equal: str, **numbers) -> Finding:
     test = S.by_seed(a.values, b.values)
-    return Finding(topic, context, question, numbers=numbers, arms=(a, b), test=test, margin=margin,
+    return Finding(topic, context, question, numbers=numbers, family=family, arms=(a, b), test=test, margin=margin,
                    render=lambda f: comparison_text(f, worse, better, equal))
-
 
 
 AXIS_WORDS = {"epoch": ("equal epochs", "epoch {x:.3g}"), "step": ("equal optimizer steps", "step {x:.0f}")}
@@ -140,7 +189,8 @@ def batch_gap_findings(trials: pd.DataFrame, val: pd.DataFrame, margin: float = 
                                          f"{at.format(x=x)}, the furthest point every trial reached).", axis=axis))
                     continue
                 findings.append(compare_finding(
-                    "batch gap", where, f"Batch {big_size} vs {sizes[0]} at {words} ({at.format(x=x)})", a, b, margin,
+                    "batch gap", f"batch gap at {words}", where,
+                    f"Batch {big_size} vs {sizes[0]} at {words} ({at.format(x=x)})", a, b, margin,
                     f"batch {big_size} is worse", f"batch {big_size} is better", f"batches {big_size} and {sizes[0]}",
                     axis=axis, at=x, small=int(sizes[0]), large=int(big_size), prior=prior, lr_scaling=scaling))
     return findings
@@ -193,7 +243,7 @@ def lr_scaling_findings(trials: pd.DataFrame, val: pd.DataFrame, margin: float =
                 if not np.isfinite(x):
                     continue
                 s = arm_at(curves, scaled, "epoch", x, f"batch {big_size} with {kind} LR scaling")
-                f = compare_finding("lr scaling", where, f"Batch {big_size} with {kind} LR scaling vs batch {sizes[0]} "
+                f = compare_finding("lr scaling", "LR rule", where, f"Batch {big_size} with {kind} LR scaling vs batch {sizes[0]} "
                                     f"at epoch {x:.3g}", s, arm_at(curves, small, "epoch", x, f"batch {sizes[0]}"),
                                     margin, "worse", "better", f"batch {big_size} ({kind}) and batch {sizes[0]}",
                                     kind=kind, large=int(big_size), small=int(sizes[0]), at=x, axis="epoch",
@@ -202,7 +252,7 @@ def lr_scaling_findings(trials: pd.DataFrame, val: pd.DataFrame, margin: float =
                 findings.append(f)
                 if not plain.empty:
                     findings.append(compare_finding(
-                        "lr scaling", where, f"Batch {big_size}: {kind} LR scaling vs no scaling at epoch {x:.3g}", s,
+                        "lr scaling", "LR rule", where, f"Batch {big_size}: {kind} LR scaling vs no scaling at epoch {x:.3g}", s,
                         arm_at(curves, plain, "epoch", x, f"batch {big_size} unscaled"), margin,
                         f"{kind} scaling is worse", f"{kind} scaling is better", f"{kind} and no scaling",
                         kind=kind, large=int(big_size), at=x, axis="epoch", prior=prior, versus="unscaled"))
@@ -216,50 +266,80 @@ def _lr_render(generic: Callable[[Finding], str]) -> Callable[[Finding], str]:
     return render
 
 
-def late_slope(curve: pd.DataFrame, fraction: float = LATE_FRACTION) -> tuple[float, float, float]:
-    """(slope, from_epoch, to_epoch) of a least-squares line through ``val_bpd`` vs ``epoch`` over
-    the last ``fraction`` of training (at least the last 3 validations). Units: bits/dim per
-    epoch; NaN with fewer than 3 validations."""
+def late_slope(curve: pd.DataFrame, fraction: float = LATE_FRACTION) -> tuple[float, float, float, int]:
+    """(slope, first epoch, last epoch, validations) of a least-squares line through ``val_bpd``
+    vs ``epoch`` over the last ``fraction`` of training (at least the last 3 validations). Units:
+    bits/dim per epoch; NaN with fewer than 3 validations."""
     xs, ys = xy(curve, "epoch", "val_bpd")
     if xs.size < 3:
-        return math.nan, math.nan, math.nan
+        return math.nan, math.nan, math.nan, int(xs.size)
     start = min(int(np.searchsorted(xs, xs[-1] * (1 - fraction))), xs.size - 3)
     x, y = xs[start:], ys[start:]
     slope = float(np.polyfit(x, y, 1)[0])
-    return slope, float(x[0]), float(x[-1])
+    return slope, float(x[0]), float(x[-1]), int(x.size)
 
 
-def slope_tests(trials: pd.DataFrame, val: pd.DataFrame) -> dict[tuple, tuple[S.SlopeTest, float, float]]:
-    """``{(context, prior, lr_scaling, batch_size): (test, from_epoch, to_epoch)}`` for every group."""
+@dataclass(frozen=True)
+class Trend:
+    """The late trend of one group (context, prior, LR scaling, batch size): the slope test over
+    seeds, each seed's window (first epoch, last epoch, validations), the horizon of the projected
+    gain (epochs) and, after :func:`trend_states`, the family-adjusted state."""
+
+    test: S.SlopeTest
+    windows: tuple[tuple[float, float, int], ...]
+    horizon: float
+    state: str = "not_tested"
+    p_holm: float = math.nan
+    p_converged_holm: float = math.nan
+
+
+def slope_tests(trials: pd.DataFrame, val: pd.DataFrame, min_gain: float = MIN_GAIN) -> dict[tuple, Trend]:
+    """``{(context, prior, lr_scaling, batch_size): Trend}`` for every group, its states adjusted
+    over the whole family "still improving" (:func:`jobs.report.stats.family_adjust`)."""
     curves = by_run(val)
     out = {}
     for key, group in finished(trials).groupby(["context", "prior", "lr_scaling", "batch_size"], sort=True):
         fits = [late_slope(curves.get(rid, EMPTY)) for rid in group.index]
         fits = [f for f in fits if np.isfinite(f[0])]
         end = max((f[2] for f in fits), default=math.nan)
-        test = S.slope_test([f[0] for f in fits], LATE_FRACTION * end if fits else 1.0, MIN_GAIN)
-        out[key] = (test, min((f[1] for f in fits), default=math.nan), end)
+        horizon = LATE_FRACTION * end if fits else 1.0
+        out[key] = Trend(S.slope_test([f[0] for f in fits], horizon, min_gain), tuple(f[1:] for f in fits), horizon)
+    keys = [k for k, v in out.items() if v.test.slope.known]
+    p_slope, p_conv = S.family_adjust([out[k].test.p for k in keys], [out[k].test.p_converged for k in keys])
+    for k, ps, pc in zip(keys, p_slope, p_conv):
+        out[k] = replace(out[k], state=S.slope_state(out[k].test, ps, pc, min_gain), p_holm=ps, p_converged_holm=pc)
     return out
 
 
 SLOPE_WORDS = {
     "improving": "still improving at the end (≈{gain:.3f} bits/dim more per further 10 % of training if the trend held)",
     "worsening": "getting worse at the end (overfitting or instability)",
-    "flat": "flat at the end (projected change within ±{min_gain} bits/dim per further 10 % of training, TOST)",
-    "inconclusive": "neither still improving nor shown to be flat",
+    "converged": "converged: its remaining improvement per further 10 % of training is below {min_gain:g} bits/dim "
+                 "(one-sided 95 % upper bound {upper:.2g}, family-adjusted p {p:.2g})",
+    "inconclusive": "not shown to be converged (the upper bound of its remaining improvement, {upper:.2g} bits/dim per "
+                    "further 10 % of training, is not below {min_gain:g}) nor to be still improving",
     "not_tested": "its trend is not tested (fewer than 2 seeds with 3 or more validations)",
 }
 
 
-def still_improving_findings(trials: pd.DataFrame, val: pd.DataFrame,
-                             tests: dict | None = None) -> list[Finding]:
-    """For every group: is validation BPD still falling at the end of training? The per-seed late
-    slopes are tested across seeds (t, n − 1 df); see :class:`jobs.report.stats.SlopeTest`."""
-    tests = slope_tests(trials, val) if tests is None else tests
+def window_words(windows: tuple[tuple[float, float, int], ...]) -> str:
+    """``"epochs 7.2–8 (3–4 validations per seed)"``: the span of the seeds' late windows."""
+    first, last = min(w[0] for w in windows), max(w[1] for w in windows)
+    counts = sorted({w[2] for w in windows})
+    n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    return f"epochs {first:.3g}–{last:.3g} ({n} validations per seed)"
+
+
+def still_improving_findings(trials: pd.DataFrame, val: pd.DataFrame, tests: dict | None = None,
+                             min_gain: float = MIN_GAIN) -> list[Finding]:
+    """For every group: is validation BPD still falling at the end of training, or converged? The
+    per-seed late slopes are tested across seeds (t, n − 1 df), family "still improving"; see
+    :func:`jobs.report.stats.slope_test`."""
+    tests = slope_tests(trials, val, min_gain) if tests is None else tests
     findings = []
-    for (context, prior, scaling, size), (test, start, end) in tests.items():
+    for (context, prior, scaling, size), trend in tests.items():
         where = label(context, prior=prior, lr_scaling=scaling, batch=size)
-        ci = test.slope
+        test, ci = trend.test, trend.test.slope
         if ci.n == 0:
             findings.append(note("still improving", where, "still improving at the end",
                                  f"Batch {size}: too few validations (< 3) to fit a final slope.", batch_size=int(size),
@@ -267,14 +347,19 @@ def still_improving_findings(trials: pd.DataFrame, val: pd.DataFrame,
             continue
         rate = (f"{ci.mean:+.2e} bits/dim per epoch, 95 % CI [{ci.lo:+.2e}, {ci.hi:+.2e}] over {ci.n} seeds "
                 f"(t, p {fmt_p(test.p)})" if ci.known else f"{ci.mean:+.2e} bits/dim per epoch (1 seed)")
-        state = SLOPE_WORDS[test.state].format(gain=test.gain, min_gain=MIN_GAIN)
-        text = (f"[{where}] Batch {size}: validation BPD slope over the last 10 % of training (epochs {start:.3g}–"
-                f"{end:.3g}) is {rate}: {state}.")
-        findings.append(Finding("still improving", where, "still improving at the end", text, test.state, {
+        state = SLOPE_WORDS[trend.state].format(gain=test.gain, min_gain=min_gain, upper=test.gain_upper,
+                                                p=trend.p_converged_holm)
+        text = (f"[{where}] Batch {size}: validation BPD slope over the last 10 % of training, "
+                f"{window_words(trend.windows)}, is {rate}: {state}.")
+        findings.append(Finding("still improving", where, "still improving at the end", text, trend.state, {
             "batch_size": int(size), "prior": prior, "lr_scaling": scaling, "n": ci.n, "estimate": ci.mean,
             "ci95": [ci.lo, ci.hi], "test": "t over seeds of per-seed OLS slopes" if ci.known else None,
-            "df": ci.n - 1 if ci.known else None, "p": test.p, "p_flat": test.p_flat, "projected_gain": test.gain,
-            "units": "bits/dim per epoch", "window_epochs": [start, end]}))
+            "df": ci.n - 1 if ci.known else None, "p": test.p, "p_holm": trend.p_holm,
+            "p_converged": test.p_converged, "p_converged_holm": trend.p_converged_holm,
+            "projected_gain": test.gain, "gain_upper": test.gain_upper, "min_gain": min_gain,
+            "horizon_epochs": trend.horizon, "units": "bits/dim per epoch",
+            "windows": [{"first_epoch": a, "last_epoch": b, "validations": k} for a, b, k in trend.windows]},
+            family="still improving", family_size=sum(t.test.slope.known for t in tests.values())))
     return findings
 
 
@@ -290,15 +375,19 @@ def final_value(trials: pd.DataFrame, curves: dict[str, pd.DataFrame], group: pd
 
 def prior_arm(group: pd.DataFrame, prior: str, value: Callable[[str], float]) -> Arm:
     """The arm of ``prior`` in ``group``: ``value(run_id)`` per finished seed, the others as lost."""
-    sel = group[group["prior"] == prior]
-    return Arm(prior, {int(r.seed): value(rid) for rid, r in finished(sel).iterrows()}, lost_trials(sel))
+    return arm_of(group[group["prior"] == prior], prior, value)
+
+
+NOT_CONVERGED_WORDS = {"improving": "still improving", "inconclusive": "not shown to be converged",
+                       "not_tested": "not tested for convergence"}
 
 
 def prior_findings(trials: pd.DataFrame, val: pd.DataFrame, margin: float = DEFAULT_MARGIN,
                    tests: dict | None = None) -> list[Finding]:
     """Do the priors differ, at each batch size and LR scaling? Deferred (``not_tested``, reason
-    ``not converged``) when either arm is still improving: priors compared mid-training confound
-    the prior with the speed of convergence."""
+    ``not converged``) unless both arms are shown converged (or worsening: past their best) by
+    :func:`slope_tests`: priors compared mid-training confound the prior with the speed of
+    convergence."""
     curves = by_run(val)
     tests = slope_tests(trials, val) if tests is None else tests
     findings = []
@@ -312,13 +401,15 @@ def prior_findings(trials: pd.DataFrame, val: pd.DataFrame, margin: float = DEFA
         what, value = final_value(trials, curves, group)
         base = priors[0]
         for other in priors[1:]:
-            improving = [p for p in (other, base) if (context, p, scaling, size) in tests
-                         and tests[(context, p, scaling, size)][0].state == "improving"]
+            states = {p: tests[(context, p, scaling, size)].state if (context, p, scaling, size) in tests
+                      else "not_tested" for p in (other, base)}
+            unconverged = [f"{p} {NOT_CONVERGED_WORDS[state]}" for p, state in states.items()
+                           if state not in ("converged", "worsening")]
             numbers = {"batch_size": int(size), "lr_scaling": scaling, "compared_on": what}
-            if improving:
-                numbers["deferred"] = f"deferred: not converged — {' and '.join(improving)} still improving"
-            findings.append(compare_finding("priors", where, f"{what}, {other} vs {base}", prior_arm(group, other, value),
-                                            prior_arm(group, base, value), margin,
+            if unconverged:
+                numbers["deferred"] = f"deferred: not converged — {' and '.join(unconverged)}"
+            findings.append(compare_finding("priors", "priors", where, f"{what}, {other} vs {base}",
+                                            prior_arm(group, other, value), prior_arm(group, base, value), margin,
                                             f"{other} is worse than {base}", f"{other} is better than {base}",
                                             f"{other} and {base}", **numbers))
     return findings
@@ -372,7 +463,10 @@ def noise_scale_findings(trials: pd.DataFrame, val: pd.DataFrame, noise: pd.Data
             text = (f"[{where}] At validation BPD {target:.3f} (reached by every trial of this prior and LR rule), "
                     f"B_simple = {ci_words(plain)} images; batch {size} is {count(size / plain.mean)}× B_simple")
             if pre.n:
-                text += f"; Adam-preconditioned B_simple = {ci_words(pre)} images"
+                text += (f"; Adam-preconditioned B_simple = {ci_words(pre)} images — a property of this run's "
+                         "optimizer state, not of the model: Adam's second moment v̂ ≈ G² + σ²/B shrinks with the "
+                         "batch size, so this value rises with B at matched BPD and is not compared across batch "
+                         "sizes")
             text += (". B_simple = Σ tr(Σ)/Σ |G|² over the last 20 % of steps up to that point; it approximates the "
                      "critical batch size B_noise only under plain-SGD assumptions (McCandlish et al. 2018).")
             findings.append(Finding("noise scale", where, question, text, "measured", {
@@ -382,18 +476,23 @@ def noise_scale_findings(trials: pd.DataFrame, val: pd.DataFrame, noise: pd.Data
     return findings
 
 
-def verdict(trials: pd.DataFrame, val: pd.DataFrame, noise: pd.DataFrame,
-            margin: float = DEFAULT_MARGIN) -> list[Finding]:
+def verdict(trials: pd.DataFrame, val: pd.DataFrame, noise: pd.DataFrame, margin: float = DEFAULT_MARGIN,
+            min_gain: float = MIN_GAIN, targets: Sequence[float] | None = None) -> list[Finding]:
     """All findings in reading order (batch gap, LR scaling, still improving, noise scale, critical
-    batch, priors), Holm-adjusted over every comparison of the report."""
+    batch, priors, stability), each family adjusted on its own (docs/STATISTICS.md, "Families").
+    ``margin``: the equivalence margin (bits/dim); ``min_gain``: the convergence gate (bits/dim per
+    further 10 % of training); ``targets``: steps-to-target BPDs (bits/dim; None: the default
+    quantiles)."""
     if finished(trials).empty:
         return [Finding("data", "", "is there data", "No finished trials with validation history: no verdict.",
                         "not_tested")]
-    tests = slope_tests(trials, val)
+    tests = slope_tests(trials, val, min_gain)
     noise_found = noise_scale_findings(trials, val, noise)
-    return adjust(batch_gap_findings(trials, val, margin) + lr_scaling_findings(trials, val, margin)
-                  + still_improving_findings(trials, val, tests) + noise_found
-                  + critical_batch_findings(trials, val, noise_found) + prior_findings(trials, val, margin, tests))
+    findings = adjust(batch_gap_findings(trials, val, margin) + lr_scaling_findings(trials, val, margin)
+                      + still_improving_findings(trials, val, tests, min_gain) + noise_found
+                      + critical_batch_findings(trials, val, noise_found, targets=targets)
+                      + prior_findings(trials, val, margin, tests))
+    return findings + stability_findings(findings)
 
 
 __all__ = ["verdict", "batch_gap_findings", "lr_scaling_findings", "still_improving_findings", "noise_scale_findings",
