@@ -107,6 +107,32 @@ def test_diverged_seed_stays_in_its_arm():
     assert f.to_json()["arms"][0]["lost"] == [f"seed 2 diverged at lr 2.83e-03 ({reason})"]
 
 
+def test_divergence_is_an_outcome_with_an_exact_test_and_a_caveat():
+    reason = "non-finite values at step 812: training loss is nan (nats/dim)"
+    failed = {s: reason for s in range(6)}
+    trials, val = synthetic([base(offset=0.0, seeds=8), base(512, offset=0.1, seeds=8, failed=failed)])
+    findings = V.verdict(trials, val, NO_NOISE)
+    gap = only(findings, "batch gap", axis="epoch")
+    assert gap.arms[0].diverged == 6 and gap.arms[0].total == 8 and gap.arms[1].diverged == 0
+    assert "batch 512 is unstable (6 of 8 seeds diverged)" in gap.text and "finished seeds only" in gap.text
+    assert gap.to_json()["arms"][0]["diverged"] == 6
+    stability = [f for f in findings if f.topic == "stability"]
+    # one exact test per pair of arms with a divergence, not per axis: the step comparison has the same arms
+    assert len(stability) == 1 and stability[0].family == "stability"
+    s = stability[0]
+    assert s.numbers["diverged"] == [6, 0] and s.numbers["trials"] == [8, 8]
+    assert s.numbers["p"] == pytest.approx(stats.divergence_test(6, 8, 0, 8)) and s.conclusion == "different"
+    assert "6 of 8 vs 0 of 8 seeds diverged" in s.text
+
+
+def test_a_divergence_with_too_few_seeds_says_no_outcome_could_reach_significance():
+    reason = "non-finite values at step 5: training loss is nan (nats/dim)"
+    trials, val = synthetic([base(offset=0.0), base(512, offset=0.1, failed={2: reason})])
+    s = only(V.verdict(trials, val, NO_NOISE), "stability")
+    assert s.conclusion == "inconclusive" and s.numbers["smallest_attainable_p"] == pytest.approx(0.1)
+    assert "no outcome could reach p < 0.05" in s.text and not DIRECTION.search(s.text)
+
+
 def test_still_improving_arm_defers_the_prior_comparison():
     trials, val = synthetic([base(offset=0.0, tail_slope=-0.004), base(prior="gaussian", offset=0.05),
                              base(512, offset=0.1), base(512, prior="gaussian", offset=0.1)])
@@ -205,6 +231,7 @@ def test_b_simple_per_group_at_matched_bpd():
     assert small.numbers["b_simple"] == pytest.approx(100, rel=0.25) and big.numbers["b_simple"] == pytest.approx(900, rel=0.25)
     assert small.numbers["b_simple_adam"] == pytest.approx(small.numbers["b_simple"] / 2, rel=1e-9)
     assert "plain-SGD assumptions" in small.text and "Adam-preconditioned" in small.text
+    assert "rises with B at matched BPD and is not compared across batch sizes" in small.text
     assert small.numbers["target_bpd"] == big.numbers["target_bpd"]
     beside = f"Measured B_simple at validation BPD {small.numbers['target_bpd']:.3f}"
     crit = [f for f in findings if f.topic == "critical batch"]
