@@ -187,16 +187,17 @@ def make_figures(data: SweepRuns, table: pd.DataFrame, val: pd.DataFrame, noise:
     if path:
         made.append(("Optimizer steps to each target validation BPD against batch size (log–log), one colour per "
                      "target: faint dots one seed each, hollow triangles runs that never reached the target (censored "
-                     "at their last validation), squares the mean over seeds with its 95 % t CI, solid line the fit "
-                     "S = S_min·(1 + B_crit/B) of the fully observed batch sizes, dashed line perfect scaling S ∝ 1/B",
+                     "at their last validation), squares the mean over seeds with its 95 % t CI, solid line (where "
+                     "B_crit was estimated) the fit S = S_min·(1 + B_crit/B) of the fully observed batch sizes, dashed "
+                     "line perfect scaling S ∝ 1/B",
                      path))
     path = figures.steps_vs_examples_figure(findings, f"Steps vs examples to each target, {trained}",
                                             out / "steps_vs_examples.png")
     if path:
         made.append(("Steps S against examples E = B·S to each target validation BPD (log–log; Shallue et al. 2019, "
                      "McCandlish et al. 2018): one colour per target, one point per batch size with 95 % t CIs over "
-                     "seeds, the fitted hyperbola (S/S_min − 1)(E/E_min − 1) = 1; perfect scaling runs along the "
-                     "E_min line, maximal parallelism along the S_min line", path))
+                     "seeds, the fitted hyperbola (S/S_min − 1)(E/E_min − 1) = 1 where B_crit was estimated; perfect "
+                     "scaling runs along the E_min line, maximal parallelism along the S_min line", path))
     with tempfile.TemporaryDirectory(dir=out) as work:
         samples, fields = eval_panels(data, table, Path(work))
         path = figures.sample_grid_figure(samples, f"Samples per temperature, {trained}", out / "samples.png")

@@ -323,7 +323,10 @@ def _bars(mean: pd.Series, lo: pd.Series, hi: pd.Series) -> np.ndarray:
 
 
 def _fitted(f) -> tuple[float, float] | None:
-    """(S_min steps, E_min images) of a finding's fit when both are positive, else ``None``."""
+    """(S_min steps, E_min images) of a finding's fit when B_crit was estimated (measured or a
+    bound) and both are positive, else ``None``: a fit the report does not stand behind is not drawn."""
+    if f.conclusion not in ("measured", "bound"):
+        return None
     s_min, e_min = f.numbers.get("s_min", math.nan), f.numbers.get("e_min", math.nan)
     return (s_min, e_min) if math.isfinite(s_min) and math.isfinite(e_min) and s_min > 0 and e_min > 0 else None
 

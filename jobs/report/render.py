@@ -76,10 +76,9 @@ def family_lines(items: list[Finding]) -> list[str]:
     for f in items:
         if f.family and (f.family_size or f.family not in sizes):
             sizes[f.family] = f.family_size
-    return [f"Family '{name}': {size} tested comparison(s), adjusted together (difference and equivalence tests in "
-            "one step-down procedure, family-wise error ≤ 0.05; docs/STATISTICS.md)" if size else
-            f"Family '{name}': tests adjusted together, family-wise error ≤ 0.05 (docs/STATISTICS.md)"
-            for name, size in sizes.items()]
+    return [f"Family '{name}': {size} tested, adjusted together in one step-down procedure (family-wise error "
+            "≤ 0.05; docs/STATISTICS.md)" if size else
+            f"Family '{name}': nothing tested (deferred or too few seeds)" for name, size in sizes.items()]
 
 
 def _cell(value) -> str:

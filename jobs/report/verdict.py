@@ -11,11 +11,13 @@ Pure functions over pandas tables (no MLflow):
   per-measurement estimates ``noise_grad_sq``, ``noise_trace`` (and ``*_adam``).
 
 The unit of replication is the seed (:mod:`jobs.report.stats`). Every comparison of two arms is a
-:class:`Finding` with a t test (paired by seed when both arms ran the same seeds, else Welch), a
-95 % CI, a Holm–Bonferroni adjusted p over all comparisons of the report, a TOST against the
-equivalence margin, and one conclusion of :data:`jobs.report.stats.CONCLUSIONS`; an arm with fewer
-than 2 seeds is ``not_tested`` and its sentence states no direction. Trials that did not finish
-stay in their arm's finding ("1 of 3 seeds diverged at lr 2.8e-03"). The JSON form of a finding
+:class:`~jobs.report.findings.Finding` with a t test (paired by seed when both arms ran the same
+seeds, else Welch), a 95 % CI, a TOST against the equivalence margin, p-values adjusted within the
+family of its question (docs/STATISTICS.md, "Families") with the matching simultaneous interval,
+and one conclusion of :data:`jobs.report.stats.CONCLUSIONS`; an arm with fewer than 2 seeds is
+``not_tested`` and its sentence states no direction. Trials that did not finish stay in their
+arm's finding ("1 of 3 seeds diverged at lr 2.8e-03"); a diverged seed makes the arm unstable, a
+caveat of the comparison and a ``stability`` finding. The JSON form of a finding
 (:meth:`Finding.to_json`) is documented in docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
