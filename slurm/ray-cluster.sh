@@ -8,7 +8,8 @@
 # `python -m jobs.sweep SWEEP backend=ray ray.address=<head ip>:<port> [overrides…]` runs in this
 # batch shell, and the Ray steps are stopped when it ends. Ray uses token authentication with a
 # per-job token file (mode 600) under slurm-logs/, removed at the end: the submit folder must be on
-# a filesystem shared by the nodes, as it is for the code and the run folders anyway.
+# a filesystem shared by the nodes, as it is for the code and the run folders anyway. A one-node
+# allocation keeps Ray on loopback (its local-only mode): nothing is exposed to the network.
 # Re-submitting the same command continues the sweep (jobs.sweep skips finished trials and resumes
 # unfinished ones from their checkpoints).
 #
@@ -52,8 +53,14 @@ cpus="${SLURM_CPUS_PER_TASK:-1}"
 
 mapfile -t nodes < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 head_node="${nodes[0]}"
-head_ip="$(srun --nodes=1 --ntasks=1 -w "$head_node" hostname --ip-address | awk '{print $1}')"
-[[ -n "$head_ip" ]] || die "could not read the IP address of $head_node"
+if ((${#nodes[@]} == 1)); then
+  # One node: Ray's local-only mode keeps every listener on loopback (nothing exposed to the network).
+  head_ip=127.0.0.1
+  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+else
+  head_ip="$(srun --nodes=1 --ntasks=1 -w "$head_node" hostname --ip-address | awk '{print $1}')"
+  [[ -n "$head_ip" ]] || die "could not read the IP address of $head_node"
+fi
 address="$head_ip:$port"
 
 mkdir -p slurm-logs

@@ -1,14 +1,15 @@
 """A sweep on a real two-node Ray cluster (``ray start`` head + second node on this machine, one
-CPU each, token authentication; ``tests/fixtures/ray_cluster.py``): with ``ray.address`` at the
-head, the trials spread over both nodes — their MLflow tag ``rgflow.ray_node_id`` names two
-distinct nodes, exactly the cluster's — and every run, the parent included, ends FINISHED. The
-nodes are stopped by pid, and nothing of them is left."""
+CPU each, token authentication, in a network namespace of its own; ``tests/fixtures/ray_cluster.py``):
+with ``ray.address`` at the head, the trials spread over both nodes — their MLflow tag
+``rgflow.ray_node_id`` names two distinct nodes, exactly the cluster's — and every run, the parent
+included, ends FINISHED. The nodes are stopped by pid, and nothing of them is left."""
 from __future__ import annotations
 
 import re
 
 import pytest
 
+from tests.fixtures.netns import ADDRESS
 from tests.fixtures.sweep import SMOKE
 
 pytestmark = pytest.mark.slow
@@ -25,7 +26,9 @@ def test_trials_spread_over_both_nodes_of_a_real_cluster(ray_cluster, sweep_env)
         assert resources["CPU"] == 1.0 and resources[f"rgflow_test_{node.name}"] == 1.0, resources
     cluster_ids = {n["id"] for n in nodes}
 
+    assert {n["address"] for n in nodes} == {ADDRESS}  # advertised inside the cluster's network namespace only
     sweep_env.env.update(ray_cluster.auth_env)  # the cluster's token: the fixtures' RAY_AUTH_MODE=disabled is refused
+    sweep_env.prefix = ray_cluster.prefix  # the driver joins from inside the namespace
     # Two trials (batch 32 and 128, Laplace) of one CPU each, run together: one per node.
     done = sweep_env.run(SMOKE, *sweep_env.overrides("prior.kind=laplace", f"ray.address={ray_cluster.address}",
                                                      "resources.cpus=1",

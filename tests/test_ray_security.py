@@ -1,7 +1,8 @@
 """Nobody else can attach to the embedded Ray of a sweep, proven with real processes: while a sweep
-runs, every listener of its Ray is on loopback, the host's address refuses a driver (with or
-without the token), and on loopback a driver without the launch's token, or with a wrong one, is
-refused while one with it connects (so the probes can tell). The token file is private (mode 600)
+runs, every listening socket of its processes is on loopback (read from /proc/net/tcp{,6}: nothing
+is reachable from the network, and no test traffic leaves 127.0.0.0/8), and on loopback a driver
+without the launch's token, or with a wrong one, is refused while one with it connects (so the
+probes can tell). The token file is private (mode 600)
 and the token is neither logged nor tracked. Ray's dashboard is off unless ``ray.dashboard=true``,
 and then on 127.0.0.1 only."""
 from __future__ import annotations
@@ -10,7 +11,6 @@ import ipaddress
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -102,14 +102,6 @@ def listeners(marker: str) -> dict[tuple[str, int], str]:
     return found
 
 
-def host_address() -> str:
-    """The address Ray would advertise for this host (its own choice, a non-loopback one where
-    there is one)."""
-    from ray._private.services import node_ip_address_from_perspective
-
-    return node_ip_address_from_perspective()
-
-
 def _probe(env: dict[str, str], address: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", PROBE, address], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -155,7 +147,6 @@ def test_the_embedded_ray_refuses_drivers_without_the_sweeps_token(sweep_env):
         assert all(ipaddress.ip_address(addr).is_loopback for addr, _ in found), found  # nothing on the network
         assert not [p for _, p in found if p == 8265] and "dashboard.py" not in names, found  # no dashboard
 
-        host = host_address()
         clean = {k: v for k, v in sweep_env.env.items() if not k.startswith("RAY_AUTH_")}
         clean["HOME"] = str(sweep_env.root)  # no ~/.ray/auth_token of the user's
         local = {**clean, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # else Ray rewrites 127.0.0.1 to the host's IP
@@ -167,12 +158,6 @@ def test_the_embedded_ray_refuses_drivers_without_the_sweeps_token(sweep_env):
             "loopback, wrong token": _probe({**local, **wrong}, f"127.0.0.1:{port}"),
             "loopback, the sweep's token": _probe({**local, **right}, f"127.0.0.1:{port}"),
         }
-        if not ipaddress.ip_address(host).is_loopback:
-            for p in {p for _, p in found}:  # no Ray port answers on the host's address
-                with pytest.raises(OSError), socket.create_connection((host, p), timeout=5):
-                    pass
-            probes[f"{host}, RAY_AUTH_MODE=disabled"] = _probe({**clean, "RAY_AUTH_MODE": "disabled"}, f"{host}:{port}")
-            probes[f"{host}, the sweep's token"] = _probe({**clean, **right}, f"{host}:{port}")
         outcomes = {name: _outcome(p, 45) for name, p in probes.items()}  # concurrent: 45 s in all
         for name, (connected, out) in outcomes.items():
             assert connected == (name == "loopback, the sweep's token"), f"{name}: connected={connected}\n{out[-3000:]}"

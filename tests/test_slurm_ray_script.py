@@ -1,6 +1,6 @@
 """``slurm/ray-cluster.sh`` on the real dev cluster (one node, so a Ray head and no workers): the
-head starts inside the allocation, ``jobs.sweep`` runs a one-trial sweep against it (not an
-embedded Ray), the trial's MLflow run finishes, and nothing of that Ray is left afterwards."""
+head starts inside the allocation, on loopback, ``jobs.sweep`` runs a one-trial sweep against it (not
+an embedded Ray), the trial's MLflow run finishes, and nothing of that Ray is left afterwards."""
 from __future__ import annotations
 
 import re
@@ -50,7 +50,8 @@ def test_sweep_runs_on_a_ray_head_started_in_the_allocation(slurm_cluster, trial
     assert "Ray head is up" in out and "jobs.sweep exited with 0" in out, out
 
     driver_log = (tmp_path / "runs" / "smoke" / "logs" / "driver.log").read_text()
-    assert re.search(rf"Ray [0-9.]+:{port} at [0-9.]+:{port}, resources", driver_log), driver_log
+    # one node: Ray stays on loopback (local-only mode), so nothing here talks to the host's address
+    assert re.search(rf"Ray 127\.0\.0\.1:{port} at 127\.0\.0\.1:{port}, resources", driver_log), driver_log
     assert "'CPU': 2.0" in driver_log, driver_log  # the head's --num-cpus = the task's CPUs
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
