@@ -92,7 +92,9 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
     if not isinstance(stages_raw, dict) or not stages_raw:
         raise ConfigError(f"stages={show(stages_raw)}: expected a mapping of stage names to stages [{where}]", "stages")
     shared = {k: v for k, v in raw.items() if k != "stages"}
-    name = shared.get("name")
+    renames = [o for o in overrides if o.split("=", 1)[0].strip() == "name"]
+    overrides = [o for o in overrides if o not in renames]
+    name = renames[-1].split("=", 1)[1].strip() if renames else shared.get("name")
     stages, best_of = {}, {}
     for stage, spec in stages_raw.items():
         origin = f"{where} stages.{stage}"
@@ -111,10 +113,13 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
         stages[str(stage)] = merged
     study = Study(str(name), path, str(shared.get("description") or ""), stages, best_of, tuple(overrides))
     for text in overrides:
-        head = text.split("=", 1)[0].split(".")
+        head = text.split("=", 1)[0].strip().split(".")
         if head[0] == "stages" and (len(head) < 3 or head[1] not in stages):
             raise ConfigError(f"override {text!r}: a stage override is stages.<stage>.KEY=VALUE with a stage of "
                               f"{', '.join(stages)}", "stages")
+        if head[0] == "stages" and head[2:] == ["name"]:
+            raise ConfigError(f"override {text!r}: a stage's name is <study>-<stage> ({name}-{head[1]}); rename the "
+                              "whole study with name=NAME", f"stages.{head[1]}.name")
     for stage in stages:
         sweep = study.sweep(stage)  # every stage's keys checked now, before anything runs
         if stage in best_of:

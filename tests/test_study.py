@@ -75,6 +75,15 @@ def test_a_stage_override_must_name_a_stage(tmp_path):
         load_study(study_file(tmp_path), ["stages.tuning.train.epochs=1"])
 
 
+def test_renaming_a_study_keeps_its_stages_apart(tmp_path):
+    study = load_study(study_file(tmp_path), ["name=mine"])
+    tune, confirm = study.sweep("tune"), study.sweep("confirm")
+    assert study.name == "mine" and (tune.name, confirm.name) == ("mine-tune", "mine-confirm")
+    assert tune.sweep_id != confirm.sweep_id
+    with pytest.raises(ConfigError, match="a stage's name is <study>-<stage> .st-tune.; rename the whole study"):
+        load_study(study_file(tmp_path), ["stages.tune.name=x"])
+
+
 def _run(trial, status="FINISHED", state="finished", best=None):
     return RunSummary(run_id=f"r-{trial.trial_id}", trial_id=trial.trial_id, status=status, state=state, attempt=1,
                       start_time=0, end_time=None, params={}, metrics={} if best is None else {"best_val_bpd": best},
