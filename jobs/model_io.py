@@ -1,7 +1,9 @@
 """The trained model as an MLflow artifact: written by ``jobs.train``, loaded back from anywhere.
 
 A finished trial logs, under its run's ``model/`` artifacts (``tracking.log_model``: ``best`` —
-the lowest-validation-BPD checkpoint, else the last —, ``last`` or ``none``):
+the lowest-validation-BPD checkpoint, else the last —, ``last`` or ``none``), an MLflow model
+(pyfunc flavor, MLflow's "models from code": ``jobs/tracking/rgflow_pyfunc.py``) that is also the
+run's LoggedModel ``model`` (``mlflow.search_logged_models``, ``models:/<model id>``):
 
 * ``weights.pt`` — ``torch.save`` of the model's ``state_dict`` only (no optimizer, RNG or loop
   state), loadable with ``torch.load(weights_only=True)``;
@@ -9,7 +11,12 @@ the lowest-validation-BPD checkpoint, else the last —, ``last`` or ``none``):
 * ``model.json`` — ``which`` (best | last), ``checkpoint`` (its file name), ``checkpoint_sha256``
   (of that file: ``jobs.evaluate``'s protocol, the same with or without the run folder), ``step``,
   ``val_bpd`` (bits/dim at that checkpoint; ``null`` if none), ``trial_id``, ``run_id``,
-  ``weights_sha256``, ``num_params``, ``format``.
+  ``weights_sha256``, ``num_params``, ``format``;
+* ``MLmodel`` (signature: uint8 images ``(-1, C, L, L)`` → float64 bits/dim ``(-1,)``, params
+  ``draws``, ``noise_seed``, ``batch_size``), ``rgflow_pyfunc.py``, ``requirements.txt``,
+  ``python_env.yaml``, ``conda.yaml`` — so that ``mlflow.pyfunc.load_model("runs:/<run id>/model")``
+  (or ``models:/…``) loads it where this package is installed; ``predict`` gives per-image test
+  BPD by ``jobs.evaluate``'s protocol (docs/ARCHITECTURE.md, "Using a trained model from MLflow").
 
 :func:`load_model` builds the :class:`rgflow.model.RGFlowModel` back from a run id,
 ``runs:/<run_id>/model``, ``models:/<name>/<version or alias>`` (the Model Registry) or a local
@@ -33,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from jobs.config import TrialConfig, build_trial_config, to_yaml
+from jobs.tracking.pyfunc_io import PYFUNC_FILES
 from rgflow.data.cache import sha256_file
 
 if TYPE_CHECKING:
@@ -42,7 +50,10 @@ MODEL_DIR = "model"  # the run folder's and the run's artifact folder
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.yaml"
 INFO_FILE = "model.json"
-MODEL_FILES = (WEIGHTS_FILE, CONFIG_FILE, INFO_FILE)
+#: What :func:`load_model_folder` reads (model folders logged before the MLflow files have only these).
+CORE_FILES = (WEIGHTS_FILE, CONFIG_FILE, INFO_FILE)
+#: Every file of a model folder, in upload order: the MLflow model's ``MLmodel`` last, once the rest is there.
+MODEL_FILES = (*CORE_FILES, *PYFUNC_FILES)
 FORMAT = 1
 
 
@@ -66,15 +77,19 @@ def choose_checkpoint(log_model: str, checkpoint: Path | None, best_checkpoint: 
 def write_model_folder(run_dir: str | os.PathLike, config: TrialConfig, which: str, checkpoint: str | os.PathLike,
                        trial_id: str, run_id: str | None, num_params: int | None = None) -> Path:
     """Write ``run_dir/model/`` (:data:`MODEL_FILES`) from checkpoint file ``checkpoint`` (verified
-    by :func:`rgflow.checkpoint.load_checkpoint`); each file atomically. Returns the folder.
-    ``num_params``: the model's parameter count (None: the elements of the floating tensors)."""
+    by :func:`rgflow.checkpoint.load_checkpoint`); each file atomically, ``MLmodel`` last (a folder
+    with an ``MLmodel`` is complete). Returns the folder. ``num_params``: the model's parameter
+    count (None: the elements of the floating tensors)."""
     import torch
 
-    from rgflow.atomic import write_atomic, write_json_atomic
+    from jobs.tracking.pyfunc_io import save_pyfunc_files
+    from rgflow.atomic import fsync_dir, write_atomic, write_json_atomic
     from rgflow.checkpoint import checkpoint_sha256, load_checkpoint
+    from rgflow.config import to_dict
 
     folder = Path(run_dir) / MODEL_DIR
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / PYFUNC_FILES[-1]).unlink(missing_ok=True)  # incomplete until the new MLmodel is in
     state = load_checkpoint(checkpoint, map_location="cpu")
     weights = {k: v.detach().cpu() for k, v in state["model"].items()}
     buffer = io.BytesIO()
@@ -93,6 +108,15 @@ def write_model_folder(run_dir: str | os.PathLike, config: TrialConfig, which: s
                           sum(v.numel() for v in weights.values() if v.is_floating_point())),
     }
     write_json_atomic(folder / INFO_FILE, info)
+    pyfunc_config = {"model": to_dict(config.model), "prior": to_dict(config.prior), "draws": config.eval.test_draws,
+                     "noise_seed": config.eval.noise_seed, "batch_size": config.train.batch_size}
+    with tempfile.TemporaryDirectory(prefix=".model-", dir=run_dir) as tmp:  # same file system: os.replace
+        shape = (config.model.channels, config.model.size, config.model.size)
+        for path in save_pyfunc_files(Path(tmp) / MODEL_DIR, pyfunc_config, shape, run_id):
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(path, folder / path.name)
+    fsync_dir(folder)
     return folder
 
 
@@ -105,7 +129,7 @@ def load_model_folder(folder: str | os.PathLike, device: str = "cpu") -> tuple[R
     from rgflow.model import RGFlowModel
 
     folder = Path(folder)
-    missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
+    missing = [name for name in CORE_FILES if not (folder / name).is_file()]
     if missing:
         raise ModelLoadError(f"model folder {folder}: missing {', '.join(missing)}")
     info = json.loads((folder / INFO_FILE).read_text())
@@ -253,6 +277,6 @@ def register_sweep_models(uri: str | None, experiment: str, trial_ids: list[str]
     return out
 
 
-__all__ = ["MODEL_DIR", "MODEL_FILES", "ModelLoadError", "Registered", "best_per_setting", "choose_checkpoint",
+__all__ = ["CORE_FILES", "MODEL_DIR", "MODEL_FILES", "ModelLoadError", "Registered", "best_per_setting", "choose_checkpoint",
            "is_model_uri", "load_model", "load_model_folder", "load_model_with_info", "model_name",
            "register_sweep_models", "write_model_folder"]

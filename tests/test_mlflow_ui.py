@@ -3,7 +3,8 @@
 Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``; no extra
 package): each page is loaded, polled until what the test looks for has rendered (charts load
 their data after the page itself), read back as its DOM and photographed. Checked: the experiment
-page lists the runs, with the trials named by their axis values and the Version (git commit), User
+page, opened from its bare address, shows the training runs (the experiment is tagged
+``mlflow.experimentKind=custom_model_development``: not MLflow 3's GenAI Overview / Traces) and lists the runs, with the trials named by their axis values and the Version (git commit), User
 and Description columns filled; a trial's page shows its name and commit, its artifacts (the
 model's ``model/weights.pt`` and ``train.log``) and its system metric charts (``system/…``); the
 parent run shows the sweep's description. The screenshots go to the folder named by
@@ -156,6 +157,10 @@ class Browser:
         result = self._call("Runtime.evaluate", expression="document.documentElement.outerHTML", returnByValue=True)
         return Page(result["result"].get("value", ""))  # no value while a navigation replaces the document
 
+    def url(self) -> str:
+        """The address the page shows now (after the UI's own redirects)."""
+        return self._call("Runtime.evaluate", expression="location.href", returnByValue=True)["result"]["value"]
+
     def show(self, url: str, ready: Callable[[Page], bool], screenshot: Path, height: int = HEIGHT) -> Page:
         """Load ``url`` afresh in a ``WIDTH`` × ``height`` px window, wait ≤ 60 s until ``ready(page)``,
         save a PNG; returns the page as rendered then (also on timeout: the test's assertions then
@@ -203,11 +208,16 @@ def test_mlflow_ui_shows_the_sweep(mlflow_server, tmp_path):
     artifacts = Path(os.environ.get("RGFLOW_TEST_ARTIFACTS") or tmp_path / "artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
     base = f"{mlflow_server.uri}/#/experiments/{experiment.experiment_id}"
+    # Marked as model training, so that the UI opens it on its runs, not on the GenAI Overview / Traces.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     with Browser(chromium) as browser:
-        # The experiment page as it opens: the sweep's row, the trials nested (collapsed) under it.
+        # The experiment page as it opens from its bare address: the training runs view (not Traces),
+        # the sweep's row, the trials nested (collapsed) under it.
         counted = f"{len(runs) + 1} matching runs"
-        page = browser.show(f"{base}/runs", lambda p: counted in p.text, artifacts / "mlflow-ui-runs.png")
-        assert counted in page.text, "the runs page does not count the sweep's parent and trial runs"
+        page = browser.show(base, lambda p: counted in p.text, artifacts / "mlflow-ui-runs.png")
+        assert counted in page.text, "the experiment page does not open on the runs of the sweep and its trials"
+        opened = browser.url().lower()
+        assert "traces" not in opened and "overview" not in opened, f"the experiment opened on {opened}"
         assert parent.info.run_name in page.text, "the sweep's parent run is not on the runs page"
 
         # A shared view of it: every run a row, with the Version, User and Description columns.

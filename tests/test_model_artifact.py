@@ -182,3 +182,94 @@ def test_evaluate_accepts_model_uris(trained):
         assert trial_id(target.config) == trial_id(trained.config) and target.config.eval.test_draws == 3
     with pytest.raises(EvalInputError, match="no-such-model"):
         resolve_targets("models:/no-such-model/1", tracking_uri=trained.uri)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model as a real MLflow model: pyfunc, LoggedModel, Model Registry, a scoring server
+# ----------------------------------------------------------------------------------------------
+
+_FRESH = """
+import json, sys
+import numpy as np
+import mlflow.pyfunc
+model = mlflow.pyfunc.load_model(sys.argv[1])
+images = np.load(sys.argv[2])
+bpd = model.predict(images, params={"draws": int(sys.argv[3])})
+samples = model.unwrap_python_model().sample(3, temperature=0.5, seed=1)
+json.dump({"bpd": bpd.tolist(), "dtype": str(bpd.dtype), "samples": [list(samples.shape), str(samples.dtype)],
+           "rgflow": __import__("rgflow").__file__}, open(sys.argv[4], "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained):
+    """``jobs.evaluate``'s test BPD of the trained model on the first 48 test images (2 draws), and those images."""
+    import dataclasses
+
+    import numpy as np
+
+    from jobs.evaluate import evaluate_trial
+    from rgflow.data import load_split
+
+    config = dataclasses.replace(trained.config, eval=dataclasses.replace(trained.config.eval, test_size=48, test_draws=2))
+    result = evaluate_trial(config, None, trained.run_id, tracking_uri=trained.uri, selected=("test_bpd",))
+    images = np.asarray(load_split(dataclasses.replace(config.data, test_size=48), "test").images)
+    path = trained.tmp / "test-images.npy"
+    np.save(path, images)
+    return SimpleNamespace(test_bpd=result.metrics["test_bpd"], images=images, path=path, draws=2)
+
+
+def test_logged_model_is_an_mlflow_model(trained):
+    """MLmodel with a signature and requirements; the run's LoggedModel ``model``, READY, found by
+    ``search_logged_models`` and linked to the run as its output."""
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.models import Model
+
+    from jobs.tracking import download_model
+
+    client = MlflowClient(trained.uri)
+    run = client.get_run(trained.run_id)
+    [logged] = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{trained.run_id}'")
+    assert logged.name == f"rgflow-{run.info.run_name}" and logged.status == LoggedModelStatus.READY
+    assert [o.model_id for o in run.outputs.model_outputs] == [logged.model_id]
+    assert logged.params["model.preset"] == "tiny" and logged.tags["rgflow.trial_id"] == trial_id(trained.config)
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        folder = download_model(trained.uri, trained.run_id, tmp)
+        mlmodel = Model.load(str(folder / "MLmodel"))
+        assert (mlmodel.model_id, mlmodel.run_id) == (logged.model_id, trained.run_id)
+        inputs = mlmodel.signature.inputs.to_dict()[0]["tensor-spec"]
+        assert inputs == {"dtype": "uint8", "shape": (-1, 3, 32, 32)}
+        assert {p.name for p in mlmodel.signature.params} == {"draws", "noise_seed", "batch_size"}
+        requirements = (folder / "requirements.txt").read_text().split()
+        assert {r.split("==")[0] for r in requirements} >= {"rgflow-sweeps", "torch", "mlflow"}
+    logged_files = {a.path for a in client.list_logged_model_artifacts(logged.model_id)}
+    assert {"MLmodel", "weights.pt", "rgflow_pyfunc.py"} <= logged_files
+
+
+def test_pyfunc_in_a_fresh_process_gives_the_evaluated_test_bpd(trained, evaluated, tmp_path):
+    """``mlflow.pyfunc.load_model`` of the registered version, the run's ``runs:/…/model`` and the
+    LoggedModel's ``models:/<id>``, each in a fresh Python (cwd elsewhere, only the installed
+    package): per-image bits/dim whose mean is ``jobs.evaluate``'s test BPD to 1e-6; samples."""
+    import os
+    import subprocess
+    import sys
+
+    from jobs.tracking import logged_model_id
+
+    version = register_model(trained.uri, "tiny-pyfunc-test", trained.run_id)
+    script = tmp_path / "fresh.py"
+    script.write_text(_FRESH)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHON"))}
+    env |= {"MLFLOW_TRACKING_URI": trained.uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    refs = [f"models:/tiny-pyfunc-test/{version}", f"runs:/{trained.run_id}/model",
+            f"models:/{logged_model_id(trained.uri, trained.run_id)}"]
+    for i, ref in enumerate(refs):
+        out = tmp_path / f"out{i}.json"
+        done = subprocess.run([sys.executable, str(script), ref, str(evaluated.path), str(evaluated.draws), str(out)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        got = json.loads(out.read_text())
+        assert got["dtype"] == "float64" and len(got["bpd"]) == len(evaluated.images)
+        assert abs(sum(got["bpd"]) / len(got["bpd"]) - evaluated.test_bpd) < 1e-6, (ref, got["bpd"][:3])
+        assert got["samples"] == [[3, 3, 32, 32], "uint8"]

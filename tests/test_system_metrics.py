@@ -130,3 +130,20 @@ def test_store_down_is_silent_and_bounded(tmp_path, capfd, monkeypatch):
     assert len(steps) >= 2 and steps == list(range(len(steps))) and _spooled(tmp_path / "run", MEMORY) == steps
     console = capfd.readouterr()
     assert "Traceback" not in console.err and "system metrics" not in (console.out + console.err).lower()
+
+
+def test_a_trial_shorter_than_the_interval_has_system_metrics(tmp_path, trial_sqlite_uri):
+    """At the 15 s default interval a 2-second trial still gets a sample near its start (≤ 1 s in)
+    and one at its end, in the store, within the run's time."""
+    experiment = ensure_experiment(trial_sqlite_uri, "system-metrics")
+    trial = open_trial_run(trial_sqlite_uri, experiment, "short", "short", None, {}, {}, tmp_path / "run",
+                           system_metrics_interval_s=15)
+    time.sleep(2.0)
+    assert trial.end("finished") and not _monitor_threads()
+    client = MlflowClient(trial_sqlite_uri)
+    run = client.get_run(trial.run_id)
+    history = _system_history(client, trial.run_id)
+    assert [m.step for m in history[CPU]] == [0, 1] and [m.step for m in history[MEMORY]] == [0, 1]
+    start, end = (m.timestamp for m in history[CPU])
+    assert run.info.start_time <= start <= run.info.start_time + 1500 and start + 700 <= end <= run.info.end_time
+    assert all(0 <= m.value <= 100 for m in history[CPU]) and all(m.value > 0 for m in history[MEMORY])

@@ -13,7 +13,8 @@ Public API:
   parent's summary metrics, then its end state); reuse across sweeps: ``find_reusable_runs``,
   ``link_trial_run``, ``delete_link_run`` (``jobs.reuse``);
   :func:`flatten_params`; the trained model: :func:`resolve_model_ref`, :func:`download_model` (a run
-  id, ``runs:/…`` or ``models:/…``), :func:`register_model` (Model Registry); :func:`get_client` (the raw client: for ``jobs/tracking/`` and tests only);
+  id, ``runs:/…`` or ``models:/…``), :func:`logged_model_id` (the run's MLflow LoggedModel),
+  :func:`register_model` (Model Registry); the MLflow model format: ``pyfunc_io.py``, ``rgflow_pyfunc.py``; :func:`get_client` (the raw client: for ``jobs/tracking/`` and tests only);
 * :func:`open_trial_run` → :class:`TrialRun` (non-blocking metrics, offline spool and replay,
   true end states), :func:`replay_run_dir` — ``trial.py``; spool format in ``spool.py``;
 * :func:`environment_tags` — ``env.py``;
@@ -40,8 +41,8 @@ _LAZY = {
     **dict.fromkeys(("download_artifact", "end_run", "ensure_experiment", "ensure_sweep_run",
                      "find_experiment", "find_run", "find_run_by_trial_id", "find_sweep_run", "find_trial_runs",
                      "flatten_params", "get_client", "list_artifacts", "log_evaluation", "log_parent_tags",
-                     "log_report", "mark_killed", "read_metric_history", "download_model", "register_model",
-                     "resolve_model_ref"), ".store"),
+                     "log_report", "logged_model_id", "mark_killed", "read_metric_history", "download_model",
+                     "register_model", "resolve_model_ref"), ".store"),
     **dict.fromkeys(("TrialRun", "open_trial_run", "replay_run_dir"), ".trial"),
 }
 
@@ -49,7 +50,7 @@ __all__ = [
     "CURSOR_NAME", "END_STATES", "RECORD_NAME", "SPOOL_NAME", "RunSummary", "TrackingError", "TrialRun",
     "download_artifact", "download_model", "end_run", "ensure_experiment", "ensure_sweep_run",
     "environment_tags", "find_experiment", "find_run", "find_run_by_trial_id", "find_sweep_run", "find_trial_runs", "flatten_params",
-    "get_client", "list_artifacts", "log_evaluation", "log_parent_tags", "log_report", "mark_killed",
+    "get_client", "list_artifacts", "log_evaluation", "log_parent_tags", "log_report", "logged_model_id", "mark_killed",
     "open_trial_run", "read_metric_history", "register_model", "replay_run_dir", "resolve_model_ref",
     "resolve_tracking_uri",
 ]

@@ -687,12 +687,21 @@ def download_model(uri: str, ref: str, dst_dir: str | os.PathLike) -> Path:
     return download_artifact(uri, run_id, path, dst_dir)
 
 
+def logged_model_id(uri: str, run_id: str) -> str | None:
+    """The id of run ``run_id``'s LoggedModel (``jobs.tracking.pyfunc_io``; ``models:/<id>``), None if none."""
+    from .pyfunc_io import find_logged_model
+
+    client = get_client(uri)
+    found = find_logged_model(client, client.get_run(run_id).info.experiment_id, run_id)
+    return found.model_id if found else None
+
+
 def register_model(uri: str, name: str, run_id: str, path: str = MODEL_ARTIFACT_PATH,
                    description: str | None = None) -> str:
     """Register ``runs:/<run_id>/<path>`` as a new version of registered model ``name`` (created if
     missing) in the store's Model Registry; returns the version (a decimal string). A version of
     ``name`` that already has this run and source is returned as it is (no duplicate). Transient
-    errors retried for 60 s."""
+    errors retried for 60 s. The version is linked to the run's LoggedModel when it has one."""
     client = get_client(uri)
     source = f"runs:/{run_id}/{path}"
 
@@ -705,6 +714,7 @@ def register_model(uri: str, name: str, run_id: str, path: str = MODEL_ARTIFACT_
         for version in client.search_model_versions(f"name = '{filter_literal(name)}'"):
             if version.run_id == run_id and (version.source == source or version.source.endswith(f"/{path}")):
                 return str(version.version)
-        return str(client.create_model_version(name, source, run_id=run_id, description=description).version)
+        return str(client.create_model_version(name, source, run_id=run_id, description=description,
+                                               model_id=logged_model_id(uri, run_id)).version)
 
     return retry_transient(attempt, timeout_s=60.0, what=f"register model {name!r}")

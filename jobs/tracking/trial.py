@@ -39,6 +39,7 @@ from mlflow.entities import Metric
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from .env import environment_tags
+from .pyfunc_io import MLMODEL_FILE, log_logged_model, logged_model_name
 from .record import TrackingRecord
 from .spool import MetricSpool
 from .tags import FAILURES_TAG, RUN_NAME_TAG, USER_TAG
@@ -53,6 +54,7 @@ _MAX_RETRY_DELAY_S = 10.0
 _TEXT_DIR = ".tracking-artifacts"
 _SYSTEM_PREFIX = "system/"
 _SYSTEM_JOIN_S = 2.0  # how long end() waits for a sample being taken (psutil/NVML calls) to finish
+_FIRST_SAMPLE_S = 1.0  # the first system metrics sample, after at most this long (then every interval)
 
 
 def _now_ms() -> int:
@@ -90,8 +92,9 @@ class SystemMetrics(SystemMetricsMonitor):
     ``pynvml`` when present), its ``system/<name>`` keys and its step counter — writing each sample
     into the trial's spool instead of calling the store itself.
 
-    One sample every ``interval_s`` seconds (CPU %: the mean over the interval; the rest: the value
-    at the sample), at steps 0, 1, 2, … — continuing after the highest ``system/…`` step already in
+    One sample ``min(interval_s, 1 s)`` after the start, then every ``interval_s`` seconds, and one
+    more when :meth:`finish` stops it (CPU %: the mean since the previous sample; the rest: the
+    value at the sample), so that a trial shorter than the interval has its start and end, at steps 0, 1, 2, … — continuing after the highest ``system/…`` step already in
     the spool, so a resumed attempt goes on where the last one stopped (MLflow's own monitor starts
     again at 0 unless asked to read the run from the store). ``interval_s`` overrides
     ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``; ``MLFLOW_SYSTEM_METRICS_NODE_ID`` still names the
@@ -109,28 +112,40 @@ class SystemMetrics(SystemMetricsMonitor):
 
     def monitor(self) -> None:
         try:
-            self.collect_metrics()  # primes psutil's CPU counters: the first sample covers one interval
-            for sampler in self.monitors:
-                sampler.clear_metrics()
-            while not self._shutdown_event.wait(self.sampling_interval):
-                self.collect_metrics()
-                self.publish_metrics(self.aggregate_metrics())
+            with self._publish_lock:
+                self.collect_metrics()  # primes psutil's CPU counters: the first sample covers its wait
+                for sampler in self.monitors:
+                    sampler.clear_metrics()
+            wait = min(self.sampling_interval, _FIRST_SAMPLE_S)  # a trial shorter than the interval has one too
+            while not self._shutdown_event.wait(wait):
+                self._sample()
+                wait = self.sampling_interval
         except Exception as exc:  # noqa: BLE001 - system metrics never stop the training
             log.warning("trial %s: system metrics stopped: %s: %s", self._trial_id, type(exc).__name__, exc)
 
+    def _sample(self) -> None:
+        """Take one sample and spool it (unless stopped), holding the lock that :meth:`finish` takes."""
+        with self._publish_lock:
+            if not self._shutdown_event.is_set():
+                self.collect_metrics()
+                self.publish_metrics(self.aggregate_metrics())
+
     def publish_metrics(self, metrics: Mapping[str, float]) -> None:
         prefix = self._metrics_prefix + (f"{self.node_id}/" if self.node_id else "")
-        with self._publish_lock:
-            if self._shutdown_event.is_set():
-                return
-            self._spool.append({prefix + k: v for k, v in metrics.items()}, self._logging_step, _now_ms())
+        self._spool.append({prefix + k: v for k, v in metrics.items()}, self._logging_step, _now_ms())
         self._logging_step += 1
         for sampler in self.monitors:
             sampler.clear_metrics()
 
     def finish(self, timeout_s: float = _SYSTEM_JOIN_S) -> None:
-        """Stop sampling: once this returns nothing more is spooled. Waits ≤ ``timeout_s`` for the
-        thread (it only ends late if a sampler hangs; it is a daemon and exits after that sample)."""
+        """Take a last sample (the end of the trial), then stop sampling: once this returns nothing
+        more is spooled. Waits ≤ ``timeout_s`` for the thread (it only ends late if a sampler hangs;
+        it is a daemon and exits after that sample)."""
+        if self._process is not None:
+            try:
+                self._sample()
+            except Exception as exc:  # noqa: BLE001 - system metrics never stop the training
+                log.warning("trial %s: no last system metrics sample: %s: %s", self._trial_id, type(exc).__name__, exc)
         with self._publish_lock:
             self._shutdown_event.set()
         if self._process is not None:
@@ -219,7 +234,11 @@ class TrialRun:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Queue the upload of file ``path`` into the run's ``artifact_path`` folder.
 
-        The file must still exist when the flusher uploads it (keep it in the run folder).
+        The file must still exist when the flusher uploads it (keep it in the run folder). An MLflow
+        model's ``MLmodel`` (queue it after the model's other files) also makes its local folder the
+        run's LoggedModel ``rgflow-<run name>`` (:func:`jobs.tracking.pyfunc_io.log_logged_model`),
+        before it is uploaded itself: ``runs:/<run id>/<artifact_path>`` and ``models:/<model id>``
+        then load it.
         """
         local = Path(path).resolve()
         if not local.exists():
@@ -461,6 +480,10 @@ class TrialRun:
                     return
                 local, folder = self._record.pending_artifacts[0]
             if Path(local).exists():
+                if Path(local).name == MLMODEL_FILE and folder:  # an MLflow model's folder, complete
+                    log_logged_model(self._client, self._record.experiment_id, self.run_id, Path(local).parent,
+                                     logged_model_name(self._record.run_name), self._record.params,
+                                     {TRIAL_ID_TAG: self._record.trial_id})
                 self._client.log_artifact(self.run_id, local, folder)
             else:
                 log.error("trial %s: artifact %s vanished before upload; skipped", self._record.trial_id, local)
