@@ -40,12 +40,15 @@ def _dead(task, job_state: str | None) -> bool:
 def needs_settling(task, run, job_state: str | None) -> bool:
     """Whether :func:`settle` has anything to do for ``task`` (files only; no store traffic)."""
     from jobs.run_folder import read_state
-    from jobs.tracking.record import has_pending
+    from jobs.tracking.record import UnreadableRecord, has_pending
 
     if not _dead(task, job_state):
         return False
     running = run is not None and run.status == "RUNNING" and (read_state(task.run_dir) or {}).get("state") == "running"
-    return running or has_pending(task.run_dir)
+    try:
+        return running or has_pending(task.run_dir)
+    except UnreadableRecord:  # settle says so, in one line
+        return True
 
 
 def settle(uri: str, tasks: dict, runs: dict, jobs: dict[str, tuple[str, str]], backend: str | None) -> list[str]:
@@ -53,7 +56,7 @@ def settle(uri: str, tasks: dict, runs: dict, jobs: dict[str, tuple[str, str]], 
     ``RunSummary``) and the scheduler's ``jobs`` (trial id → (job id, state)) of the launch that
     ran them on ``backend``; returns one line per trial settled (empty when nothing changed)."""
     from jobs.run_folder import adopt_run_id, reap_dead_attempt
-    from jobs.tracking.record import has_pending
+    from jobs.tracking.record import UnreadableRecord, has_pending
 
     done = []
     for tid, task in tasks.items():
@@ -61,7 +64,12 @@ def settle(uri: str, tasks: dict, runs: dict, jobs: dict[str, tuple[str, str]], 
         job_state = jobs.get(tid, ("", None))[1]
         if not needs_settling(task, run, job_state):
             continue
-        if has_pending(task.run_dir):
+        try:
+            pending = has_pending(task.run_dir)
+        except UnreadableRecord as err:
+            done.append(f"trial {task.index}: {err}")
+            continue
+        if pending:
             from jobs.tracking.trial import replay_run_dir
 
             try:

@@ -30,6 +30,7 @@ from jobs.attempt import CODE_OF, DONE_STATES, ExitCode, StopRequest, TrialOutco
 from jobs.config import TrialConfig, flatten, format_value, resolved_dict, to_yaml, trial_id
 from jobs.run_folder import LOG_FILE, SINGLE, adopt_run_id, read_state, run_dir_for, write_state  # noqa: F401 - run_dir_for re-exported
 from jobs.run_lock import RunFolderLock, RunFolderLocked
+from jobs.tracking.record import UnreadableRecord, has_pending
 from jobs.tracking.tags import (
     BACKEND_TAG, BEST_CHECKPOINT_TAG, CHECKPOINT_TAG, FAILURES_TAG, MODEL_ARTIFACT_TAG, SWEEP_ID_TAG, SWEEP_TAG,
     TRIAL_INDEX_TAG,
@@ -278,6 +279,8 @@ def run_trial(
                 print(f"error: {_one_line(err)}", file=sys.stderr, flush=True)
                 return TrialOutcome("failed", getattr(err, "exit_code", ExitCode.BAD_INPUT), tid, run_dir,
                                     reason=_one_line(err))
+            except Exception as err:  # noqa: BLE001 - e.g. a file of the run folder that no longer parses
+                return _failed_before_training(run_dir, tid, label, previous, err)
             with _file_log(run_dir / LOG_FILE):
                 return _train_tracked(config, run_dir, tid, label, tracked, prepared, stops, previous, on_validation)
         finally:
@@ -286,13 +289,29 @@ def run_trial(
         lock.release()
 
 
+def _failed_before_training(run_dir: Path, tid: str, label: str, previous: dict | None,
+                            err: Exception) -> TrialOutcome:
+    """An attempt that failed before training (reading its own files, opening its run): one more
+    failure in ``state.json``, so ``max_failures`` bounds the retries, and one line saying why."""
+    reason = _one_line(err)
+    log.error("attempt failed before training:\n%s", traceback.format_exc())
+    failures = int((previous or {}).get("failures", 0)) + 1
+    write_state(run_dir, state="failed", reason=reason, failures=failures)
+    print(f"[{label}] failed before training: {reason}", file=sys.stderr, flush=True)
+    return TrialOutcome("failed", ExitCode.FAILED, tid, run_dir, reason=reason, failures=failures)
+
+
 def _deliver_pending(run_dir: Path, label: str) -> None:
     """Deliver what a finished trial's run folder still holds for the store (an end state or
     metrics its last attempt could not send); a store still down leaves them for the next try."""
-    from jobs.tracking.record import has_pending
     from jobs.tracking.trial import replay_run_dir
 
-    if has_pending(run_dir):
+    try:
+        pending = has_pending(run_dir)
+    except UnreadableRecord as err:
+        _say(label, f"warning: {err}")
+        return
+    if pending:
         ok = replay_run_dir(run_dir, timeout_s=30.0)
         _say(label, "delivered the run's pending end state and metrics" if ok else
              "tracking store unreachable: the run's end state is still pending (python -m jobs.tracking replay)")
@@ -420,6 +439,8 @@ def _open_tracking(config: TrialConfig, run_dir: Path, tid: str, where: _Where, 
                               system_metrics_interval_s=config.tracking.system_metrics_interval_s
                               if config.tracking.system_metrics else None)
     except Exception as err:  # noqa: BLE001 - a refusal is bad input; anything else is a bug
+        if isinstance(err, UnreadableRecord):  # the run folder's own file: a failure of this attempt
+            raise
         if isinstance(err, (TrackingError, ValueError)) or type(err).__name__ == "MlflowException":
             raise BadInput(f"tracking store {uri}: {_one_line(err)}") from None
         raise

@@ -49,9 +49,10 @@ def sidecar_path(path: Path) -> Path:
 
 
 def _sidecar_lines(path: Path) -> list[str]:
-    """The well-formed ``<sha256> <size>`` lines of the sidecar of ``path`` ([] without one)."""
+    """The well-formed ``<sha256> <size>`` lines of the sidecar of ``path`` ([] without one; bytes
+    that are not text, e.g. a garbled sidecar, make no line: the checkpoint is then unverifiable)."""
     try:
-        text = sidecar_path(path).read_text()
+        text = sidecar_path(path).read_bytes().decode("ascii", errors="replace")
     except FileNotFoundError:
         return []
     return [" ".join(f) for line in text.splitlines() if len(f := line.split()) == 2]

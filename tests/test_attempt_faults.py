@@ -13,7 +13,7 @@ import pytest
 
 from jobs.config import load_trial_config, trial_id
 from tests.fixtures.mlflow_server import MlflowServer, free_port
-from tests.fixtures.sweep import SMOKE
+from tests.fixtures.sweep import REPO, SMOKE
 from tests.fixtures.trial import run_train, start_train, tiny_trial
 
 pytestmark = pytest.mark.slow
@@ -190,3 +190,43 @@ def test_trials_outliving_a_killed_launcher_are_awaited_and_end_evaluated(sweep_
     assert run.info.status == "FINISHED" and "test_bpd" in run.data.metrics  # evaluated by the trial itself
     assert run.data.tags["rgflow.attempt"] == "1"
     assert sweep_env.parent_runs()[0].info.status == "FINISHED"
+
+
+def _trial_dir(sweep_env, *overrides: str) -> Path:
+    from jobs.sweep_spec import load_sweep
+
+    [trial] = load_sweep(REPO / SMOKE, sweep_env.overrides(*overrides)).trials
+    return sweep_env.runs_dir / "smoke" / trial.trial_id
+
+
+def test_a_garbled_file_of_the_run_folder_counts_as_a_failure_and_never_loops(sweep_env):
+    """Random bytes in the trial's tracking record: each attempt fails before training with one line
+    naming the file and the fix, counted under max_failures, so the launcher gives up after 2."""
+    overrides = (*ONE, "max_failures=1")
+    record = _trial_dir(sweep_env, *overrides) / "tracking.json"
+    record.parent.mkdir(parents=True)
+    record.write_bytes(bytes(range(256)) * 4)
+    done = sweep_env.run(SMOKE, *sweep_env.overrides(*overrides), timeout=300)
+    assert done.returncode != 0
+    log = (sweep_env.runs_dir / "smoke" / "logs" / "trial-0000.log").read_text()
+    failed = [line for line in log.splitlines() if "] failed before training:" in line]
+    assert len(failed) == 2, log  # the first attempt and one retry (max_failures=1), no more
+    assert all(f"{record}: not valid JSON" in line and "delete it to start the run's tracking over" in line
+               for line in failed)
+    state = json.loads((record.parent / "state.json").read_text())
+    assert state["state"] == "failed" and state["failures"] == 2 and str(record) in state["reason"]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_garbled_checkpoint_sidecar_is_skipped_by_name_and_the_trial_finishes(sweep_env):
+    overrides = (*ONE, "max_failures=1")
+    checkpoints = _trial_dir(sweep_env, *overrides) / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "step-00000002.ckpt").write_bytes(b"not a checkpoint")
+    (checkpoints / "step-00000002.ckpt.sha256").write_bytes(bytes(range(128, 256)) * 8)  # not even text
+    done = sweep_env.run(SMOKE, *sweep_env.overrides(*overrides), timeout=300)
+    assert done.returncode == 0, done.stderr
+    log = (sweep_env.runs_dir / "smoke" / "logs" / "trial-0000.log").read_text()
+    assert f"skipping invalid checkpoint {checkpoints / 'step-00000002.ckpt'}" in log, log
+    [run] = sweep_env.trial_runs()
+    assert run.info.status == "FINISHED" and run.data.tags["rgflow.attempt"] == "1"

@@ -18,6 +18,10 @@ from .spool import CURSOR_NAME, SPOOL_NAME
 RECORD_NAME = "tracking.json"
 
 
+class UnreadableRecord(ValueError):
+    """A run folder's tracking record that no longer parses; the message names the file and the fix."""
+
+
 @dataclass
 class TrackingRecord:
     tracking_uri: str
@@ -44,9 +48,14 @@ class TrackingRecord:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             return None
-        except ValueError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc}); delete it to start the run's tracking over") from None
-        return cls(**data)
+        except ValueError as exc:  # UnicodeDecodeError included: garbled bytes
+            raise UnreadableRecord(f"{path}: not valid JSON ({exc}); delete it to start the run's tracking "
+                                   "over") from None
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise UnreadableRecord(f"{path}: not a tracking record ({exc}); delete it to start the run's "
+                                   "tracking over") from None
 
 
 def has_pending(run_dir: str | Path) -> bool:
