@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
@@ -28,8 +29,10 @@ def logged_model_name(run_name: str) -> str:
     """The LoggedModel name of a trial run named ``run_name``: never the name of a run artifact
     folder such as ``model`` — MLflow 3.17 merges a run's LoggedModel of that name into
     ``runs:/<run>/<name>`` listings and downloads, resolving it through the process's global
-    tracking URI instead of the client's (a wrong store, or a new ``./mlflow.db``)."""
-    return f"rgflow-{run_name}"
+    tracking URI instead of the client's (a wrong store, or a new ``./mlflow.db``). The characters
+    MLflow refuses in a LoggedModel name (``/ : . % " '``: run names hold LRs like ``lr0.001``)
+    become ``_``."""
+    return "rgflow-" + re.sub(r"""[/:.%"']""", "_", run_name)
 
 
 def find_logged_model(client, experiment_id: str, run_id: str):

@@ -481,9 +481,15 @@ class TrialRun:
                 local, folder = self._record.pending_artifacts[0]
             if Path(local).exists():
                 if Path(local).name == MLMODEL_FILE and folder:  # an MLflow model's folder, complete
-                    log_logged_model(self._client, self._record.experiment_id, self.run_id, Path(local).parent,
-                                     logged_model_name(self._record.run_name), self._record.params,
-                                     {TRIAL_ID_TAG: self._record.trial_id})
+                    try:
+                        log_logged_model(self._client, self._record.experiment_id, self.run_id, Path(local).parent,
+                                         logged_model_name(self._record.run_name), self._record.params,
+                                         {TRIAL_ID_TAG: self._record.trial_id})
+                    except Exception as exc:  # noqa: BLE001 - an outage is retried; a refusal never blocks the run
+                        if is_transient(exc):
+                            raise
+                        log.error("trial %s: the store refused the LoggedModel (%s); the model stays in the run's "
+                                  "%s/ artifacts", self._record.trial_id, exc, folder)
                 self._client.log_artifact(self.run_id, local, folder)
             else:
                 log.error("trial %s: artifact %s vanished before upload; skipped", self._record.trial_id, local)
