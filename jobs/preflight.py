@@ -25,6 +25,8 @@ fix it. ``error`` problems are fatal (the sweep would fail or never run: exit 2,
   GPUs one trial asks for; a Ray cluster: reachable (TCP), and one alive node has the CPUs, GPUs and
   memory of a trial (``ray.nodes()``, read by a short-lived driver in a child process);
   ``run.device=cuda`` with no GPU given to the trial (every backend hides the GPUs then);
+* **dashboard** — ``ray.dashboard=true`` with Ray started here: the packages Ray's dashboard imports
+  (``ray[default]``, :data:`DASHBOARD_MODULES`) are installed — found, not imported, Ray not started;
 * **time** — each trial's estimated time (``jobs.dryrun``) against its limit (``slurm.time_min`` on
   Slurm, else ``resources.time_limit_min``): a warning (trials resume from their checkpoints);
 * **disk** — the checkpoints of all trials (parameters × 4 bytes × 3 — weights and AdamW's two
@@ -35,6 +37,7 @@ Nothing is created: no folder, no database, no MLflow experiment; mlflow is not 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -59,12 +62,15 @@ SINFO_FORMAT = "%P|%G|%c|%m|%l"  # partition (default: *), GRES, CPUs, memory (M
 CHECKPOINT_COPIES = 3  # weights + AdamW's two moments, float32 each
 MSDS_BYTES_PER_IMAGE = 3 * 32 * 32 + 16 * 6 * 4  # uint8 image + float32 labels
 CELEBA_BYTES_PER_IMAGE = 3 * 32 * 32
+#: What Ray 2.60's dashboard imports before it starts (``ray/dashboard/optional_deps.py``), parents first.
+DASHBOARD_MODULES = ("aiohttp", "aiohttp_cors", "grpc", "opencensus", "opentelemetry", "opentelemetry.exporter.prometheus",
+                     "opentelemetry.proto", "prometheus_client", "pydantic")
 
 
 @dataclass(frozen=True)
 class Problem:
     """``level`` ``error`` (fatal) or ``warning``; ``key`` the check (``data``, ``fid``, ``tracking``,
-    ``resources``, ``time``, ``disk``); ``message`` one line: what is wrong and how to fix it."""
+    ``resources``, ``dashboard``, ``time``, ``disk``); ``message`` one line: what is wrong and how to fix it."""
 
     level: str
     key: str
@@ -537,6 +543,32 @@ def check_resources(sweep: Sweep) -> list[Problem]:
 
 
 # ----------------------------------------------------------------------------------------------
+# dashboard
+# ----------------------------------------------------------------------------------------------
+
+def _missing_module(names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` that is not installed (found without importing it), or None."""
+    for name in names:
+        try:
+            if importlib.util.find_spec(name) is None:
+                return name
+        except ModuleNotFoundError:  # a parent package is missing
+            return name
+    return None
+
+
+def check_dashboard(sweep: Sweep) -> list[Problem]:
+    """``ray.dashboard=true`` with Ray started here needs Ray's dashboard packages (``ray[default]``)."""
+    if sweep.backend != "ray" or sweep.ray.address != "local" or not sweep.ray.dashboard:
+        return []
+    missing = _missing_module(DASHBOARD_MODULES)
+    if missing is None:
+        return []
+    return [_error("dashboard", f"ray.dashboard=true but Ray's dashboard needs packages that are not installed (no "
+                                f"module {missing!r}): pip install 'ray[default]' or set ray.dashboard=false")]
+
+
+# ----------------------------------------------------------------------------------------------
 # time
 # ----------------------------------------------------------------------------------------------
 
@@ -607,7 +639,7 @@ def preflight(sweep: Sweep, found: list[Estimate] | None = None) -> list[Problem
     the trials' estimates (default: ``jobs.dryrun.estimates(sweep)``)."""
     found = estimates(sweep) if found is None else found
     problems = [*check_data(sweep), *check_fid(sweep), *check_tracking(sweep), *check_resources(sweep),
-                *check_time(sweep, found), *check_disk(sweep)]
+                *check_dashboard(sweep), *check_time(sweep, found), *check_disk(sweep)]
     return [p for p in problems if p.fatal] + [p for p in problems if not p.fatal]
 
 
@@ -627,5 +659,5 @@ def format_problems(problems: list[Problem], launching: bool) -> str:
 
 
 __all__ = ["Problem", "Partition", "preflight", "format_problems", "check_data", "check_fid", "check_tracking",
-           "check_resources", "check_time", "check_disk", "checkpoint_bytes", "parse_sinfo", "slurm_minutes",
+           "check_resources", "check_dashboard", "check_time", "check_disk", "checkpoint_bytes", "parse_sinfo", "slurm_minutes",
            "multi_node"]

@@ -134,9 +134,10 @@ class RaySettings:
     """``address``: ``local`` (an embedded Ray started for the sweep), ``auto`` (the running
     cluster), ``ray://host:port`` or ``host:port``. ``max_concurrent_trials`` (``None``: as many
     as resources allow), ``max_failures`` the old name of the sweep's top-level ``max_failures``
-    (used when that is not set), ``storage_path``
-    for Ray Tune's experiment state (``None``: chosen by the Ray backend under the run folder).
-    ``dashboard``: start Ray's dashboard with the embedded Ray, on 127.0.0.1 only (default off)."""
+    (used when that is not set), ``storage_path`` the parent of the sweep's one Ray Tune experiment
+    folder ``<sweep name>/`` (``None``: ``<run folder>/tune``). ``dashboard``: start Ray's dashboard
+    with the embedded Ray, on 127.0.0.1 only (default off; needs ``ray[default]``, checked by the
+    preflight)."""
 
     address: str = "local"
     max_concurrent_trials: int | None = None

@@ -1,7 +1,7 @@
 """Preflight (``jobs.preflight``): each check on real inputs — CelebA folders, FID weights, sqlite and
-a real ``mlflow server``, a closed port, the dev Slurm's ``sinfo``, this machine's devices, the
-estimate against the time limit, free disk space — and through ``python -m jobs.sweep``: every
-problem listed at once, exit 2 and nothing created."""
+a real ``mlflow server``, a closed port, the dev Slurm's ``sinfo``, this machine's devices, Ray's
+dashboard packages, the estimate against the time limit, free disk space — and through
+``python -m jobs.sweep``: every problem listed at once, exit 2 and nothing created."""
 from __future__ import annotations
 
 import os
@@ -16,8 +16,8 @@ import pytest
 from jobs import preflight as pf
 from jobs.dryrun import estimates, flow_parameters
 from jobs.preflight import (
-    Problem, check_data, check_disk, check_fid, check_resources, check_time, check_tracking, checkpoint_bytes,
-    format_problems, parse_sinfo, preflight, slurm_minutes,
+    Problem, check_dashboard, check_data, check_disk, check_fid, check_resources, check_time, check_tracking,
+    checkpoint_bytes, format_problems, parse_sinfo, preflight, slurm_minutes,
 )
 from jobs.sweep_spec import load_sweep
 from jobs.train import run_dir_for
@@ -206,6 +206,38 @@ def test_ray_cluster_unreachable_is_an_error(sweep_of):
     port = free_port()
     message = _one(check_resources(sweep_of("backend=ray", f"ray.address=127.0.0.1:{port}")), "error", "resources")
     assert f"ray.address=127.0.0.1:{port}: the Ray cluster is unreachable" in message
+
+
+def _dashboard_installed() -> bool:
+    """Ray's own answer (it imports the dashboard's packages)."""
+    from ray._private.utils import get_dashboard_dependency_error
+
+    return get_dashboard_dependency_error() is None
+
+
+def test_dashboard_asked_for_without_its_packages_is_an_error_with_the_fix(sweep_of):
+    assert check_dashboard(sweep_of("backend=ray")) == []  # off by default
+    asked = sweep_of("backend=ray", "ray.dashboard=true")
+    if _dashboard_installed():
+        assert check_dashboard(asked) == []
+    else:  # a minimal Ray (no ray[default]), as in the dev environment
+        message = _one(check_dashboard(asked), "error", "dashboard")
+        assert message.startswith("ray.dashboard=true but Ray's dashboard needs packages that are not installed (no "
+                                  "module '"), message
+        assert message.endswith(": pip install 'ray[default]' or set ray.dashboard=false"), message
+    assert check_dashboard(sweep_of("backend=ray", "ray.dashboard=true", "ray.address=auto")) == []  # not started here
+    assert check_dashboard(sweep_of("backend=local", "ray.dashboard=true")) == []
+
+
+def test_dashboard_without_its_packages_stops_the_launch_before_ray_starts(sweep_env):
+    if _dashboard_installed():
+        pytest.skip("ray[default] is installed: nothing to refuse")
+    proc = sweep_env.run(SMOKE, *sweep_env.overrides("ray.dashboard=true"))
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("preflight error")]
+    assert line.startswith("preflight error [dashboard]: ray.dashboard=true but") and "pip install 'ray[default]'" in line
+    assert not sweep_env.runs_dir.exists()  # no run folder: no Ray token, no driver log, nothing started
+    assert not (sweep_env.root / "mlflow.db").exists()
 
 
 @pytest.fixture

@@ -180,21 +180,21 @@ def test_the_dashboard_only_when_asked_and_only_on_loopback(sweep_env):
     from ray._private.utils import get_dashboard_dependency_error
 
     sweep_dir = sweep_env.runs_dir / "smoke"
+    if get_dashboard_dependency_error() is not None:  # minimal Ray (no ray[default]): refused before anything runs
+        done = sweep_env.run(SMOKE, *sweep_env.overrides(*ONE, "ray.dashboard=true"), timeout=120)
+        assert done.returncode == 2 and "preflight error [dashboard]" in done.stderr, done.stderr
+        assert "pip install 'ray[default]' or set ray.dashboard=false" in done.stderr
+        assert not sweep_dir.exists()
+        return
     proc = sweep_env.popen(SMOKE, *sweep_env.overrides(*ONE, *LONG, "ray.dashboard=true"), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
-        driver_log = sweep_dir / "logs" / "driver.log"
-        _wait_for(driver_log, GCS_LINE, proc)
-        if get_dashboard_dependency_error() is None:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and "dashboard.py" not in " ".join(listeners(sweep_env.marker).values()):
-                time.sleep(1)
-            found = listeners(sweep_env.marker)
-            assert [a for a, name in found.items() if "dashboard.py" in name], found
-        else:  # minimal Ray (no ray[default]): the sweep runs without it and says so
-            assert "ray.dashboard=true but Ray's dashboard packages are not installed" in driver_log.read_text()
-            found = listeners(sweep_env.marker)
-            assert "dashboard.py" not in " ".join(found.values()), found
-        assert found and all(ipaddress.ip_address(addr).is_loopback for addr, _ in found), found
+        _wait_for(sweep_dir / "logs" / "driver.log", GCS_LINE, proc)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "dashboard.py" not in " ".join(listeners(sweep_env.marker).values()):
+            time.sleep(1)
+        found = listeners(sweep_env.marker)
+        assert [a for a, name in found.items() if "dashboard.py" in name], found
+        assert all(ipaddress.ip_address(addr).is_loopback for addr, _ in found), found
     finally:
         _stop(proc, sweep_env)

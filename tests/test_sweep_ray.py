@@ -1,12 +1,16 @@
 """The smoke sweep, shrunk to a few optimizer steps, on a real embedded Ray with sqlite MLflow:
 trial runs under one parent, idempotent re-runs, a changed axis running only the new trial, and a
-driver killed mid-sweep then continued with no duplicate run and none left RUNNING."""
+driver killed mid-sweep then continued with no duplicate run and none left RUNNING. Tune's own tools
+(``ExperimentAnalysis``, ``ResultGrid``) open the sweep's one Tune experiment folder, as
+sweeps/README.md says, with each trial's axis values in its config and its project trial id as its
+name; a later launch adds to that folder."""
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +19,19 @@ from tests.fixtures.sweep import SMOKE
 pytestmark = pytest.mark.slow
 
 TWO = ("prior.kind=laplace",)  # the grid's batch sizes 32 and 128: two trials
+
+
+def every_trial(experiment: Path):
+    """Tune's analysis of every trial of the sweep's experiment folder, the latest launch's for a trial
+    that several launches ran: the recipe of sweeps/README.md ("Opening a sweep's results with Ray Tune")."""
+    from ray.tune import ExperimentAnalysis
+
+    latest = {}
+    for state in sorted(experiment.glob("experiment_state-*.json")):  # one per launch, oldest first
+        for trial in ExperimentAnalysis(str(state)).trials:
+            latest[str(trial)] = trial
+    return ExperimentAnalysis(str(experiment), trials=list(latest.values()), default_metric="val_bpd",
+                              default_mode="min")
 
 
 def _console_lines(stderr: str) -> list[str]:
@@ -50,7 +67,26 @@ def test_ray_sweep_runs_skips_and_adds_only_new_trials(sweep_env):
     sweep_dir = sweep_env.runs_dir / "smoke"
     assert (sweep_dir / "logs" / "driver.log").stat().st_size > 0
     launches = sorted(p.name for p in (sweep_dir / "tune").iterdir())
-    assert len(launches) == 1
+    assert launches == ["smoke"]  # one Tune experiment per sweep, named after it
+
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    experiment = sweep_dir / "tune" / "smoke"
+    analysis = ExperimentAnalysis(str(experiment), default_metric="val_bpd", default_mode="min")
+    by_id = {r.data.tags["rgflow.trial_id"]: r for r in trials}
+    configs = {str(t): t.config for t in analysis.trials}  # Tune's trial names: the project's trial ids
+    assert set(configs) == set(by_id)
+    for tid, config in configs.items():
+        run = by_id[tid]
+        assert config["trial_id"] == tid and config["index"] == int(run.data.tags["rgflow.trial_index"])
+        assert config["train.batch_size"] == int(run.data.params["train.batch_size"])
+        assert config["prior.kind"] == "laplace" and config["run.seed"] == 0
+    assert sorted(d.name for d in experiment.iterdir() if d.is_dir()) == sorted(by_id)  # folders named so too
+    frame = analysis.dataframe()
+    assert sorted(frame["config/train.batch_size"]) == [32, 128] and (frame["val_bpd"] > 0).all()
+    grid = ResultGrid(analysis)
+    assert sorted(r.config["train.batch_size"] for r in grid) == [32, 128] and not grid.errors
+    assert grid.get_best_result().config["trial_id"] in by_id
 
     again = sweep_env.run(SMOKE, *overrides)
     assert again.returncode == 0, again.stderr
@@ -68,6 +104,14 @@ def test_ray_sweep_runs_skips_and_adds_only_new_trials(sweep_env):
     assert len(new) == 1 and new[0].data.params["train.batch_size"] == "64" and new[0].info.status == "FINISHED"
     old = {r.info.run_id: r.info.end_time for r in trials}
     assert all(old[r.info.run_id] == r.info.end_time for r in after if r.info.run_id in old)
+    assert sorted(p.name for p in (sweep_dir / "tune").iterdir()) == launches  # the same experiment folder…
+    assert len(list(experiment.glob("experiment_state-*.json"))) == 2  # …with a second launch in it
+    latest = ExperimentAnalysis(str(experiment))  # the folder opens on the newest launch: the new trial
+    assert [(str(t), t.config["train.batch_size"]) for t in latest.trials] == [
+        (new[0].data.tags["rgflow.trial_id"], 64)]
+    every = every_trial(experiment)
+    assert sorted(str(t) for t in every.trials) == sorted(r.data.tags["rgflow.trial_id"] for r in after)
+    assert sorted(every.dataframe()["config/train.batch_size"]) == [32, 64, 128]
     new_parent = new[0].data.tags["mlflow.parentRunId"]
     assert new_parent != parents[0].info.run_id  # a different set of trials is a different sweep run
     assert sweep_env.client().get_run(new_parent).info.status == "FINISHED"

@@ -25,9 +25,10 @@ ASHA = ("data.train_size=128", "train.steps=null", "train.epochs=3", "evaluation
 
 
 def _progress_rows(sweep_dir: Path) -> dict[str, list[dict[str, str]]]:
-    """Tune's own per-trial results (``progress.csv``), by trial folder name."""
-    (launch,) = (sweep_dir / "tune").iterdir()
-    return {d.name: list(csv.DictReader((d / "progress.csv").open())) for d in launch.iterdir() if d.is_dir()}
+    """Tune's own per-trial results (``progress.csv``), by trial folder name (the trial id)."""
+    (experiment,) = (sweep_dir / "tune").iterdir()  # one Tune experiment per sweep
+    assert experiment.name == sweep_dir.name
+    return {d.name: list(csv.DictReader((d / "progress.csv").open())) for d in experiment.iterdir() if d.is_dir()}
 
 
 def test_asha_prunes_within_groups_and_tune_sees_every_validation(sweep_env):

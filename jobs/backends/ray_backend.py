@@ -3,8 +3,8 @@
 Settings (the sweep file's ``ray:`` section, ``jobs.sweep_spec.RaySettings``): ``address`` —
 ``local`` (an embedded Ray started here with all of this machine's CPUs and detected GPUs, and
 stopped at the end), ``auto``, ``ray://host:port`` or ``host:port`` (a running cluster, e.g. one
-started by ``slurm/ray-cluster.sh``); ``max_concurrent_trials``; ``storage_path`` (Tune's
-experiment folder; default ``<sweep run folder>/tune``); ``dashboard`` (see below). The sweep's
+started by ``slurm/ray-cluster.sh``); ``max_concurrent_trials``; ``storage_path`` (where the
+sweep's Tune experiment folder, named after the sweep, goes; default ``<sweep run folder>/tune``); ``dashboard`` (see below). The sweep's
 ``max_failures`` bounds retries: a failed attempt is retried in its worker by
 :func:`jobs.attempt.next_action`, a worker that died (SIGKILL, out of memory) by Tune's
 ``FailureConfig``; both resume from the checkpoint.
@@ -12,13 +12,22 @@ experiment folder; default ``<sweep run folder>/tune``); ``dashboard`` (see belo
 Per-trial resources come from the sweep's ``resources`` (``cpus``, ``gpus`` — fractional GPUs let
 several small trials share one —, ``mem_gb``).
 
-Each launch is one Tune experiment, ``<storage path>/launch-<time>``, whose workers are reused
-from trial to trial (``reuse_actors``: a worker process and its imports cost seconds). A
-function trainable runs one attempt (:func:`jobs.attempt.execute`) in the worker, with the parent run id passed explicitly; a retry or a later launch resumes the
-trial from its own checkpoint because its run folder is the same. Interrupted drivers are
-continued by re-running the same command, which re-expands the sweep and skips FINISHED trials —
-chosen over ``Tuner.restore`` because it also picks up changed axes and never replays a trial
-whose MLflow run already finished. The console stays quiet: Tune's verbosity is 0 with
+A sweep is one Tune experiment, ``<storage path>/<sweep name>``, that every launch adds to: each
+launch runs a fresh ``Tuner`` there (its own ``experiment_state-<time>.json``, which Tune's
+``ExperimentAnalysis`` of the folder opens, the newest first) with the trials ``jobs.sweep`` planned,
+each a Tune trial named by the project's trial id in a folder of that name (a later launch that
+resumes the trial writes that folder anew: Tune's files there then hold that launch's results,
+MLflow the whole curve). A Tune trial's config holds
+``index``, ``trial_id`` and the trial's axis values by their dotted keys (``train.batch_size``, …;
+a searched trial also ``frame`` and ``name``, what its worker needs to rebuild it), proposed by
+:func:`jobs.backends.tune_control.list_searcher` or the sweep's searcher. Workers are reused from
+trial to trial (``reuse_actors``: a worker process and its imports cost seconds). A function
+trainable runs one attempt (:func:`jobs.attempt.execute`) in the worker, with the parent run id
+passed explicitly; a retry or a later launch resumes the trial from its own checkpoint because its
+run folder is the same. Interrupted drivers are continued by re-running the same command, which
+re-expands the sweep and skips FINISHED trials — chosen over ``Tuner.restore`` because it also
+picks up changed axes and never replays a trial whose MLflow run already finished. The console
+stays quiet: Tune's verbosity is 0 with
 ``RAY_AIR_NEW_OUTPUT=0``, workers' output is not forwarded (``log_to_driver=False``; it stays in
 Ray's session logs and the trial's ``train.log``), and ``jobs.sweep`` sends whatever the driver
 still writes to ``<sweep run folder>/logs/driver.log``.
@@ -36,8 +45,8 @@ given to the driver and — through the environment they inherit, ``RAY_AUTH_MOD
 file is removed and the process environment restored after ``ray.shutdown()``. Whatever
 ``RAY_AUTH_MODE`` the environment has (the tests set ``disabled``) is overridden for the embedded
 Ray. Ray's dashboard is off unless ``ray.dashboard: true`` (then on 127.0.0.1 only, token-protected
-too; it needs ``ray[default]``). A running cluster (any other ``ray.address``) is left as its user
-configured it: ``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` (or Ray's
+too; it needs ``ray[default]``, which the preflight checks). A running cluster (any other
+``ray.address``) is left as its user configured it: ``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` (or Ray's
 ``~/.ray/auth_token`` for ``auto``) are passed through untouched.
 """
 from __future__ import annotations
@@ -56,8 +65,10 @@ from jobs.attempt import Action, execute, next_action
 from jobs.backends.base import (
     Backend, LaunchResult, ProgressTracker, SweepContext, TrialResources, TrialTask, is_process,
 )
-from jobs.backends.tune_control import BoardWatch, TuneReporter, make_scheduler, make_searcher, start_stop_board
-from jobs.config import flatten
+from jobs.backends.tune_control import (
+    BoardWatch, TuneReporter, list_searcher, make_scheduler, make_searcher, start_stop_board,
+)
+from jobs.config import flatten, resolved_dict
 from jobs.tracking.tags import RAY_NODE_TAG
 from jobs.sweep_state import SweepState, TrialJob, save_state
 
@@ -128,11 +139,11 @@ def _trainable(config: dict, ctx: SweepContext = None, tasks: dict = None, board
     """Tune function trainable: attempts of one trial until :func:`jobs.attempt.next_action` says
     done or the board asks it to stop, each validation reported live (:class:`TuneReporter`), the
     outcome reported last. A trial the board stopped before it began reports ``pending`` at once.
-    ``config``: ``{"index"}`` of one of ``tasks``, or a searched trial (:meth:`_LaunchTrials.sample`)."""
+    ``config``: the Tune config of one of ``tasks`` or of a searched trial (:meth:`_LaunchTrials.sample`)."""
     import ray
     from ray import tune
 
-    task: TrialTask = tasks[config["index"]] if "frame" not in config else searched_task(ctx, config)
+    task: TrialTask = searched_task(ctx, config) if "frame" in config else tasks[config["index"]]
     if ray.get(board.get.remote(task.trial_id)) is not None:
         tune.report({"exit_code": -1, "state": "pending", "val_bpd": float("nan")})
         return
@@ -191,11 +202,22 @@ class _DriverStops:
 
 
 def searched_task(ctx: SweepContext, config: dict) -> TrialTask:
-    """The task of a searched trial from its Tune config (``index``, ``frame``, ``params``, ``name``)."""
+    """The task of a searched trial from its Tune config (``index``, ``frame``, ``name`` and the
+    searched params among its axis values)."""
     from jobs.run_folder import run_dir_for
 
-    trial = ctx.search.trial(config["index"], config["frame"], config["params"])
+    trial = ctx.search.trial(config["index"], config["frame"], {k: config[k] for k in ctx.search.params})
     return TrialTask(trial.index, trial.trial_id, trial.config, str(run_dir_for(trial.config, ctx.name)), config["name"])
+
+
+def tune_config(ctx: SweepContext, task: TrialTask) -> dict[str, Any]:
+    """What Tune (``ExperimentAnalysis``, ``ResultGrid``, ``params.json``) shows as a trial's config:
+    ``index``, ``trial_id`` and its value of each axis of the sweep (the keys of the parent run's
+    ``sweep.varying`` param), by dotted key."""
+    tree = resolved_dict(task.config)
+    keys = [k for k in ctx.parent_params["sweep"]["varying"].split(",") if k != "-"]
+    return {"index": task.index, "trial_id": task.trial_id,
+            **{k: tree[k.partition(".")[0]][k.partition(".")[2]] for k in keys}}
 
 
 class _LaunchTrials:
@@ -222,8 +244,9 @@ class _LaunchTrials:
         flat = flatten(task.config)
         return task.trial_id, tuple(flat.get(k) for k in keys)
 
-    def folder_name(self, trial) -> str:
-        return f"{trial.config['index']:04d}-{self.by_index[trial.config['index']].trial_id}"
+    def configs(self) -> list[dict[str, Any]]:
+        """The Tune configs of the given tasks, in trial order (:func:`tune_config`)."""
+        return [tune_config(self.ctx, self.by_index[i]) for i in sorted(self.by_index)]
 
     def max_epochs(self) -> float:
         """The longest ``train.epochs`` of the sweep (the scheduler's default budget)."""
@@ -267,7 +290,8 @@ class _LaunchTrials:
         return make_searcher(search, done, pending, self.sample)
 
     def sample(self, frame: int, params: dict[str, Any]) -> dict[str, Any]:
-        """Record the searcher's sample (a new trial, or one already recorded) and return its Tune config."""
+        """Record the searcher's sample (a new trial, or one already recorded) and return its Tune config
+        (:func:`tune_config` with the ``frame`` and run ``name`` its worker needs)."""
         from types import SimpleNamespace
 
         from jobs.run_folder import run_dir_for
@@ -288,17 +312,23 @@ class _LaunchTrials:
                                names[-1] if names else ""))
             save_state(self.ctx.sweep_dir, self.state)
             self.tracker.set(trial.trial_id, "pending")
-        return {"index": index, "frame": frame, "params": params, "name": self.by_index[index].run_name}
+        task = self.by_index[index]
+        return {**tune_config(self.ctx, task), "frame": frame, "name": task.run_name}
 
 
-def _callback(tracker: ProgressTracker, trials: _LaunchTrials, stops: _DriverStops, board):
+def trial_name(trial) -> str:
+    """A Tune trial's name and folder: the project's trial id."""
+    return trial.config["trial_id"]
+
+
+def _callback(tracker: ProgressTracker, stops: _DriverStops, board):
     from ray import tune
 
     class ProgressCallback(tune.Callback):
         """Keeps the progress line in step with Tune's trial events; relays the driver's stops."""
 
         def _tid(self, trial) -> str:
-            return trials.identify(trial.config)[0]
+            return trial.config["trial_id"]
 
         def on_trial_start(self, iteration, trials, trial, **info):
             tracker.set(self._tid(trial), "running")
@@ -333,18 +363,10 @@ class RayBackend(Backend):
         address = settings.address or "local"
         embedded = address == "local"
         init_kw: dict[str, Any] = dict(address=address, log_to_driver=False, configure_logging=False)
-        note = None
-        if embedded:
-            init_kw.update(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address=LOOPBACK)
-            if getattr(settings, "dashboard", False):
-                from ray._private.utils import get_dashboard_dependency_error
-
-                if get_dashboard_dependency_error() is None:
-                    init_kw.update(include_dashboard=True, dashboard_host=LOOPBACK)
-                else:
-                    note = ("ray.dashboard=true but Ray's dashboard packages are not installed (pip install "
-                            "'ray[default]'): started without the dashboard")
-                    print(f"sweep {ctx.name}: {note}", flush=True)
+        if embedded:  # the preflight refused ray.dashboard=true without Ray's dashboard packages
+            init_kw.update(num_cpus=os.cpu_count(), _node_ip_address=LOOPBACK, include_dashboard=settings.dashboard)
+            if settings.dashboard:
+                init_kw.update(dashboard_host=LOOPBACK)
         trials = _LaunchTrials(ctx, tasks, state, tracker)
         with private_embedded_ray(ctx.sweep_dir) if embedded else contextlib.nullcontext(), _DriverStops() as stops:
             grid = self._fit(ctx, trials, tracker, address, init_kw, stops)
@@ -357,7 +379,7 @@ class RayBackend(Backend):
         interrupted = stops.request is not None or any(
             tracker.states.get(t.trial_id) in ("running", "pending") for t in trials.by_index.values()) or any(
             s == "killed" for s in states.values())
-        return LaunchResult(states=states, interrupted=interrupted, message=note)
+        return LaunchResult(states=states, interrupted=interrupted)
 
     def _fit(self, ctx: SweepContext, trials: _LaunchTrials, tracker: ProgressTracker, address: str,
              init_kw: dict[str, Any], stops: _DriverStops):
@@ -379,28 +401,27 @@ class RayBackend(Backend):
                 self.trial_resources(ctx)
             )
             if ctx.search is None:
-                space, search_kw = {"index": tune.grid_search(sorted(trials.by_index))}, {}
+                search_kw = {"search_alg": list_searcher(trials.configs()), "num_samples": len(trials.by_index)}
             else:
-                space, search_kw = {}, {"search_alg": trials.searcher(), "num_samples": trials.to_run()}
+                search_kw = {"search_alg": trials.searcher(), "num_samples": trials.to_run()}
             scheduler = None
             if ctx.tune is not None and ctx.tune.scheduler is not None:
                 scheduler = make_scheduler(ctx.tune.scheduler, board, trials.identify, trials.max_epochs())
             tuner = tune.Tuner(
                 trainable,
-                param_space=space,
                 tune_config=tune.TuneConfig(
                     metric="val_bpd", mode="min", scheduler=scheduler, **search_kw,
                     max_concurrent_trials=settings.max_concurrent_trials,
                     reuse_actors=True,  # no new worker process (and torch import) per trial
-                    trial_name_creator=trials.folder_name,
-                    trial_dirname_creator=trials.folder_name,
+                    trial_name_creator=trial_name,
+                    trial_dirname_creator=trial_name,
                 ),
                 run_config=tune.RunConfig(
-                    name=time.strftime("launch-%Y%m%d-%H%M%S"),
+                    name=ctx.name,  # one experiment folder per sweep: every launch adds to it
                     storage_path=str(Path(settings.storage_path or Path(ctx.sweep_dir, "tune")).resolve()),
                     failure_config=tune.FailureConfig(max_failures=ctx.max_failures),
                     verbose=0,
-                    callbacks=[_callback(tracker, trials, stops, board)],
+                    callbacks=[_callback(tracker, stops, board)],
                 ),
             )
             return tuner.fit()

@@ -8,6 +8,8 @@
 * :class:`TuneReporter` — every validation becomes a Tune result (``val_bpd`` bits/dim,
   ``val_epoch``, ``step``, ``samples_seen``), so schedulers, ``ResultGrid`` and Tune's loggers see
   the curve; MLflow stays the record of truth.
+* :func:`list_searcher` — proposes a sweep's planned trials to Tune one by one, each with its own
+  config (``index``, ``trial_id`` and its axis values), so Tune's own tools see the hyperparameters.
 * :class:`BoardScheduler` — wraps Tune's ASHA / asynchronous HyperBand (one per ``group_by``
   value) and turns their STOP decisions into prune requests on the board: the trial then checkpoints
   and ends FINISHED with ``rgflow.state=pruned`` instead of being torn down mid-step by Tune.
@@ -194,6 +196,34 @@ def optuna_space(params: dict[str, tuple[str, tuple]]) -> dict[str, Any]:
     return space
 
 
+def list_searcher(configs: list[dict[str, Any]]):
+    """Tune search algorithm of a sweep without ``tune.searcher``: proposes ``configs`` (one Tune
+    config per trial, in trial order), then finishes, so that each Tune trial's config holds its
+    own values (a grid over an index would show Tune only the index)."""
+    from ray.tune.search import Searcher
+
+    class TrialList(Searcher):
+        """The launch's trials, one per :meth:`suggest`; nothing to learn from their results."""
+
+        def __init__(self):
+            super().__init__(metric="val_bpd", mode="min")
+            self.left = list(configs)
+
+        def suggest(self, trial_id: str):
+            return self.left.pop(0) if self.left else Searcher.FINISHED
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            """Nothing to do: the list is fixed."""
+
+        def save(self, checkpoint_path: str) -> None:
+            """Nothing to save: a re-launch plans its trials again (``jobs.sweep``)."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """See :meth:`save`."""
+
+    return TrialList()
+
+
 def make_searcher(search, done: dict[int, list[tuple[dict, float | None, str]]], pending: dict[int, list[dict]],
                   on_sample):
     """Tune search algorithm of a sweep's ``tune.searcher`` (:class:`jobs.sweep_spec.Search`): one
@@ -201,7 +231,7 @@ def make_searcher(search, done: dict[int, list[tuple[dict, float | None, str]]],
     ``num_samples`` trials. ``done``: frame → (params, best val_bpd or None, state) of trials that
     will not run again, told to the study first; ``pending``: frame → params of recorded trials to
     resume, suggested before any new point. ``on_sample(frame, params) -> dict``: records a sample
-    and returns the Tune config of its trial (``index`` and the rest)."""
+    and returns the Tune config of its trial (``index``, ``trial_id``, its axis values and the rest)."""
     import optuna
     from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
