@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from jobs.config import TrialConfig, load_trial_config
 from jobs.fid import FidScorer, FidUnavailable
@@ -365,24 +366,33 @@ def evaluate_trial(config: TrialConfig, run_dir: str | Path | None, run_id: str 
     metrics: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="rgflow-eval-") as scratch:  # the outputs' folder without a run folder
         eval_dir = run_dir / EVAL_DIR if kept else Path(scratch) / EVAL_DIR
-        with staged_dir(eval_dir) as work:
-            if "test_bpd" in selected:
-                bpd = measure_test_bpd(model, test, ev.test_draws, config.train.batch_size, ev.noise_seed, dev)
-                metrics["test_bpd"] = bpd.mean
-                for name, value in (("test_bpd_se", bpd.se_images), ("test_bpd_se_draws", bpd.se_draws)):
-                    if math.isfinite(value):
-                        metrics[name] = value
-                np.save(work / PER_IMAGE_FILE, bpd.per_image)
-            if "samples" in selected:
-                write_samples(model, config, dev, work)
-            if scorer:
-                metrics.update(compute_fid(model, scorer, test[:fid_images], config, dev))
-            if "receptive_fields" in selected:
-                write_receptive_fields(model, config, dev, work)
+        todo = [e for e in EVALUATIONS if e in selected and (e != "fid" or scorer)]
+        with staged_dir(eval_dir) as work, _progress(todo, run_id) as steps:
+            for step in steps:
+                steps.set_postfix_str(step)
+                if step == "test_bpd":
+                    bpd = measure_test_bpd(model, test, ev.test_draws, config.train.batch_size, ev.noise_seed, dev)
+                    metrics["test_bpd"] = bpd.mean
+                    for name, value in (("test_bpd_se", bpd.se_images), ("test_bpd_se_draws", bpd.se_draws)):
+                        if math.isfinite(value):
+                            metrics[name] = value
+                    np.save(work / PER_IMAGE_FILE, bpd.per_image)
+                elif step == "samples":
+                    write_samples(model, config, dev, work)
+                elif step == "fid":
+                    metrics.update(compute_fid(model, scorer, test[:fid_images], config, dev))
+                else:
+                    write_receptive_fields(model, config, dev, work)
             (work / "metrics.json").write_text(json.dumps({"metrics": metrics, "protocol": protocol,
                                                            "warnings": notes}, indent=1))
         log_to_run(uri, run_id, metrics, protocol["checkpoint_step"], protocol, eval_dir)
     return EvalResult(run_id, metrics, protocol, eval_dir if kept else None, False, notes)
+
+
+def _progress(steps: list[str], run_id: str) -> tqdm:
+    """A bar over one trial's evaluations on stderr, drawn only when stderr is a terminal (so that
+    logs, sweep backends and tests stay clean)."""
+    return tqdm(steps, desc=f"evaluate run {run_id[:8]}", unit="step", disable=None, leave=False)
 
 
 def _run_id_from_folder(run_dir: Path) -> str:
@@ -417,8 +427,9 @@ def resolve_targets(target: str, *, trial: int | None = None, all_trials: bool =
     (+ index/all). A run whose run folder is not on this machine gets the config of its ``model/``
     artifacts (with ``overrides``, e.g. ``data.root=…`` for this machine's data) and no run folder."""
     from jobs.sweep_spec import is_sweep_file, load_sweep
+    from jobs.sweep_state import recorded_uri
     from jobs.overrides import load_yaml_file
-    from jobs.tracking import resolve_tracking_uri
+    from jobs.tracking import fast_read, resolve_tracking_uri
     from jobs.train import run_dir_for
 
     path = Path(target)
@@ -428,16 +439,22 @@ def resolve_targets(target: str, *, trial: int | None = None, all_trials: bool =
             if all_trials == (trial is not None):
                 raise EvalInputError(f"{path} is a sweep of {len(sweep.trials)} trials: pass --trial N or --all")
             trials = sweep.trials if all_trials else [sweep.trial(trial)]
+            recorded = recorded_uri(sweep)
             refs = [_ref_from_folder(t.config, run_dir_for(t.config, sweep.name), tracking_uri,
-                                     f"{t.index}:{t.trial_id}", sweep.name) for t in trials]
+                                     f"{t.index}:{t.trial_id}", sweep.name, recorded) for t in trials]
             return [dataclasses.replace(r, selected=sweep.evaluation.selected) for r in refs]
         if trial is not None or all_trials:
             raise EvalInputError(f"{path} is a trial config, not a sweep: --trial/--all apply to sweep files")
         config = load_trial_config(path, list(overrides), program="jobs.evaluate")
-        return [_ref_from_folder(config, run_dir_for(config), tracking_uri, path.name, None)]
+        return [_ref_from_folder(config, run_dir_for(config), tracking_uri, path.name, None, None)]
     if target.endswith((".yaml", ".yml")):
         raise EvalInputError(f"{target}: no such file")
+    if not (target.startswith(("runs:/", "models:/")) or RUN_ID.match(target) or TRIAL_ID.match(target)):
+        raise EvalInputError(f"{target!r} is neither a file, an MLflow run id (32 hex digits), a runs:/ or models:/ "
+                             "model URI nor a trial id (12 hex digits)")
     uri = resolve_tracking_uri(tracking_uri)
+    if fast_read.missing_store(uri):  # before mlflow, which would create an empty store there
+        raise EvalInputError(fast_read.missing_store(uri))
     if target.startswith(("runs:/", "models:/")):  # a logged model: evaluate the run it came from
         from jobs.tracking import TrackingError, resolve_model_ref
 
@@ -447,11 +464,8 @@ def resolve_targets(target: str, *, trial: int | None = None, all_trials: bool =
             raise EvalInputError(str(exc)) from None
     elif RUN_ID.match(target):
         run = _get_run(uri, target)
-    elif TRIAL_ID.match(target):
-        run = _find_trial_run(uri, target)
     else:
-        raise EvalInputError(f"{target!r} is neither a file, an MLflow run id (32 hex digits), a runs:/ or models:/ "
-                             "model URI nor a trial id (12 hex digits)")
+        run = _find_trial_run(uri, target)
     folder = Path(run.tags[RUN_DIR_TAG]) if run.tags.get(RUN_DIR_TAG) else None
     if folder is not None and (folder / "config.yaml").is_file():
         config = load_trial_config(folder / "config.yaml", list(overrides), program="jobs.evaluate")
@@ -477,16 +491,19 @@ def _artifact_config(uri: str, run: RunSummary, overrides: list[str]) -> TrialCo
 
 
 def _ref_from_folder(config: TrialConfig, run_dir: Path, tracking_uri: str | None, label: str,
-                     experiment: str | None) -> TrialRef:
-    from jobs.tracking import find_experiment, find_trial_runs, resolve_tracking_uri
+                     experiment: str | None, recorded: str | None) -> TrialRef:
+    """``recorded``: the tracking URI the sweep's launch saved in its run folder (used when neither
+    ``tracking_uri``, ``tracking.uri`` nor ``MLFLOW_TRACKING_URI`` names one)."""
+    from jobs.tracking import fast_read
+    from jobs.tracking.uri import read_uri
     from jobs.config import trial_id
 
-    uri = resolve_tracking_uri(tracking_uri or config.tracking.resolved_uri)
+    uri = read_uri(tracking_uri or config.tracking.uri, recorded)
     try:
         run_id = _run_id_from_folder(run_dir)
-    except EvalInputError:
-        exp = find_experiment(uri, experiment or config.tracking.experiment)
-        found = find_trial_runs(uri, exp, trial_ids=[trial_id(config)]) if exp is not None else {}
+    except EvalInputError:  # looked up in the store without mlflow; a missing store is not created
+        exp = fast_read.experiment_id(uri, experiment or config.tracking.experiment)
+        found = fast_read.trial_runs(uri, exp, trial_ids=[trial_id(config)]) if exp is not None else {}
         run_id = next(iter(found.values())).run_id if found else None
     return TrialRef(config, run_dir, run_id, uri, label)
 
@@ -528,6 +545,10 @@ def _run(args: argparse.Namespace) -> int:
     except (EvalInputError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from jobs.tracking.fast_read import store_line
+
+    for uri in dict.fromkeys(ref.tracking_uri for ref in refs):
+        print(f"jobs.evaluate: {store_line(uri)}", flush=True)
     code = 0
     for ref in refs:
         if ref.run_id is None:

@@ -5,7 +5,9 @@ One JSON file per sweep, ``<run.out_dir>/<sweep name>/sweep-state.json``, writte
 ``cancel`` and re-runs work from a new shell: the Slurm backend records the job id of every
 trial (``"1234_5"`` for array task 5 of job 1234) and its evaluation job, the local backend the
 PID of every running trial subprocess. MLflow stays the source of truth for trial outcomes; this
-file only maps trials to scheduler objects.
+file only maps trials to scheduler objects, and records the tracking URI the launch used (absolute
+for sqlite, without credentials), which the read commands use when none is given
+(:func:`recorded_uri`, :func:`jobs.tracking.uri.read_uri`).
 """
 from __future__ import annotations
 
@@ -99,3 +101,10 @@ def load_state(sweep_dir: str | os.PathLike) -> SweepState | None:
         return SweepState(trials=trials, **raw)
     except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise StateError(f"{path}: invalid sweep state ({err}); delete it to start the sweep afresh") from None
+
+
+def recorded_uri(sweep) -> str | None:
+    """The tracking URI the latest launch of ``sweep`` (a loaded sweep) recorded in its run folder
+    ``<run.out_dir>/<name>``; None if it was never launched there."""
+    state = load_state(Path(sweep.first_config.run.out_dir).resolve() / sweep.name)
+    return state.tracking_uri if state else None

@@ -15,6 +15,9 @@ finished trial shows its last step); training stops after ``train.epochs`` epoch
 ``train.steps`` steps, whichever comes first; ETA = epochs left × wall_s / epoch (seconds per
 epoch so far, summed over attempts). Evaluation after training is not included. Before the first
 training log all of it is unknown.
+
+``running`` means a live attempt holds the trial's run folder (``attempt.lock``), not that a
+launcher was handed the trial: a Ray driver running 2 of 4 trials shows 2 running, 2 pending.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import io
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from jobs.attempt import LIVE_STATES
@@ -65,10 +69,30 @@ def _finite(value: Any) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _state(run, job_state: str) -> str:
-    """A trial's state from its MLflow run (or None) and its job's scheduler state ('' if none)."""
+LIVE, FREE, ELSEWHERE, NEVER = "live", "free", "elsewhere", ""  # what a run folder's attempt lock says
+
+
+def attempt_states(run_dirs: dict[str, str]) -> dict[str, str]:
+    """Trial id → what its run folder's ``attempt.lock`` (:mod:`jobs.run_lock`) says: :data:`LIVE`
+    (a live attempt holds it), :data:`FREE` (held before, by no one now), :data:`ELSEWHERE` (last
+    held on another host: cannot be told from here) or :data:`NEVER` (no attempt ever ran there)."""
+    from jobs.run_lock import LOCK_NAME, holder_alive
+
+    return {tid: NEVER if not (Path(folder) / LOCK_NAME).exists()
+            else {True: LIVE, False: FREE, None: ELSEWHERE}[holder_alive(folder)]
+            for tid, folder in run_dirs.items()}
+
+
+def _state(run, job_state: str, attempt: str) -> str:
+    """A trial's state from its MLflow run (or None), its job's scheduler state ('' if none) and
+    its run folder's attempt lock (:func:`attempt_states`). Only a live attempt is running: a trial
+    the scheduler or a launcher was handed whose attempt has not started (queued in a live Ray
+    driver, a process still starting) is pending. Where the lock cannot be told (another host;
+    no attempt ran here while its run says RUNNING) the scheduler's and MLflow's word is taken."""
     if run is None:
-        return "running" if job_state in ("RUNNING", "COMPLETING") else "pending"
+        if attempt == ELSEWHERE:
+            return "running" if job_state in ("RUNNING", "COMPLETING") else "pending"
+        return "running" if attempt == LIVE else "pending"
     if run.status == "FINISHED":
         return "pruned" if run.state == "pruned" else "finished"
     if run.status == "FAILED":
@@ -77,19 +101,27 @@ def _state(run, job_state: str) -> str:
         if run.state == "preempted":
             return "preempted (requeued)" if job_state in ("PENDING", "REQUEUED") else "preempted"
         return "killed"
+    if attempt == LIVE:
+        return "running"
+    if job_state in ("PENDING", "REQUEUED"):
+        return "preempted (requeued)"
     if job_state and job_state not in LIVE_STATES:
         return "interrupted"
-    return "preempted (requeued)" if job_state in ("PENDING", "REQUEUED") else "running"
+    if attempt == FREE:  # no live attempt: queued to resume behind a live launcher, or dead
+        return "pending" if job_state else "interrupted"
+    return "running"
 
 
-def trial_rows(sweep, runs: dict, jobs: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
-    """One row per trial (fields: module docstring) from ``runs`` (trial id → RunSummary) and
-    ``jobs`` (trial id → (job id, scheduler state))."""
+def trial_rows(sweep, runs: dict, jobs: dict[str, tuple[str, str]],
+               attempts: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per trial (fields: module docstring) from ``runs`` (trial id → RunSummary),
+    ``jobs`` (trial id → (job id, scheduler state)) and ``attempts`` (:func:`attempt_states`;
+    missing: cannot be told, the scheduler's word is taken)."""
     rows = []
     for trial in sweep.trials:
         run = runs.get(trial.trial_id)
         job_id, job_state = jobs.get(trial.trial_id, ("", ""))
-        state = _state(run, job_state)
+        state = _state(run, job_state, (attempts or {}).get(trial.trial_id, ELSEWHERE))
         progress = progress_of(trial.config.train, run.metrics if run else {})
         rows.append({
             "index": trial.index, "trial_id": trial.trial_id, "axes": dict(trial.varying), "state": state,

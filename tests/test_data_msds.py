@@ -1,7 +1,9 @@
 """MSDS1/MSDS2: Pillow-exact rendering, determinism, the laws of each variant, label ↔ pixel."""
 from __future__ import annotations
 
+import io
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -176,3 +178,16 @@ def test_bad_arguments_are_named():
         msds.generate("msds1", 0, "valid", 10)
     with pytest.raises(ValueError, match="count=90001"):
         msds.generate("msds1", 0, "train", 90_001)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_generation_shows_progress_only_on_a_terminal(monkeypatch, terminal):
+    err = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    msds.generate("msds1", 0, "test", count=2 * msds.CHUNK, workers=1)
+    assert ("MSDS msds1 test" in err.getvalue()) == terminal, err.getvalue()

@@ -276,3 +276,23 @@ def test_report_reads_what_train_and_evaluate_wrote(trained, tmp_path, no_weight
     assert (folder / "val_bpd_vs_epoch.png").is_file() and (folder / "samples.png").is_file()
     md = (folder / "report.md").read_text()
     assert "Only one batch size (16): no batch-size gap can be measured" in md
+
+
+def test_bad_target_from_an_empty_folder_is_answered_without_mlflow_and_creates_nothing(tmp_path):
+    """Without a store here (no --tracking-uri, no MLFLOW_TRACKING_URI) a run id, trial id or model
+    URI is answered at once with the fix — not after mlflow created an empty ./mlflow.db."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PYTHONPATH": str(repo)}
+    code = ("import sys; from jobs.evaluate import main; code = main(sys.argv[1:]); "
+            "print(code, 'mlflow' in sys.modules, file=sys.stderr)")
+    for target in ("0" * 32, "0" * 12, "models:/nope/1"):
+        proc = subprocess.run([sys.executable, "-c", code, target], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        error, last = proc.stderr.splitlines()
+        assert last == "2 False", proc.stderr
+        assert error.startswith(f"error: no MLflow store at {tmp_path / 'mlflow.db'}: "), error
+        assert list(tmp_path.iterdir()) == []

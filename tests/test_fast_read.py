@@ -182,3 +182,28 @@ def test_uris_name_the_store_without_credentials():
         "https://***@mlflow.example.org:5000/prefix"
     assert redact_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert redact_uri("postgresql://u:p@db:5432/mlflow") == "postgresql://***@db:5432/mlflow"
+
+
+def test_store_line_and_missing_store_name_the_store_without_credentials(tmp_path, monkeypatch):
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    assert fast_read.store_line(uri) == f"MLflow store {uri} (does not exist)"
+    assert fast_read.missing_store(uri).startswith(f"no MLflow store at {db}: run from the folder the sweep ran in")
+    db.touch()
+    assert fast_read.store_line(uri) == f"MLflow store {uri}" and fast_read.missing_store(uri) is None
+    assert fast_read.store_line("https://bob:s3cret@mlflow.example:5000/?token=x") == \
+        "MLflow store https://***@mlflow.example:5000/"
+    assert fast_read.missing_store("http://127.0.0.1:1") is None
+
+
+def test_read_uri_prefers_the_given_then_the_environment_then_the_recorded_store(tmp_path, monkeypatch):
+    from jobs.tracking.uri import read_uri
+
+    recorded = f"sqlite:///{tmp_path / 'recorded.db'}"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert read_uri(None, None) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert read_uri(None, recorded) == recorded
+    assert read_uri("sqlite:///given.db", recorded) == f"sqlite:///{tmp_path / 'given.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert read_uri(None, recorded) == "http://127.0.0.1:5000"

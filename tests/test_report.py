@@ -5,7 +5,11 @@ import csv
 import io
 import json
 import math
+import os
 import re
+import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +29,8 @@ from jobs.report.scaling import TARGET_QUANTILES
 from jobs.report.tables import curves, trial_table
 from jobs.sweep_spec import load_sweep
 from rgflow.model import RGFlowModel
+
+REPO = Path(__file__).resolve().parents[1]
 
 N_TRAIN = 6400
 EPOCHS = 10
@@ -174,7 +180,8 @@ def test_summaries_need_no_per_run_query(synth, monkeypatch):
     counter = Counter(monkeypatch, ["search_runs", "get_metric_history", "get_run", "get_experiment_by_name"])
     data = load_sweep_runs(synth["uri"], "synth", with_histories=False)
     assert len(data.runs) == 9 and data.parent_run_id == synth["parent"]
-    assert counter.calls == {"search_runs": 2, "get_metric_history": 0, "get_run": 0, "get_experiment_by_name": 1}
+    # the experiment is looked up with sqlite3 (jobs.tracking.fast_read), not through the client
+    assert counter.calls == {"search_runs": 2, "get_metric_history": 0, "get_run": 0, "get_experiment_by_name": 0}
 
 
 def test_trials_csv_columns_and_values(report, synth):
@@ -344,3 +351,66 @@ def test_cli_by_experiment_name_and_bad_input(synth, tmp_path, capsys):
     assert err.startswith("jobs.report: no MLflow experiment 'nope'") and "\n" not in err
     assert report_main([str(tmp_path / "missing.yaml")]) == 2
     assert not (tmp_path / "reports").exists()
+
+
+def test_cli_names_the_store_says_how_the_report_was_made_and_shares_it(synth, tmp_path, capsys):
+    """The header names the command (with its overrides) and this checkout's git commit; the
+    report folder and its files are readable by others (0755 / 0644 under the usual umask 022),
+    while ``write_atomic``'s own files (checkpoints, state) stay 0600."""
+    from rgflow.atomic import write_atomic
+
+    out = tmp_path / "r"
+    umask = os.umask(0o022)
+    try:
+        assert report_main([str(synth["sweep_file"]), "--out", str(out), "--no-log"]) == 0
+    finally:
+        os.umask(umask)
+    stdout = capsys.readouterr().out
+    assert stdout.splitlines()[0] == f"jobs.report: MLflow store {synth['uri']}"
+    md = (out / "report.md").read_text()
+    made = next(line for line in md.splitlines() if line.startswith("* made by "))
+    assert made.startswith(f"* made by `python -m jobs.report {synth['sweep_file']} --out {out} --no-log`, code at git ")
+    assert re.fullmatch(r".*, code at git (`[0-9a-f]{7}`( \(dirty: uncommitted changes\))?|unknown \(not a git "
+                        r"checkout\))", made), made
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    for path in out.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert stat.S_IMODE(write_atomic(tmp_path / "state.json", "{}").stat().st_mode) == 0o600
+
+
+def test_bad_input_from_an_empty_folder_is_answered_without_mlflow_and_creates_nothing(tmp_path):
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PYTHONPATH": str(REPO)}
+    code = ("import sys; from jobs.report.__main__ import main; code = main(sys.argv[1:]); "
+            "print(code, 'mlflow' in sys.modules, file=sys.stderr)")
+    for args in (["--experiment", "nosuch"], ["nosuch"], ["missing.yaml"]):
+        proc = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        error, last = proc.stderr.splitlines()
+        assert last == "2 False", proc.stderr
+        assert error.startswith("jobs.report: no MLflow store at " if args[0] != "missing.yaml"
+                                else "jobs.report: sweep file missing.yaml does not exist"), error
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_wall_clock_axis_picks_its_unit_and_its_labels_do_not_collide(synth, tmp_path, monkeypatch):
+    from jobs.report import figures
+
+    assert figures.wall_unit(20.0) == ("seconds", 1.0)
+    assert figures.wall_unit(1800.0) == ("minutes", 60.0)
+    assert figures.wall_unit(5 * 3600.0) == ("hours", 3600.0)
+    data = load_sweep_runs(synth["uri"], "synth", trial_ids=[t.trial_id for t in synth["sweep"].trials])
+    table = trial_table(data, {"gpus": 0.5, "cpus": 1.0})
+    val, _ = curves(data, table)
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, dpi=110: drawn.append(fig) or path)
+    for scale in (1.0, 1 / 600.0, 30.0):  # the synthetic sweep's ≈11 minutes, then ≈1 second, then ≈5 hours
+        drawn.clear()
+        shifted = val.assign(wall_s=val["wall_s"] * scale)
+        figures.val_bpd_figure(table, shifted, "wall_s", tmp_path / "wall.png")
+        fig = drawn[0]
+        fig.canvas.draw()
+        unit = figures.wall_unit(float(shifted["wall_s"].max()))[0]
+        for ax in [a for a in fig.axes if a.get_xlabel()]:
+            assert ax.get_xlabel() == f"wall-clock time ({unit})"
+            boxes = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_text() and t.get_visible()]
+            assert len(boxes) >= 2 and not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))

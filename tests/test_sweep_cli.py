@@ -287,6 +287,8 @@ def test_status_of_1000_trials_lists_every_row(thousand):
     proc = thousand.status()
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     lines = proc.stdout.splitlines()
+    assert lines[0] == f"thousand: MLflow store {thousand.uri}; run folder {thousand.root / 'runs' / 'thousand'}"
+    lines = lines[1:]
     assert len(lines) == 1 + 1000 + 1
     rows = [re.split(r"\s{2,}", line) for line in lines[1:-1]]
     for trial, row in zip(thousand.sweep.trials, rows, strict=True):
@@ -339,17 +341,69 @@ def _smoke_text() -> str:
     return (REPO / SMOKE).read_text().replace("../configs", str(REPO / "configs"))
 
 
-def test_status_imports_no_mlflow_torch_or_ray_when_nothing_is_dead(tmp_path):
-    """Runs in a sqlite store, launcher gone, parent run FINISHED: status reads (and checks the
-    parent's status) through sqlite3 alone."""
+def test_status_from_any_folder_reads_the_recorded_store_without_mlflow(tmp_path):
+    """Runs in a sqlite store, launcher gone, parent run FINISHED; status run from an empty folder
+    with no tracking.uri and no MLFLOW_TRACKING_URI: it reads the store the launch recorded in the
+    sweep's run folder, says so, creates nothing there, and reads (and checks the parent's status)
+    through sqlite3 alone."""
     store = _store(tmp_path, _smoke_text(), "smoke", "FINISHED")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     code = ("import json, sys; from jobs.sweep import main; code = main(sys.argv[1:]); "
             "print(json.dumps([code, [m for m in ('mlflow', 'torch', 'ray', 'pandas') if m in sys.modules]]), "
             "file=sys.stderr)")
-    proc = subprocess.run([sys.executable, "-c", code, "status", str(store.path), *store.overrides], cwd=REPO,
-                          env=store.env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code, "status", str(store.path), *store.overrides], cwd=elsewhere,
+                          env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
     assert json.loads(proc.stderr.splitlines()[-1]) == [0, []], proc.stderr
-    assert [line.split()[2] for line in proc.stdout.splitlines()[1:-1]] == ["running", "finished", "failed", "finished"]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"smoke: MLflow store {store.uri}; run folder {tmp_path / 'runs' / 'smoke'}"
+    assert [line.split()[2] for line in lines[2:-1]] == ["running", "finished", "failed", "finished"]
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_status_without_store_or_run_folder_says_so_and_creates_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "jobs.sweep", "status", str(REPO / SMOKE)], cwd=tmp_path,
+                          env={**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+                               "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == (f"smoke: MLflow store sqlite:///{tmp_path / 'mlflow.db'} (does not exist); run folder "
+                        f"{tmp_path / 'runs' / 'smoke'} (no launch recorded there)")
+    assert lines[1].startswith("smoke: no launch recorded and no store found, so every trial shows as pending; if the "
+                               "sweep ran from another folder, run status there or pass run.out_dir=")
+    assert lines[-1] == "smoke: 4 pending"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_status_counts_only_trials_with_a_live_attempt(tmp_path):
+    """The Ray launcher records every trial it is handed as ``pid:<driver>`` (running while the
+    driver lives); with 2 of 4 trials started (their attempt locks held by live processes), status
+    says 2 running, 2 pending — not 4 running."""
+    sweep = load_sweep(REPO / SMOKE, [f"run.out_dir={tmp_path / 'runs'}"])
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "jobs.sweep"])
+    holders = []
+    try:
+        state = SweepState("smoke", "ray", f"sqlite:///{tmp_path / 'mlflow.db'}", "", "", driver_pid=driver.pid,
+                           trials={t.trial_id: TrialJob(t.index, f"pid:{driver.pid}") for t in sweep.trials})
+        save_state(tmp_path / "runs" / "smoke", state)
+        hold = ("import sys, time; from jobs.run_lock import RunFolderLock; RunFolderLock(sys.argv[1]).acquire(); "
+                "print('held', flush=True); time.sleep(120)")
+        for trial in sweep.trials[:2]:
+            holders.append(subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "runs" / "smoke" / trial.trial_id)],
+                                            cwd=REPO, stdout=subprocess.PIPE, text=True))
+            assert holders[-1].stdout.readline() == "held\n"
+        proc = subprocess.run([sys.executable, "-m", "jobs.sweep", "status", str(REPO / SMOKE), "--json",
+                               f"run.out_dir={tmp_path / 'runs'}"], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        for p in [driver, *holders]:
+            p.kill()
+            p.wait()
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads(proc.stdout)
+    assert [r["state"] for r in table["trials"]] == ["running", "running", "pending", "pending"]
+    assert table["summary"]["counts"] == {"pending": 2, "running": 2}
 
 
 def test_status_closes_the_parent_run_of_a_dead_sweep(tmp_path):
@@ -364,7 +418,8 @@ def test_status_closes_the_parent_run_of_a_dead_sweep(tmp_path):
     assert proc.returncode == 0, proc.stderr
     states = [r["state"] for r in json.loads(proc.stdout)["trials"]]
     assert states == ["interrupted", "finished", f"failed ({REASON})", "finished"]
-    assert proc.stderr.strip() == f"smoke: all jobs ended; parent run {store.parent} is now FAILED"
+    assert proc.stderr.splitlines() == [f"smoke: MLflow store {store.uri}; run folder {tmp_path / 'runs' / 'smoke'}",
+                                        f"smoke: all jobs ended; parent run {store.parent} is now FAILED"]
     from mlflow import MlflowClient
 
     parent = MlflowClient(store.uri).get_run(store.parent)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from jobs.report import figures
-from jobs.report.header import header
+from jobs.report.header import header, made_by
 from jobs.report.query import ReportInputError, SweepRuns, load_sweep_runs
 from jobs.report.reference_values import RECIPE_2025, SOURCE_2025
 from jobs.report.render import Report, Table, write_documents
@@ -35,8 +35,9 @@ from jobs.report.verdict import verdict
 from jobs.staging import staged_dir
 from jobs.sweep_spec import ReportSettings
 from rgflow.atomic import write_atomic
-from jobs.tracking import download_artifact, list_artifacts, log_report
+from jobs import tracking
 from jobs.tracking.tags import ROLE_TAG, RUN_DIR_TAG
+from jobs.tracking.uri import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,10 @@ def sweep_target(path: str | Path, overrides: list[str] = ()) -> dict:
 
 
 def _target_of(sweep) -> dict:
-    return {"experiment": sweep.name, "uri": sweep.first_config.tracking.uri,
+    from jobs.sweep_state import recorded_uri
+    from jobs.tracking.uri import read_uri
+
+    return {"experiment": sweep.name, "uri": read_uri(sweep.first_config.tracking.uri, recorded_uri(sweep)),
             "sweep_id": sweep.sweep_id, "trial_ids": [t.trial_id for t in sweep.trials],
             "resources": {"gpus": float(sweep.resources.gpus), "cpus": float(sweep.resources.cpus)},
             "report": sweep.report}
@@ -118,7 +122,7 @@ def eval_files(uri: str, run_id: str, run_dir: str | None, work: Path) -> dict[s
         return bool(SAMPLE_NAME.search(name)) or name == FIELDS_NAME
 
     try:
-        names = [path for path in list_artifacts(uri, run_id, "eval") if shown(Path(path).name)]
+        names = [path for path in tracking.list_artifacts(uri, run_id, "eval") if shown(Path(path).name)]
     except Exception as exc:  # noqa: BLE001 - an unreadable artifact store only loses this trial's panels
         log.warning("run %s: cannot list eval artifacts (%s)", run_id, exc)
         names = []
@@ -128,7 +132,7 @@ def eval_files(uri: str, run_id: str, run_dir: str | None, work: Path) -> dict[s
     for name in names:  # MLflow's copy wins over the run folder's, file by file
         try:
             dst.mkdir(parents=True, exist_ok=True)
-            found[Path(name).name] = download_artifact(uri, run_id, name, dst)
+            found[Path(name).name] = tracking.download_artifact(uri, run_id, name, dst)
         except Exception as exc:  # noqa: BLE001 - an unreadable artifact only loses this panel
             log.warning("run %s: cannot download %s (%s)", run_id, name, exc)
     return found
@@ -237,7 +241,9 @@ def reproduction_notes(margin: float) -> list[str]:
             "finished seeds. Our BPD is the test BPD where every seed has one, else the final validation BPD."]
 
 
-def meta_lines(data: SweepRuns, table: pd.DataFrame) -> list[str]:
+def meta_lines(data: SweepRuns, table: pd.DataFrame, command: str | None = None) -> list[str]:
+    """The report's first lines: the store, trials, cost, and how it was made (``command``, the
+    sweep's overrides, this checkout's git commit: :func:`jobs.report.header.made_by`)."""
     states = table["state"].value_counts().to_dict()
     gpu_h, cpu_h = finite_hours(table["gpu_hours"]), finite_hours(table["cpu_hours"])
     cost = []
@@ -245,7 +251,8 @@ def meta_lines(data: SweepRuns, table: pd.DataFrame) -> list[str]:
         cost.append(f"{gpu_h:.2f} GPU-hours")
     if not math.isnan(cpu_h):
         cost.append(f"{cpu_h:.2f} CPU-hours (trials on CPU)")
-    return [f"experiment `{data.experiment_name}` at `{data.uri}`, parent run `{data.parent_run_id or 'none'}`",
+    return [f"experiment `{data.experiment_name}` at `{redact_uri(data.uri)}`, parent run "
+            f"`{data.parent_run_id or 'none'}`", *made_by(command, data.parent_tags),
             f"{len(table)} trials: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
             f"varying: {', '.join(varying_params(data.runs)) or 'nothing'}",
             "compute: " + (", ".join(cost) or "unknown (no wall-clock or device count)"),
@@ -253,8 +260,10 @@ def meta_lines(data: SweepRuns, table: pd.DataFrame) -> list[str]:
 
 
 def build_report(target: str | None = None, *, experiment: str | None = None, out_dir: str | Path | None = None,
-                 tracking_uri: str | None = None, overrides: list[str] = (), log_to_parent: bool = True) -> Path:
+                 tracking_uri: str | None = None, overrides: list[str] = (), log_to_parent: bool = True,
+                 command: str | None = None) -> Path:
     """Write the report of a sweep file (``target``) or an experiment; returns the folder.
+    ``command``: the command line that asked for it, named in the report's header.
 
     Raises :class:`ReportInputError` (or ``jobs.config.ConfigError`` for a bad sweep file).
     """
@@ -315,12 +324,12 @@ def build_report(target: str | None = None, *, experiment: str | None = None, ou
             Table("Trials", trials_shown(table, varying), csv="trials.csv"), *extra_tables]
         title = (f"Study report: {spec['study']} (comparisons: stage {spec['experiment']})" if "study" in spec
                  else f"Sweep report: {spec['experiment']}")
-        report = Report(title, meta_lines(data, table), trained.lines, trained.groups,
+        report = Report(title, meta_lines(data, table, command), trained.lines, trained.groups,
                         findings, tables, made, notes + lr_notes(table) + fig_notes)
         write_documents(report, out)
     if log_to_parent:
         if data.parent_run_id:
-            log_report(data.uri, data.parent_run_id, final, artifact_path="report")
+            tracking.log_report(data.uri, data.parent_run_id, final, artifact_path="report")
         else:
             log.warning("experiment %s has no sweep parent run (tag %s=sweep): report not logged to MLflow",
                         spec["experiment"], ROLE_TAG)

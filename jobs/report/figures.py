@@ -26,7 +26,9 @@ from jobs.report.tables import temperature_of  # noqa: E402
 from jobs.report.findings import count, xy  # noqa: E402
 
 AXES = {"epoch": "epoch", "step": "optimizer step", "samples_seen": "samples seen (images)",
-        "wall_s": "wall-clock (hours)"}
+        "wall_s": "wall-clock time"}
+#: Units of a wall-clock axis: (name, seconds per unit, used while the axis reaches less than this many seconds).
+WALL_UNITS = (("seconds", 1.0, 120.0), ("minutes", 60.0, 7200.0), ("hours", 3600.0, math.inf))
 LINESTYLES = {"none": "-", "sqrt": "--", "linear": ":"}
 GRID_POINTS = 100
 MARKER_MAX_POINTS = 20
@@ -158,19 +160,29 @@ def _plot_band(ax, histories: list[pd.DataFrame], x_key: str, y_key: str, style:
         ax.fill_between(grid, low, mean + half, color=color, alpha=0.25, linewidth=0)
 
 
+def wall_unit(seconds: float) -> tuple[str, float]:
+    """(unit, seconds per unit) of a wall-clock axis reaching ``seconds``: seconds under 2 minutes,
+    minutes under 2 hours, hours beyond (tick labels of a few digits, not ``0.00125`` hours)."""
+    return next((name, per) for name, per, below in WALL_UNITS if seconds < below)
+
+
 def val_bpd_figure(trials: pd.DataFrame, val: pd.DataFrame, axis: str, path: Path) -> Path | None:
     """Validation BPD (bits/dim) against ``axis`` (``epoch|step|samples_seen|wall_s``)."""
     if val.empty or val[axis].isna().all():
         return None
     colors = _colors(trials)
     curves = dict(tuple(val.groupby("run_id", sort=False)))
+    label, per = AXES[axis], 1.0
+    if axis == "wall_s":
+        unit, per = wall_unit(float(val[axis].max()))
+        label = f"wall-clock time ({unit})"
     fig, cells = _facets(trials, f"Validation BPD vs {AXES[axis]} (band: 95 % t CI over seeds)")
     for ax, sel in cells:
         for (batch, scaling), group in sel.groupby(["batch_size", "lr_scaling"]):
             _plot_band(ax, [curves[rid] for rid in group.index if rid in curves], axis, "val_bpd",
                        LINESTYLES.get(scaling, "-."), colors[batch], batch, scaling,
-                       x_scale=1 / 3600.0 if axis == "wall_s" else 1.0)
-        ax.set_xlabel(AXES[axis])
+                       x_scale=1 / per)
+        ax.set_xlabel(label)
         ax.set_ylabel("validation BPD (bits/dim)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -418,5 +430,5 @@ def steps_vs_examples_figure(findings: list, title: str, path: Path) -> Path | N
 
 
 __all__ = ["val_bpd_figure", "steps_to_target_figure", "steps_vs_examples_figure", "fid_figure", "noise_scale_figure", "sample_grid_figure", "receptive_field_figure",
-           "mean_band", "plain_ticks", "tick_label", "spacing_decimals", "line_label", "what_was_trained", "AXES",
+           "mean_band", "plain_ticks", "tick_label", "spacing_decimals", "line_label", "what_was_trained", "wall_unit", "AXES",
            "MARKER_MAX_POINTS"]

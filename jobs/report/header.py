@@ -2,9 +2,10 @@
 
 Every item is one string per trial (dataset, split sizes in images, model preset and parameter
 count, epochs, batch size, learning rate before and after the batch-size rule, weight decay,
-warm-up steps, seeds, and the evaluation protocol of the ``rgflow.eval.*`` tags that
-``jobs.evaluate`` writes). An item with one value over the whole sweep is a line; an item whose
-value differs between settings is a column of a small table with one row per setting.
+warm-up steps, seeds, the git commit of the code that trained it, and the evaluation protocol
+of the ``rgflow.eval.*`` tags that ``jobs.evaluate`` writes). An item with one value over the
+whole sweep is a line; an item whose value differs between settings is a column of a small table
+with one row per setting. :func:`made_by` says how the report itself was made.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import pandas as pd
 
 from jobs.report.query import SweepRuns
 from jobs.report.tables import SETTING_KEYS, parse_param, setting_label
+from jobs.tracking.env import environment_tags
 from jobs.tracking.tags import EVAL_TAG_PREFIX as TAG_PREFIX
+from jobs.tracking.tags import GIT_COMMIT_TAG, GIT_DIRTY_TAG, SWEEP_OVERRIDES_TAG
 from rgflow.config import ModelConfig, PriorConfig
 
 ALL = "all"
@@ -100,6 +103,28 @@ def eval_items(tags: dict[str, str]) -> dict[str, str]:
     }
 
 
+def git_words(tags: dict[str, str]) -> str:
+    """``"`abc1234`"``, ``"`abc1234` (dirty: uncommitted changes)"`` or ``"unknown (not a git checkout)"``
+    from ``rgflow.git_commit`` / ``rgflow.git_dirty`` tags; ``""`` without them."""
+    commit = tags.get(GIT_COMMIT_TAG)
+    if commit is None:
+        return ""
+    if commit == "unknown":
+        return "unknown (not a git checkout)"
+    return f"`{commit[:7]}`" + (" (dirty: uncommitted changes)" if tags.get(GIT_DIRTY_TAG) == "true" else "")
+
+
+def made_by(command: str | None, parent_tags: dict[str, str]) -> list[str]:
+    """How the report was made: the command (if given) and this checkout's git commit, and the
+    overrides the sweep was launched with (its parent run's ``rgflow.sweep_overrides``)."""
+    lines = [f"made by `{command}`" if command else "made by `jobs.report.build_report`"]
+    lines[0] += f", code at git {git_words(environment_tags())}"
+    if SWEEP_OVERRIDES_TAG in parent_tags:
+        lines.append(f"sweep launched with overrides: `{parent_tags[SWEEP_OVERRIDES_TAG]}`"
+                     if parent_tags[SWEEP_OVERRIDES_TAG] else "sweep launched with no overrides")
+    return lines
+
+
 def trial_items(run, table_row) -> dict[str, str]:
     """Every header item of one trial, as text."""
     p = run.params
@@ -116,6 +141,7 @@ def trial_items(run, table_row) -> dict[str, str]:
         "weight decay": number(p.get("train.weight_decay")),
         "warm-up (optimizer steps)": number(p.get("train.warmup_steps")),
         "seeds": str(table_row["seed"]),
+        "trained by code at git": git_words(run.tags),
     }
     items.update(eval_items(run.tags))
     return items
@@ -151,4 +177,4 @@ def header(data: SweepRuns, table: pd.DataFrame) -> Header:
     return Header(lines, groups)
 
 
-__all__ = ["Header", "header", "parameter_count", "section_config"]
+__all__ = ["Header", "git_words", "header", "made_by", "parameter_count", "section_config"]

@@ -8,7 +8,9 @@ importing mlflow (≈ 10 s on a loaded machine) where the store allows it.
   (:mod:`jobs.tracking.store`).
 
 :func:`trial_runs` returns exactly what :func:`jobs.tracking.store.find_trial_runs` returns.
-Nothing here creates or writes anything: a sqlite file that does not exist reads as empty.
+Nothing here creates or writes anything: a sqlite file that does not exist reads as empty
+(:func:`missing_store` says so, for a command to stop with the fix before mlflow, which would
+create it, is imported). :func:`store_line` names the store a read command read, without credentials.
 """
 from __future__ import annotations
 
@@ -16,13 +18,30 @@ from collections.abc import Iterable
 
 from . import rest_read, sqlite_read
 from .layout import RunSummary
-from .uri import sqlite_path
+from .uri import URI_ENV, redact_uri, sqlite_path
 
 
 def _kind(uri: str) -> str:
     if sqlite_path(uri) is not None:
         return "sqlite"
     return "rest" if uri.startswith(("http://", "https://")) else "client"
+
+
+def store_line(uri: str) -> str:
+    """``MLflow store sqlite:////abs/mlflow.db`` (credentials and query strings never shown), with
+    ``(does not exist)`` for a sqlite file that is not there."""
+    missing = " (does not exist)" if missing_store(uri) else ""
+    return f"MLflow store {redact_uri(uri)}{missing}"
+
+
+def missing_store(uri: str) -> str | None:
+    """For a ``sqlite:///`` store whose file does not exist: a one-line message naming it and the
+    fix (reading it through mlflow would create an empty one); None otherwise."""
+    path = sqlite_path(uri)
+    if path is None or path.exists():
+        return None
+    return (f"no MLflow store at {path}: run from the folder the sweep ran in, or pass the store that holds it "
+            f"(--tracking-uri / tracking.uri=sqlite:////abs/path/mlflow.db or {URI_ENV})")
 
 
 def experiment_id(uri: str, name: str) -> str | None:

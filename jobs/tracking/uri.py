@@ -61,6 +61,16 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return chosen
 
 
+def read_uri(configured: str | None, recorded: str | None) -> str:
+    """The store a command that only reads (``status``, ``jobs.report``, ``jobs.evaluate``) reads:
+    ``configured`` (``tracking.uri`` / ``--tracking-uri``) > env ``MLFLOW_TRACKING_URI`` > ``recorded``
+    (the URI a sweep's launch saved in its run folder, :mod:`jobs.sweep_state`: found from any
+    working directory) > ``./mlflow.db``, as :func:`resolve_tracking_uri` resolves it."""
+    if configured or os.environ.get(URI_ENV) or not recorded:
+        return resolve_tracking_uri(configured)
+    return recorded
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///PATH[?options]`` URI (``%xx`` escapes decoded, as
     SQLAlchemy does); None for other URIs and in-memory stores."""

@@ -3,6 +3,7 @@
 Builds the data set's cache if it is missing, checks it if it exists, rebuilds it if it is corrupt
 or was built for something else, and prints one line per action (what, where, size, time, why).
 ``--verify`` only checks: exit status 1 and the reason if the cache is missing or invalid.
+While it builds, a progress bar on stderr counts the rendered/decoded chunks (on a terminal only).
 Exit status 2 for bad input (unknown option value, missing CelebA folder).
 """
 from __future__ import annotations

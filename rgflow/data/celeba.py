@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rgflow.data.workers import process_pool, usable_cpus
+from rgflow.data.workers import process_pool, progress, usable_cpus
 
 PREPROCESS_VERSION = "celeba-crop148-pil-v1"
 CROP, SIZE = 148, 32
@@ -109,9 +109,9 @@ def preprocess_split(folder: Path, names: list[str], interpolation: str, out_pat
     np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint8, shape=(len(names), 3, SIZE, SIZE)).flush()
     jobs = [(str(images), names[i:i + _TASK], interpolation, str(out_path), i) for i in range(0, len(names), _TASK)]
     workers = min(len(jobs), workers or usable_cpus())
+    what = f"CelebA {out_path.stem}"
     if workers <= 1:
-        for job in jobs:
-            _task(*job)
+        list(progress((_task(*job) for job in jobs), len(jobs), what))
         return
     with process_pool(workers) as pool:
-        list(pool.map(_task, *zip(*jobs)))
+        list(progress(pool.map(_task, *zip(*jobs)), len(jobs), what))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rgflow.data.workers import process_pool, usable_cpus
+from rgflow.data.workers import process_pool, progress, usable_cpus
 
 GENERATOR_VERSION = "msds-pil13-bicubic-v1"
 VARIANTS = ("msds1", "msds2")
@@ -340,11 +340,12 @@ def generate(variant: str, seed: int, split: str, count: int | None = None, *,
     jobs = [(variant, seed, split, c, min(CHUNK, total - c * CHUNK), None if images_path is None else str(images_path))
             for c in range(math.ceil(total / CHUNK))]
     workers = min(len(jobs), workers or usable_cpus())
+    what = f"MSDS {variant} {split}"
     if workers == 1:
-        results = [_render_chunk(*job) for job in jobs]
+        results = list(progress((_render_chunk(*job) for job in jobs), len(jobs), what))
     else:
         with process_pool(workers) as pool:
-            results = list(pool.map(_render_chunk, *zip(*jobs)))
+            results = list(progress(pool.map(_render_chunk, *zip(*jobs)), len(jobs), what))
     labels = np.concatenate([r[0] for r in results])
     images = None if images_path is not None else np.concatenate([r[1] for r in results])
     return images, labels

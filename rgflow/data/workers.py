@@ -1,11 +1,18 @@
-"""Worker processes for the one-off data builds (MSDS rendering, CelebA decoding)."""
+"""Worker processes for the one-off data builds (MSDS rendering, CelebA decoding), and their
+progress bar."""
 from __future__ import annotations
 
 import ctypes
 import multiprocessing
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
 
 
 def usable_cpus() -> int:
@@ -31,3 +38,9 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
                                initializer=_keep_freed_memory)
+
+
+def progress(items: Iterable[T], total: int, what: str) -> Iterator[T]:
+    """``items`` (chunks of a build, as they complete) with a tqdm bar on stderr saying ``what``;
+    drawn only when stderr is a terminal, so that logs, pipes and tests stay clean."""
+    return iter(tqdm(items, total=total, desc=what, unit="chunk", disable=None, leave=False))
