@@ -10,7 +10,8 @@ matmul ``(64·64, 512) × (512, 512)`` before and after its measurement; the mod
 GFLOP/s (useful GEMM FLOPs: forward + 2× for the backward, recomputation not counted) is reported
 as a ratio to that rate, which is what stays comparable on a shared, noisy machine.
 
-Prints a table and writes JSON (atomically) to ``--out``. On a machine shared with other busy
+Prints a table and writes JSON (atomically) to ``--out``; ``jobs.sweep --dry-run`` prices trials from
+its ``train`` rows (``bench/results/model*.json``, each naming its device). On a machine shared with other busy
 processes, run it with ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads that spin while their partner
 is descheduled otherwise burn most of the CPU time (measured here: 6× slower couplings at load 8
 on 2 cores).
@@ -69,6 +70,7 @@ def _peak_rss_mb() -> float:
 def run_worker(spec: dict) -> dict:
     import torch
 
+    from jobs.tracking.env import device_name
     from rgflow.config import PriorConfig, model_preset
     from rgflow.model import RGFlowModel
 
@@ -77,7 +79,7 @@ def run_worker(spec: dict) -> dict:
     cfg = model_preset(spec["preset"], checkpointing=spec.get("checkpointing", True),
                        precision=spec.get("precision", "fp32"))
     model = RGFlowModel(cfg, PriorConfig()).to(device)
-    out = {**spec, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    out = {**spec, "device_name": device_name(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
     mm_before = _matmul_gflops(torch, device, spec.get("matmul_reps", 10))
     gen = torch.Generator(device=device).manual_seed(0)

@@ -5,14 +5,19 @@ throughput (training images per second) for the device it trains on — a GPU, o
 ``run.device=cpu`` or the trial is given no GPU (``resources.gpus=0``). Every throughput says
 where it comes from (:attr:`Throughput.basis`):
 
-* **measured on <device> (<file>)** — from the benchmark results of this checkout:
-  the ``train`` rows of ``bench/results/model*.json``, written by ``bench/model_bench.py``
-  (``--out bench/results/model-<what>.json`` keeps several; the folder is git-ignored, so the
-  figures are those of the machines this checkout ran the bench on). A row is used for a trial
-  when its device kind (``cpu``, or ``cuda…`` for a GPU), preset and precision match; among those,
-  the one closest in checkpointing, thread count (CPU) and batch size. Each row's
-  ``device_name`` names the device when the bench records it, else its ``device`` (``cpu``,
-  ``cuda``).
+* **measured on <device> (<file>)** — from the benchmark results of this checkout, in
+  :func:`default_results_dir` (``bench/results``, or ``$RGFLOW_BENCH_RESULTS``; git-ignored, so the
+  figures are those of the machines this checkout measured): the ``train`` rows of
+  ``model*.json``, written by ``python -m jobs.sweep calibrate`` (:mod:`jobs.calibrate`, the real
+  training step of ``rgflow.train``) and by ``bench/model_bench.py``, and of ``gpu_check*.json``
+  (``bench/gpu_check.py`` on a GPU; its ``--smoke`` files are left out). A row is used for a trial
+  when its device kind (``cpu``, or ``cuda…`` for a GPU), preset, precision and ``model.compile``
+  match; among those, the ones closest in checkpointing and thread count (CPU), of the device
+  measured last. Throughput depends on the batch size: between two measured batch sizes the rate
+  is interpolated linearly in log batch size; outside them the nearest measured size is used
+  (the basis says which). For the same configuration a newer file's row replaces an older one's.
+  Each row names its device (``device_name``: the CPU model or the GPU's name) when the bench
+  records it, else its ``device`` (``cpu``, ``cuda``).
 * **assumed (…)** — no matching measurement. GPU: per-preset rates on one A100-class GPU, fp32
   (:data:`IMAGES_PER_S`). ``celeba32`` and ``msds`` are derived: spec §4 gives ≈ 12.6 / 6.8 GFLOP
   per image forward (reproduced by :func:`forward_flops`); a training step costs ≈ 4 forwards
@@ -21,7 +26,8 @@ where it comes from (:attr:`Throughput.basis`):
   GEMMs of width 512) that is ≈ 200 and ≈ 370 images/s. ``tiny`` is launch-bound, not FLOP-bound:
   20,000 images/s is a guess. Other precisions scale the rate by :data:`PRECISION_SPEEDUP` (also
   assumed). CPU: :data:`ASSUMED_CPU_FLOP_S` sustained (about what the 2-core host of
-  ``bench/README.md`` reaches on the model's GEMMs).
+  ``bench/README.md`` reaches on the large presets' GEMMs; far too high for ``tiny``, whose
+  small GEMMs are overhead-bound: calibrate).
 
 Model field overrides scale either rate by their FLOP ratio to the measured (or preset)
 configuration.
@@ -30,12 +36,20 @@ Counted per trial: training images (``epochs × train images``, capped by ``step
 passes; validation (``val_draws`` forwards of the validation split every ``val_every_epochs``);
 evaluation when enabled in the sweep: test BPD (``test_draws`` forwards of the test split) and FID
 sampling (``fid_samples`` per temperature, one inverse pass each; the Inception network and
-receptive fields are not counted).
+receptive fields are not counted). Not counted: process start-up, data loading, tracking and
+checkpoint writes — the hours compare with the ``wall_s`` a trial logs (its training loop), which
+is what ``jobs.report`` turns into GPU-/CPU-hours.
+
+``python -m jobs.dryrun SWEEP.yaml [--assumed] [overrides…]`` prints the cost of a sweep or study
+as a Markdown table (:func:`cost_markdown`); the tables in docs/CLUSTER.md §5 and sweeps/README.md
+are its output with ``--assumed``, checked by ``tests/test_cost_docs.py``.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +61,8 @@ from jobs.sweep_spec import EvaluationSettings, Sweep
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
-RESULTS_GLOB = "model*.json"
+RESULTS_ENV = "RGFLOW_BENCH_RESULTS"
+RESULTS_GLOBS = ("model*.json", "gpu_check*.json")
 
 IMAGES_PER_S: dict[str, float] = {"celeba32": 200.0, "msds": 370.0, "tiny": 20000.0}
 PRECISION_SPEEDUP: dict[str, float] = {"fp32": 1.0, "tf32": 2.0, "bf16": 3.0}
@@ -102,14 +117,15 @@ def images_per_second(model: ModelConfig) -> float:
 
 @dataclass(frozen=True)
 class Measurement:
-    """One ``train`` row of ``bench/model_bench.py``: ``images_per_s`` training images per second
-    of ``preset`` at ``batch`` on ``device`` (``cpu`` or ``gpu``, named ``device_name``)."""
+    """One ``train`` row of the benchmark results: ``images_per_s`` training images per second of
+    ``preset`` at ``batch`` on ``device`` (``cpu`` or ``gpu``, named ``device_name``)."""
 
     device: str
     device_name: str
     preset: str
     precision: str
     checkpointing: bool
+    compiled: bool
     batch: int
     threads: int | None
     images_per_s: float
@@ -133,16 +149,34 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
-def load_measurements(results_dir: str | Path | None = None) -> list[Measurement]:
-    """The training-throughput rows of ``<results_dir>/model*.json`` (default ``bench/results``),
-    in file-name order; rows with an error, and files that are not ``model_bench`` output, are
-    left out."""
-    folder = Path(results_dir) if results_dir is not None else RESULTS_DIR
+def default_results_dir() -> Path:
+    """Where benchmark results are read and ``calibrate`` writes: ``$RGFLOW_BENCH_RESULTS``, else
+    ``bench/results`` of this checkout."""
+    return Path(os.environ.get(RESULTS_ENV) or RESULTS_DIR)
+
+
+def _rows(payload: Any) -> list:
+    """The training rows of one results file: ``rows`` (``model_bench``, ``calibrate``) or
+    ``train`` (``gpu_check``); none from a ``gpu_check --smoke`` run (tiny sizes, only a check
+    that every path runs)."""
+    if not isinstance(payload, dict) or payload.get("smoke"):
+        return []
+    rows = payload.get("rows") or payload.get("train") or []
+    return rows if isinstance(rows, list) else []
+
+
+def load_measurements(folder: str | Path | None = None) -> list[Measurement]:
+    """The training-throughput rows of ``<folder>/model*.json`` and ``<folder>/gpu_check*.json``
+    (default :func:`default_results_dir`), oldest file first; rows with an error, the reference
+    implementation's rows, and files that are not bench output are left out."""
+    folder = Path(folder) if folder is not None else default_results_dir()
+    files = sorted({f for pattern in RESULTS_GLOBS for f in folder.glob(pattern)},
+                   key=lambda f: (f.stat().st_mtime, f.name))
     out = []
-    for file in sorted(folder.glob(RESULTS_GLOB)):
+    for file in files:
         try:
-            rows = json.loads(file.read_text()).get("rows") or []
-        except (OSError, ValueError, AttributeError):
+            rows = _rows(json.loads(file.read_text()))
+        except (OSError, ValueError):
             continue
         for row in rows:
             if not isinstance(row, dict) or row.get("kind") != "train" or "error" in row \
@@ -150,13 +184,15 @@ def load_measurements(results_dir: str | Path | None = None) -> list[Measurement
                 continue
             try:
                 device = str(row["device"])
+                overrides = row.get("model_overrides") or {}
                 out.append(Measurement(
                     device="gpu" if device.startswith("cuda") else "cpu",
                     device_name=str(row.get("device_name") or device),
                     preset=str(row["preset"]), precision=str(row.get("precision", "fp32")),
-                    checkpointing=bool(row.get("checkpointing", True)), batch=int(row["batch"]),
+                    checkpointing=bool(row.get("checkpointing", True)),
+                    compiled=bool(row.get("compile", overrides.get("compile", False))), batch=int(row["batch"]),
                     threads=row.get("threads"), images_per_s=float(row["img_per_s"]), file=_shown(file)))
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, AttributeError):
                 continue
     return out
 
@@ -173,24 +209,46 @@ def trial_device(cfg: TrialConfig, gpus: float) -> str:
     return "cpu" if cfg.run.device == "cpu" or gpus == 0 else "gpu"
 
 
-def _closeness(m: Measurement, cfg: TrialConfig) -> tuple:
+def _closeness(m: Measurement, cfg: TrialConfig) -> tuple[bool, bool]:
     threads = cfg.run.threads if m.device == "cpu" and cfg.run.threads is not None else m.threads
-    return (m.checkpointing != cfg.model.checkpointing, m.threads != threads,
-            abs(math.log(m.batch / cfg.train.batch_size)))
+    return m.checkpointing != cfg.model.checkpointing, m.threads != threads
+
+
+def _at_batch(rows: list[Measurement], batch: int) -> tuple[float, str]:
+    """(images/s, how) at ``batch`` from rows of one configuration at several batch sizes: the
+    row at ``batch``, else linear in log batch size between the nearest measured sizes either
+    side, else the nearest measured size. A later row replaces an earlier one of the same size."""
+    rate = {m.batch: m.images_per_s for m in rows}
+    below = [b for b in rate if b <= batch]
+    above = [b for b in rate if b >= batch]
+    if below and above:
+        lo, hi = max(below), min(above)
+        if lo == hi:
+            return rate[lo], f"batch {lo}"
+        t = math.log(batch / lo) / math.log(hi / lo)
+        return rate[lo] + t * (rate[hi] - rate[lo]), f"batch {batch} interpolated in log batch between {lo} and {hi}"
+    nearest = min(rate, key=lambda b: abs(math.log(b / batch)))
+    return rate[nearest], f"batch {nearest}, the nearest measured"
 
 
 def throughput(cfg: TrialConfig, device: str, measurements: list[Measurement]) -> Throughput:
-    """The trial's training throughput on ``device``: the closest matching measurement, else the
-    assumption (see module docstring)."""
+    """The trial's training throughput on ``device``: from the matching measurements at its batch
+    size, else the assumption (see module docstring)."""
     model = cfg.model
-    candidates = [m for m in measurements
-                  if (m.device, m.preset, m.precision) == (device, model.preset, model.precision)]
+    candidates = [m for m in measurements if (m.device, m.preset, m.precision, m.compiled)
+                  == (device, model.preset, model.precision, model.compile)]
     if candidates:
-        best = min(candidates, key=lambda m: _closeness(m, cfg))
-        measured = model_preset(best.preset, checkpointing=best.checkpointing, precision=best.precision)
-        threads = f", {best.threads} thread{'s' * (best.threads != 1)}" if device == "cpu" and best.threads else ""
-        return Throughput(best.images_per_s * _step_flops(measured) / _step_flops(model),
-                          f"measured on {best.device_name}{threads}, batch {best.batch} ({best.file})")
+        best = min(_closeness(m, cfg) for m in candidates)
+        closest = [m for m in candidates if _closeness(m, cfg) == best]
+        last = closest[-1]
+        rows = [m for m in closest if (m.device_name, m.checkpointing, m.threads)
+                == (last.device_name, last.checkpointing, last.threads)]
+        rate, how = _at_batch(rows, cfg.train.batch_size)
+        measured = model_preset(last.preset, checkpointing=last.checkpointing, precision=last.precision)
+        threads = f", {last.threads} thread{'s' * (last.threads != 1)}" if device == "cpu" and last.threads else ""
+        files = ", ".join(dict.fromkeys(m.file for m in rows))
+        return Throughput(rate * _step_flops(measured) / _step_flops(model),
+                          f"measured on {last.device_name}{threads}, {how} ({files})")
     if device == "cpu":
         return Throughput(ASSUMED_CPU_FLOP_S / _step_flops(model), CPU_ASSUMPTION)
     return Throughput(images_per_second(model), GPU_ASSUMPTION[model.preset])
@@ -246,7 +304,7 @@ class Estimate:
 
 
 def estimates(sweep: Sweep, results_dir: str | Path | None = None) -> list[Estimate]:
-    """Every trial's estimate, from the measurements in ``results_dir`` (default ``bench/results``)."""
+    """Every trial's estimate, from the measurements in ``results_dir`` (default :func:`default_results_dir`)."""
     measurements = load_measurements(results_dir)
     gpus = trial_gpus(sweep)
     out = []
@@ -293,7 +351,8 @@ def _basis_line(sweep: Sweep, found: list[Estimate]) -> str:
         shown = f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
         seen[f"{model.preset} {shown} img/s ({model.precision} on {est.device}: "
              f"{est.throughput.basis})"] = None
-    note = "; assumed figures are not measurements: see jobs/dryrun.py, measure with bench/model_bench.py" \
+    note = ("; assumed figures are not measurements: see jobs/dryrun.py; measure this machine with python -m "
+            f"jobs.sweep calibrate {sweep.path} (a GPU: bench/gpu_check.py)") \
         if not all(e.throughput.measured for e in found) else ""
     return "estimate, training images/s: " + "; ".join(seen) + note
 
@@ -326,14 +385,14 @@ def reuse_line(sweep: Sweep) -> str | None:
             "not trained (reuse=false trains them)")
 
 
-def search_line(sweep: Sweep, results_dir: str | Path | None = None) -> str | None:
-    """For a ``tune.searcher`` sweep: how many trials the searcher may still sample and their
-    estimated hours ("up to": each priced as its setting with the first random draw); else None."""
+def _searched(sweep: Sweep, results_dir: str | Path | None) -> tuple[int, float, set[str]]:
+    """For a ``tune.searcher`` sweep: (trials the searcher may still sample, their estimated hours
+    — each priced as its setting with the first random draw —, their devices); (0, 0, ∅) otherwise."""
     import dataclasses
 
     search = sweep.search
     if search is None:
-        return None
+        return 0, 0.0, set()
     per_frame = [0] * len(search.frames)
     for frame, _ in search.recorded():
         per_frame[frame] += 1
@@ -341,11 +400,44 @@ def search_line(sweep: Sweep, results_dir: str | Path | None = None) -> str | No
     draw = dataclasses.replace(sweep.axes.random, samples=1).draw()[0]
     shapes = [search.trial(f, f, draw) for f in range(len(search.frames))]
     found = estimates(dataclasses.replace(sweep, trials=shapes), results_dir)
-    hours = sum(e.hours * n for e, n in zip(found, left))
-    unit = {"gpu": "GPU-hours", "cpu": "CPU-hours"}.get(found[0].device, "hours") if found else "hours"
-    return (f"searcher: {search.settings.kind} samples up to {sum(left)} more trials ({search.settings.num_samples} "
-            f"per setting × {len(search.frames)} settings; {len(sweep.trials)} sampled so far), up to {hours:.3g} "
+    return sum(left), sum(e.hours * n for e, n in zip(found, left)), {e.device for e in found}
+
+
+def _hours_unit(devices: set[str]) -> str:
+    return {frozenset({"gpu"}): "GPU-hours", frozenset({"cpu"}): "CPU-hours"}.get(frozenset(devices),
+                                                                                  "hours (GPU and CPU)")
+
+
+def search_line(sweep: Sweep, results_dir: str | Path | None = None) -> str | None:
+    """For a ``tune.searcher`` sweep: how many trials the searcher may still sample and their
+    estimated hours ("up to": each priced as its setting with the first random draw); else None."""
+    if sweep.search is None:
+        return None
+    left, hours, devices = _searched(sweep, results_dir)
+    settings = sweep.search.settings
+    unit = _hours_unit(devices) if devices else "hours"
+    return (f"searcher: {settings.kind} samples up to {left} more trials ({settings.num_samples} "
+            f"per setting × {len(sweep.search.frames)} settings; {len(sweep.trials)} sampled so far), up to {hours:.3g} "
             f"{unit} more (estimated: the searched values are not known yet)")
+
+
+def study_total_line(name: str, stages: list[Sweep], results_dir: str | Path | None = None) -> str:
+    """One line: the trials and estimated hours of a study's stages together, and per stage (a
+    searcher's trials still to sample included, "up to"; a scheduler's hours an upper bound)."""
+    trials, hours, devices, parts = 0, 0.0, set(), []
+    for sweep in stages:
+        found = estimates(sweep, results_dir)
+        left, searched, searched_on = _searched(sweep, results_dir)
+        stage_hours = sum(e.hours for e in found) + searched
+        trials += len(found) + left
+        hours += stage_hours
+        devices |= {e.device for e in found} | searched_on
+        notes = ([f"up to {left} more searched"] if left else []) + \
+            ([f"upper bound: {sweep.tune.scheduler.kind} stops trials early"] if sweep.tune.scheduler else [])
+        parts.append(f"{sweep.name} {len(found) + left} trials {stage_hours:.3g}" + (f" ({'; '.join(notes)})"
+                                                                                      if notes else ""))
+    return (f"study {name}: {len(stages)} stages, {trials} trials, {hours:.3g} {_hours_unit(devices)} "
+            f"(estimated): {', '.join(parts)}")
 
 
 def power_lines(sweep: Sweep) -> list[str]:
@@ -400,7 +492,7 @@ def power_lines(sweep: Sweep) -> list[str]:
 def format_trials_table(sweep: Sweep, results_dir: str | Path | None = None) -> str:
     """The dry-run table: one row per trial (index, trial id, each varying value, resources,
     training images, estimated hours on the trial's device), a total line, a line saying
-    where each throughput comes from (measurements in ``results_dir``, default ``bench/results``),
+    where each throughput comes from (measurements in ``results_dir``, default :func:`default_results_dir`),
     when some would be, how many trials a launch links from other sweeps (:func:`reuse_line`),
     and the power of the report's comparisons (:func:`power_lines`)."""
     found = estimates(sweep, results_dir)
@@ -438,7 +530,97 @@ def format_trials_table(sweep: Sweep, results_dir: str | Path | None = None) -> 
     ])
 
 
-__all__ = ["IMAGES_PER_S", "PRECISION_SPEEDUP", "ASSUMED_CPU_FLOP_S", "RESULTS_DIR", "Measurement", "Throughput",
-           "Estimate", "forward_flops", "flow_parameters", "images_per_second", "load_measurements", "throughput",
-           "trial_device", "trial_gpus", "split_sizes", "training_images", "gpu_hours", "estimates",
-           "format_trials_table", "reuse_line", "search_line", "power_lines"]
+# ----------------------------------------------------------------------------------------------
+# The cost table of a sweep or study, in Markdown (docs/CLUSTER.md §5, sweeps/README.md)
+# ----------------------------------------------------------------------------------------------
+
+COST_KEYS = ("data.name", "model.preset", "train.epochs")
+
+
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.3g}" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.3g}–{hi:.3g}"
+
+
+def cost_markdown(stages: list[Sweep], results_dir: str | Path | None = None) -> str:
+    """The estimated cost of a sweep (one stage) or a study's stages as a Markdown table: per stage
+    and (data set, preset, epochs), the trials, training images and hours per trial, and their
+    sum; a total row; then the throughputs used and the schedulers' caveat. Trials still to be
+    sampled by a searcher are not in it."""
+    rows, total_trials, total_hours, devices, rates, notes, longest = [], 0, 0.0, set(), {}, [], []
+    for sweep in stages:
+        found = estimates(sweep, results_dir)
+        devices |= {e.device for e in found}
+        groups: dict[tuple, list] = {}
+        for trial, est in zip(sweep.trials, found):
+            cfg = trial.config
+            groups.setdefault((cfg.data.name, cfg.model.preset, cfg.train.epochs), []).append((trial, est))
+            rates[(f"{cfg.model.preset} {cfg.model.precision} on {est.device}", est.throughput)] = None
+        for (data, preset, epochs), members in groups.items():
+            hours = [est.hours for _, est in members]
+            rows.append(f"| {sweep.name} | {data} | {preset} | {epochs} | {len(members)} | "
+                        f"{_count(training_images(members[0][0].config))} | {_span(hours)} | {sum(hours):.3g} |")
+        total_trials += len(found)
+        total_hours += sum(e.hours for e in found)
+        longest.append(f"{sweep.name} {max((e.hours for e in found), default=0.0):.3g}")
+        if sweep.tune.scheduler:
+            notes.append(f"{sweep.name}: an upper bound, every trial run to its full budget "
+                         f"({sweep.tune.scheduler.kind} stops trials that fall behind)")
+        if sweep.search is not None:
+            notes.append(f"{sweep.name}: the trials its searcher ({sweep.search.settings.kind}) samples are not counted")
+    unit = {"GPU-hours": "GPU-h", "CPU-hours": "CPU-h"}.get(_hours_unit(devices), "hours")
+    used = "; ".join(f"{what} {_cell(rate.images_per_s)} img/s ({rate.basis})" for what, rate in rates)
+    return "\n".join([
+        f"| stage | data set | preset | epochs | trials | training images per trial | {unit} per trial | {unit} |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        f"| **total** | | | | **{total_trials}** | | | **{total_hours:.3g}** |",
+        "",
+        f"Training throughput: {used}.",
+        *([f"Hours of {'; '.join(notes)}."] if notes else []),
+        f"Longest trial ({unit}): {', '.join(longest)}. Each trial holds its devices throughout, so with at least as "
+        "many devices as trials a stage takes about its longest trial, and with N at once about the larger of that "
+        f"and its {unit} / N{' (stages run one after another)' if len(stages) > 1 else ''}.",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m jobs.dryrun SWEEP.yaml [--assumed] [overrides…]``: the cost table in Markdown."""
+    from jobs.overrides import ConfigError, load_yaml_file
+    from jobs.study import is_study_file, load_study
+    from jobs.sweep import _Parser   # one-line usage errors, as jobs.sweep's own
+    from jobs.sweep_spec import load_sweep
+
+    parser = _Parser(prog="python -m jobs.dryrun", usage="python -m jobs.dryrun SWEEP.yaml [--assumed] [overrides...]",
+                     description="The estimated cost of a sweep or study, as a Markdown table.")
+    parser.add_argument("sweep", help="sweep or study file (sweeps/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="Hydra-style key=value overrides")
+    parser.add_argument("--assumed", action="store_true",
+                        help="price from the assumed rates only, ignoring measurements (the documented tables)")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        if is_study_file(load_yaml_file(args.sweep)):
+            study = load_study(args.sweep, args.overrides)
+            stages = [study.sweep(stage) for stage in study.stages]
+        else:
+            stages = [load_sweep(args.sweep, args.overrides)]
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(cost_markdown(stages, NO_RESULTS if args.assumed else None))
+    return 0
+
+
+#: A results folder that never exists: :func:`load_measurements` finds nothing there (``--assumed``).
+NO_RESULTS = REPO / "bench" / "no-results"
+
+
+__all__ = ["IMAGES_PER_S", "PRECISION_SPEEDUP", "ASSUMED_CPU_FLOP_S", "RESULTS_DIR", "RESULTS_ENV", "Measurement",
+           "Throughput", "Estimate", "forward_flops", "flow_parameters", "images_per_second", "load_measurements",
+           "default_results_dir", "throughput", "trial_device", "trial_gpus", "split_sizes", "training_images",
+           "gpu_hours", "estimates", "format_trials_table", "reuse_line", "search_line", "study_total_line",
+           "power_lines", "cost_markdown", "main"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

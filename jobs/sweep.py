@@ -2,7 +2,9 @@
 
 ``python -m jobs.sweep [run|status|cancel] SWEEP.yaml [--dry-run] [--show N] [--json|--csv] [overrides…]``:
 the preflight, then skip finished trials, resume unfinished ones, retry failed ones and hand the
-rest to the backend; ``status`` and ``cancel`` read and stop what runs. What a re-run does with each
+rest to the backend; ``status`` and ``cancel`` read and stop what runs. ``python -m jobs.sweep
+calibrate [SWEEP.yaml]`` measures this machine's training throughput for the dry-run
+(:mod:`jobs.calibrate`). What a re-run does with each
 trial is :func:`jobs.attempt.plan_trial`. Full reference (options, re-run rules, end states, exit
 codes ``0`` / ``1`` / ``2`` / ``3`` / ``130``): docs/CLI.md.
 """
@@ -347,15 +349,26 @@ def cmd_status(args, sweep=None) -> int:
     (:func:`jobs.tracking.store.close_sweep_run`), of a sweep whose launcher and jobs are all gone;
     names the trials reused from other sweeps (:mod:`jobs.reuse`). Reads the store without mlflow
     where it can (:mod:`jobs.tracking.fast_read`); mlflow is imported only to settle a trial or
-    close the parent run."""
+    close the parent run. The store: ``tracking.uri``, ``MLFLOW_TRACKING_URI``, else the one the
+    launch recorded in the run folder (:func:`jobs.tracking.uri.read_uri`), named in the first line."""
     from jobs.reaper import needs_settling, settle
-    from jobs.sweep_status import format_summary, format_table, summarize_rows, to_csv, to_json, trial_rows
+    from jobs.sweep_status import (attempt_states, format_summary, format_table, summarize_rows, to_csv, to_json,
+                                   trial_rows)
     from jobs.tracking import fast_read
+    from jobs.tracking.uri import read_uri
+
     sweep = sweep or _load(args)
-    uri = tracking_uri_of(sweep)
     note = sys.stderr if args.json or args.csv else sys.stdout
+    sweep_dir = sweep_dir_of(sweep)
+    state = load_state(sweep_dir)
+    uri = read_uri(sweep.first_config.tracking.uri, state.tracking_uri if state else None)
+    print(f"{sweep.name}: {fast_read.store_line(uri)}; run folder {sweep_dir}"
+          + ("" if state else " (no launch recorded there)"), file=note)
+    if state is None and fast_read.missing_store(uri):
+        print(f"{sweep.name}: no launch recorded and no store found, so every trial shows as pending; if the sweep "
+              "ran from another folder, run status there or pass run.out_dir=/abs/path/runs "
+              "tracking.uri=sqlite:////abs/path/mlflow.db", file=note)
     experiment_id = fast_read.experiment_id(uri, sweep.name)
-    state = load_state(sweep_dir_of(sweep))
     ids = [t.trial_id for t in sweep.trials]
     runs = fast_read.trial_runs(uri, experiment_id, trial_ids=ids) if experiment_id else {}
     ctx = make_context(sweep, uri, experiment_id, state.parent_run_id if state else None)
@@ -367,7 +380,7 @@ def cmd_status(args, sweep=None) -> int:
         for line in settle(uri, tasks, runs, jobs, state.backend if state else None):
             print(f"{sweep.name}: {line}", file=note)
         runs = fast_read.trial_runs(uri, experiment_id, trial_ids=ids)
-    rows = trial_rows(sweep, runs, jobs)
+    rows = trial_rows(sweep, runs, jobs, attempt_states({tid: t.run_dir for tid, t in tasks.items()}))
     summary = summarize_rows(sweep.name, rows)
     if args.json:
         print(to_json(rows, summary))
@@ -494,11 +507,13 @@ def cmd_study(command: str, args) -> int:
     study = load_study(args.sweep, [o for o in args.overrides if o.split("=", 1)[0].strip() != "stage"])
     if only and only[0] not in study.stages:
         raise ConfigError(f"stage={only[0]}: not a stage of {args.sweep} ({', '.join(study.stages)})", "stage")
-    code = EXIT_OK
+    code, priced = EXIT_OK, []
     for stage in study.stages:
         if only and stage != only[0]:
             continue
         sweep, waits = stage_sweep(study, stage)
+        if command == "run" and args.dry_run:
+            priced.append(sweep)
         dep = study.best_of.get(stage)
         print(f"== stage {stage} ({sweep.name}): {sweep.description}", flush=True)
         if dep is not None and not waits:
@@ -533,6 +548,10 @@ def cmd_study(command: str, args) -> int:
         code = max(code, result)
         if command == "run" and result != EXIT_OK and not args.dry_run:
             return result
+    if len(priced) > 1:
+        from jobs.dryrun import study_total_line
+
+        print(study_total_line(study.name, priced), flush=True)
     return code
 
 
@@ -559,6 +578,10 @@ def _check_flags(command: str, args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["calibrate"]:
+        from jobs.calibrate import main as calibrate
+
+        return calibrate(argv[1:])
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     args = _parser().parse_intermixed_args(argv)
     _check_flags(command, args)

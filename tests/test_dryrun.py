@@ -3,6 +3,8 @@ assumed otherwise, and every estimate labelled with where it comes from."""
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import sys
 
@@ -10,9 +12,10 @@ import pytest
 
 from jobs.config import ConfigError
 from jobs.dryrun import (
-    ASSUMED_CPU_FLOP_S, estimates, format_trials_table, forward_flops, images_per_second, load_measurements,
-    power_lines, training_passes,
+    ASSUMED_CPU_FLOP_S, NO_RESULTS, RESULTS_ENV, estimates, format_trials_table, forward_flops, images_per_second,
+    load_measurements, power_lines, study_total_line, training_passes,
 )
+from jobs.tracking.env import device_name
 from jobs.report.power import min_detectable_difference, seeds_for_tost, tost_power
 from jobs.study import load_study
 from jobs.sweep import main
@@ -59,13 +62,16 @@ def test_cpu_estimate_measured_by_the_bench(tmp_path, bench_results):
     sweep = _sweep(tmp_path)
     found = estimates(sweep, bench_results)
     assert [e.device for e in found] == ["cpu", "cpu"]
-    for est in found:   # the one row (batch 32) is the closest to both batch sizes
+    threads = f"{row['threads']} thread{'s' * (row['threads'] != 1)}"
+    assert row["device_name"] and row["device_name"] == device_name("cpu")
+    for est, batch in zip(found, ("batch 32", "batch 32, the nearest measured")):   # the one row: batch 32
         assert est.throughput.images_per_s == pytest.approx(row["img_per_s"])
-        assert est.throughput.basis == f"measured on cpu, {row['threads']} thread{'s' * (row['threads'] != 1)}, " \
-                                       f"batch 32 ({bench_results / 'model.json'})"
+        assert est.throughput.basis == f"measured on {row['device_name']}, {threads}, {batch} " \
+                                       f"({bench_results / 'model.json'})"
     table = format_trials_table(sweep, bench_results).splitlines()
     assert table[1].split()[-1] == "CPU-h" and _line(table, "total: ").endswith("CPU-hours (estimated)")
-    assert "measured on cpu" in _line(table, "estimate, ") and "assumed" not in _line(table, "estimate, ")
+    assert f"measured on {row['device_name']}" in _line(table, "estimate, ")
+    assert "assumed" not in _line(table, "estimate, ")
 
 
 def test_gpu_trials_stay_assumed_without_a_gpu_measurement(tmp_path, bench_results):
@@ -108,11 +114,74 @@ def test_closest_measurement_is_chosen_and_other_files_are_ignored(tmp_path):
     assert [e.throughput.images_per_s for e in found] == [100.0, 400.0]  # checkpointing matches before batch size
     assert "batch 128" in found[1].throughput.basis
     gpu = estimates(_sweep(tmp_path, "resources.gpus=1", "run.device=auto"), results)
-    assert gpu[0].throughput.basis == f"measured on NVIDIA H200, batch 512 ({results / 'model-a.json'})"
+    assert gpu[0].throughput.basis == f"measured on NVIDIA H200, batch 512, the nearest measured ({results / 'model-a.json'})"
     bf16 = estimates(_sweep(tmp_path, "model.precision=tf32"), results)
     assert bf16[0].throughput.basis == "assumed (100 GFLOP/s)"
     one_thread = estimates(_sweep(tmp_path, "run.threads=1"), results)
     assert one_thread[0].throughput.images_per_s == 100.0   # no 1-thread row: the closest other
+
+
+def test_throughput_is_interpolated_in_log_batch_between_measured_sizes(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "model.json").write_text(json.dumps({"rows": [_row(32, 100.0), _row(128, 400.0), _row(16, 9.0, threads=1)]}))
+    text = SWEEP.replace("[32, 512]", "[16, 32, 64, 100, 512]")
+    found = estimates(_sweep(tmp_path, "run.threads=2", text=text), results)
+    rates = [e.throughput.images_per_s for e in found]
+    # 16: below the 2-thread rows (the 1-thread row is a worse match); 64: half-way in log batch
+    assert rates[:3] == [100.0, 100.0, pytest.approx(250.0)]
+    assert rates[3] == pytest.approx(100.0 + 300.0 * math.log(100 / 32) / math.log(4)) and rates[4] == 400.0
+    assert [e.throughput.basis.split(", ", 2)[2] for e in found] == [
+        f"batch 32, the nearest measured ({results / 'model.json'})", f"batch 32 ({results / 'model.json'})",
+        f"batch 64 interpolated in log batch between 32 and 128 ({results / 'model.json'})",
+        f"batch 100 interpolated in log batch between 32 and 128 ({results / 'model.json'})",
+        f"batch 128, the nearest measured ({results / 'model.json'})"]
+    line = _line(format_trials_table(_sweep(tmp_path, "run.threads=2", text=text), results).splitlines(), "estimate, ")
+    assert "tiny 250 img/s (fp32 on cpu: measured on cpu, 2 threads, batch 64 interpolated" in line
+
+
+def test_a_newer_file_replaces_an_older_ones_row_and_the_results_folder_is_overridable(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    results.mkdir()
+    old, new = results / "model-z-old.json", results / "model-a-new.json"
+    old.write_text(json.dumps({"rows": [_row(32, 100.0), _row(128, 400.0)]}))
+    new.write_text(json.dumps({"rows": [_row(32, 300.0, device_name="AMD EPYC")]}))
+    os.utime(old, (1_000_000, 1_000_000))
+    monkeypatch.setenv(RESULTS_ENV, str(results))
+    found = estimates(_sweep(tmp_path))   # no folder given: $RGFLOW_BENCH_RESULTS
+    assert found[0].throughput.images_per_s == 300.0
+    assert found[0].throughput.basis == f"measured on AMD EPYC, 2 threads, batch 32 ({new})"
+
+
+def test_gpu_check_results_price_gpu_trials_and_its_smoke_runs_do_not(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    gpu = dict(device="cuda", device_name="NVIDIA H100 80GB HBM3", threads=16)
+    (results / "gpu_check.json").write_text(json.dumps({"smoke": False, "train": [
+        _row(512, 5000.0, precision="bf16", impl="ours", model_overrides={"compile": False}, **gpu),
+        _row(512, 8000.0, precision="bf16", impl="ours", model_overrides={"compile": True}, **gpu),
+        _row(512, 900.0, precision="fp32", impl="ref", **gpu)]}))
+    (results / "gpu_check-smoke.json").write_text(json.dumps({"smoke": True, "train": [
+        _row(512, 1.0, precision="fp32", impl="ours", **gpu)]}))
+    assert len(load_measurements(results)) == 2
+    on_gpu = ("resources.gpus=1", "run.device=auto", "train.batch_size=512")
+    bf16 = estimates(_sweep(tmp_path, *on_gpu, "model.precision=bf16"), results)[0].throughput
+    assert bf16.images_per_s == 5000.0
+    assert bf16.basis == f"measured on NVIDIA H100 80GB HBM3, batch 512 ({results / 'gpu_check.json'})"
+    compiled = estimates(_sweep(tmp_path, *on_gpu, "model.precision=bf16", "model.compile=true"), results)[0]
+    assert compiled.throughput.images_per_s == 8000.0
+    fp32 = estimates(_sweep(tmp_path, *on_gpu), results)[0].throughput   # only the smoke and reference rows
+    assert fp32.basis == "assumed (guess)"
+
+
+def test_study_total_adds_up_its_stages():
+    study = load_study(REPO / "sweeps" / "batchsize.yaml")
+    stages = [study.sweep(stage) for stage in study.stages]
+    per_stage = [sum(e.hours for e in estimates(s, NO_RESULTS)) for s in stages]
+    line = study_total_line("batchsize", stages, NO_RESULTS)
+    assert line == (f"study batchsize: 2 stages, 176 trials, {sum(per_stage):.3g} GPU-hours (estimated): batchsize-tune "
+                    f"128 trials {per_stage[0]:.3g} (upper bound: asha stops trials early), batchsize-confirm 48 trials "
+                    f"{per_stage[1]:.3g}")
 
 
 def test_model_overrides_scale_a_measurement_by_flops(tmp_path):
@@ -182,3 +251,15 @@ def test_a_bad_expected_seed_sd_is_a_one_line_error_naming_the_key(tmp_path, cap
     assert main([str(REPO / "sweeps" / "mini-study.yaml"), "--dry-run", "report.expected_seed_sd=-1"]) == 2
     out = capsys.readouterr()
     assert out.out == "" and out.err.strip().splitlines() == [f"error: {info.value}"]
+
+
+def test_a_study_dry_run_ends_with_its_total(tmp_path, capsys):
+    (tmp_path / "store").mkdir()
+    args = [str(REPO / "sweeps" / "mini-study.yaml"), "--dry-run", f"run.out_dir={tmp_path / 'runs'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'store' / 'mlflow.db'}"]
+    main(args)
+    lines = capsys.readouterr().out.strip().splitlines()
+    study = load_study(REPO / "sweeps" / "mini-study.yaml")
+    stages = [study.sweep(stage) for stage in study.stages]
+    assert lines[-1].startswith("study mini-study: 2 stages, 42 trials, ")
+    assert lines[-1] == study_total_line("mini-study", stages)
