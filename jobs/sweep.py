@@ -27,10 +27,10 @@ from jobs.backends.base import (
 from jobs.overrides import ConfigError
 from jobs.progress import Progress, console_to_file
 from jobs.run_lock import DRIVER_LOCK, RunFolderLock, RunFolderLocked, holder_alive
-from jobs.sweep_state import StateError, SweepState, load_state, save_state
+from jobs.sweep_state import StateError, SweepState, load_state, recorded_uri, save_state
 from jobs.tracking.layout import TrackingError
 from jobs.tracking.tags import BACKEND_TAG, SWEEP_OVERRIDES_TAG
-from jobs.tracking.uri import redact_uri
+from jobs.tracking.uri import read_uri, redact_uri
 
 COMMANDS = ("run", "status", "cancel")
 #: ``jobs.sweep`` exit codes: the sweep finished; a trial failed (or the store was unreachable at
@@ -76,9 +76,10 @@ def sweep_dir_of(sweep) -> Path:
 
 
 def tracking_uri_of(sweep) -> str:
-    from jobs.tracking.uri import resolve_tracking_uri
-
-    return resolve_tracking_uri(sweep.first_config.tracking.uri)
+    """The store of ``sweep``'s runs (:func:`jobs.tracking.uri.read_uri`): the configured one, else
+    the one its last launch recorded in its run folder, so a re-run or ``cancel`` from another
+    folder continues in the same store instead of starting a new ``./mlflow.db``."""
+    return read_uri(sweep.first_config.tracking.uri, recorded_uri(sweep))
 
 
 def backend_settings(sweep, backend: str):
@@ -355,7 +356,6 @@ def cmd_status(args, sweep=None) -> int:
     from jobs.sweep_status import (attempt_states, format_summary, format_table, summarize_rows, to_csv, to_json,
                                    trial_rows)
     from jobs.tracking import fast_read
-    from jobs.tracking.uri import read_uri
 
     sweep = sweep or _load(args)
     note = sys.stderr if args.json or args.csv else sys.stdout

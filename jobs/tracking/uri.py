@@ -62,7 +62,7 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
 
 def read_uri(configured: str | None, recorded: str | None) -> str:
-    """The store a command that only reads (``status``, ``jobs.report``, ``jobs.evaluate``) reads:
+    """The store a command uses (``jobs.sweep`` run/status/cancel, ``jobs.report``, ``jobs.evaluate``):
     ``configured`` (``tracking.uri`` / ``--tracking-uri``) > env ``MLFLOW_TRACKING_URI`` > ``recorded``
     (the URI a sweep's launch saved in its run folder, :mod:`jobs.sweep_state`: found from any
     working directory) > ``./mlflow.db``, as :func:`resolve_tracking_uri` resolves it."""
