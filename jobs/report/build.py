@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from jobs.report import figures
 from jobs.report.header import header, made_by
@@ -296,11 +297,16 @@ def build_report(target: str | None = None, *, experiment: str | None = None, ou
         stage_table = trial_table(stage_runs, resources)
         searches.append((stage, by, lr_search_frame(stage_table, by), group_columns(stage_table, by)))
     table["lr_at_edge"] = lr_at_edge(data, table, searches)
+    stages = tqdm(total=3, desc="report: verdict", unit="stage", disable=None, leave=False)  # drawn on terminals only
     findings = verdict(table, val, noise, margin, judged.min_gain, judged.targets)
+    stages.update()
 
     final = Path(out_dir) if out_dir else Path("reports") / spec["experiment"]
     with staged_dir(final) as out:
+        stages.set_description("report: figures")
         made, fig_notes = make_figures(data, table, val, noise, findings, out)
+        stages.update()
+        stages.set_description("report: tables and documents")
         extra_tables = []
         for stage, by, frame, _ in searches:
             tables_, figures_, fits = study_sections(stage, frame, out, by)
@@ -327,6 +333,8 @@ def build_report(target: str | None = None, *, experiment: str | None = None, ou
         report = Report(title, meta_lines(data, table, command), trained.lines, trained.groups,
                         findings, tables, made, notes + lr_notes(table) + fig_notes)
         write_documents(report, out)
+    stages.update()
+    stages.close()
     if log_to_parent:
         if data.parent_run_id:
             tracking.log_report(data.uri, data.parent_run_id, final, artifact_path="report")
