@@ -3,8 +3,10 @@
 Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``; no extra
 package): each page is loaded, polled until what the test looks for has rendered (charts load
 their data after the page itself), read back as its DOM and photographed. Checked: the experiment
-page, opened from its bare address, shows the training runs (the experiment is tagged
-``mlflow.experimentKind=custom_model_development``: not MLflow 3's GenAI Overview / Traces) and lists the runs, with the trials named by their axis values and the Version (git commit), User
+page, opened in the UI's model-training mode (``?workflowType=machine_learning``: MLflow 3.17's UI
+opens every experiment on its GenAI Overview by default and ignores the experiment's
+``mlflow.experimentKind=custom_model_development`` tag, which the test still checks), shows the
+training runs view with its side bar (not the GenAI Overview / Traces) and lists the runs, with the trials named by their axis values and the Version (git commit), User
 and Description columns filled; a trial's page shows its name and commit, its artifacts (the
 model's ``model/weights.pt`` and ``train.log``) and its system metric charts (``system/…``); the
 parent run shows the sweep's description. The screenshots go to the folder named by
@@ -208,16 +210,28 @@ def test_mlflow_ui_shows_the_sweep(mlflow_server, tmp_path):
     artifacts = Path(os.environ.get("RGFLOW_TEST_ARTIFACTS") or tmp_path / "artifacts")
     artifacts.mkdir(parents=True, exist_ok=True)
     base = f"{mlflow_server.uri}/#/experiments/{experiment.experiment_id}"
-    # Marked as model training, so that the UI opens it on its runs, not on the GenAI Overview / Traces.
+    # Marked as model training (what MLflow < 3.17's UI reads to open it on its runs, not on the GenAI
+    # Overview / Traces). MLflow 3.17's UI ignores that tag: its sidebar switch "GenAI | Model training"
+    # (default GenAI, kept in the browser's localStorage `mlflow.workflowType`, or `?workflowType=` in
+    # the address) decides for every experiment; the address with `workflowType=machine_learning` is
+    # what the switch itself navigates to.
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     with Browser(chromium) as browser:
-        # The experiment page as it opens from its bare address: the training runs view (not Traces),
-        # the sweep's row, the trials nested (collapsed) under it.
+        # The experiment page as it opens from its address in model-training mode: the training runs
+        # view (not Overview / Traces, not the GenAI side bar), the sweep's row, the trials nested
+        # (collapsed) under it.
         counted = f"{len(runs) + 1} matching runs"
-        page = browser.show(base, lambda p: counted in p.text, artifacts / "mlflow-ui-runs.png")
+        page = browser.show(f"{base}?workflowType=machine_learning",
+                            lambda p: counted in p.text and parent.info.run_name in p.text, artifacts / "mlflow-ui-runs.png")
         assert counted in page.text, "the experiment page does not open on the runs of the sweep and its trials"
         opened = browser.url().lower()
         assert "traces" not in opened and "overview" not in opened, f"the experiment opened on {opened}"
+        tabs = f"#/experiments/{experiment.experiment_id}/"  # the experiment's links (side bar, breadcrumb)
+        nav = {(a["href"][len(tabs):].split("?")[0].split("/")[0], text, a.get("aria-current") == "page")
+               for a, text, _ in page.elements if a.get("href", "").startswith(tabs)}
+        assert ("runs", "Runs", True) in nav, f"not on the model-training side bar's Runs: {sorted(nav)}"
+        assert not {"overview", "chat-sessions"} & {tab for tab, _, _ in nav}, (
+            f"the GenAI side bar (Overview, Sessions, …): {sorted(nav)}")
         assert parent.info.run_name in page.text, "the sweep's parent run is not on the runs page"
 
         # A shared view of it: every run a row, with the Version, User and Description columns.

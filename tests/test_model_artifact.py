@@ -273,3 +273,146 @@ def test_pyfunc_in_a_fresh_process_gives_the_evaluated_test_bpd(trained, evaluat
         assert got["dtype"] == "float64" and len(got["bpd"]) == len(evaluated.images)
         assert abs(sum(got["bpd"]) / len(got["bpd"]) - evaluated.test_bpd) < 1e-6, (ref, got["bpd"][:3])
         assert got["samples"] == [[3, 3, 32, 32], "uint8"]
+
+
+def _stop_process_group(proc, marker: str, grace_s: float = 20.0) -> list[str]:
+    """SIGTERM to ``proc``'s process group, SIGKILL after ``grace_s``; returns what is left of it
+    (processes of the group or carrying ``marker`` in their environment): ``[]`` when all are gone."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    from tests.test_ray_security import _marked_pids
+
+    def left() -> list[str]:
+        found = set(_marked_pids(marker))
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and os.getpgid(int(entry.name)) == proc.pid:
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+        out = []
+        for pid in sorted(found):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    out.append(f"{pid}: {cmdline[:200]}")
+            except OSError:
+                continue
+        return out
+
+    def gone_within(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not left():  # the leader reaped, its workers gone
+                return True
+            time.sleep(0.2)
+        return False
+
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        sent = time.monotonic()
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        if gone_within(wait_s):
+            print(f"process group {proc.pid} gone {time.monotonic() - sent:.1f} s after {sig.name}")
+            return []
+    return left()
+
+
+@pytest.mark.slow
+def test_scoring_server_gives_the_evaluated_per_image_bpd(trained, evaluated, tmp_path):
+    """``mlflow models serve -m models:/<name>/<version> --env-manager local -h 127.0.0.1`` as a
+    real subprocess (its own session) on the registered model: ``POST /invocations`` with the test
+    images (uint8 N×3×32×32, the signature's layout) returns each image's bits/dim equal to
+    ``jobs.evaluate``'s ``eval/test_bpd_per_image.npy`` and to a direct ``predict``, to 1e-6; an
+    image of the wrong size is refused by the signature (400). The server listens on 127.0.0.1
+    only and, stopped by its process group, leaves nothing behind."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+    import uuid
+    from pathlib import Path
+
+    import mlflow.pyfunc
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from jobs.tracking import download_model
+    from tests.fixtures.mlflow_server import free_port
+    from tests.test_ray_security import listeners
+
+    version = register_model(trained.uri, "tiny-serve-test", trained.run_id)
+    ref = f"models:/tiny-serve-test/{version}"
+    params = {"draws": evaluated.draws}
+    per_image = np.load(MlflowClient(trained.uri).download_artifacts(trained.run_id, "eval/test_bpd_per_image.npy",
+                                                                     str(tmp_path)))
+    assert per_image.shape == (len(evaluated.images),) and abs(per_image.mean() - evaluated.test_bpd) < 1e-9
+    # In this process through the model's folder (a models:/ URI would use the global tracking URI, not the test's store).
+    direct = mlflow.pyfunc.load_model(str(download_model(trained.uri, trained.run_id, tmp_path / "local"))).predict(
+        evaluated.images, params=params)
+    np.testing.assert_allclose(direct, per_image, rtol=0, atol=1e-6)
+
+    port, marker = free_port(), f"serve-{uuid.uuid4().hex[:12]}"
+    bin_dir = Path(sys.executable).parent  # the venv's: `mlflow` and the `uvicorn` it starts
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHON"))}
+    env |= {"MLFLOW_TRACKING_URI": trained.uri, "MLFLOW_DISABLE_TELEMETRY": "true", "RGFLOW_TEST_MARKER": marker,
+            "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", ref, "--env-manager", "local",
+                                 "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def log_tail() -> str:
+        return log_path.read_text(errors="replace")[-3000:]
+
+    def post(inputs) -> tuple[int, dict]:
+        body = json.dumps({"inputs": inputs, "params": params}).encode()
+        request = urllib.request.Request(f"{base}/invocations", body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+
+    try:
+        started, deadline = time.monotonic(), time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"mlflow models serve exited ({proc.returncode}):\n{log_tail()}"
+            assert time.monotonic() < deadline, f"no answer to GET /ping after 120 s:\n{log_tail()}"
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.5)
+        print(f"GET /ping answered after {time.monotonic() - started:.1f} s")
+
+        found = listeners(marker)
+        assert ("127.0.0.1", port) in found, (found, log_tail())
+        assert {host for host, _ in found} == {"127.0.0.1"}, f"listening beyond loopback: {found}"
+
+        status, reply = post(evaluated.images.tolist())
+        assert status == 200, (status, reply, log_tail())
+        served = np.asarray(reply["predictions"], dtype=np.float64)
+        assert served.shape == per_image.shape
+        np.testing.assert_allclose(served, per_image, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(served, direct, rtol=0, atol=1e-6)
+        assert abs(served.mean() - evaluated.test_bpd) < 1e-6
+
+        status, reply = post(evaluated.images[:2, :, :16, :16].tolist())  # not the signature's shape
+        assert status == 400, (status, reply)
+    finally:
+        left = _stop_process_group(proc, marker)
+    assert not left, f"left of the scoring server after SIGTERM/SIGKILL to its group: {left}"
+    assert not listeners(marker)

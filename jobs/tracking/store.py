@@ -155,8 +155,9 @@ def ensure_experiment(uri: str, name: str, *, timeout_s: float = 60.0) -> str:
 
     Race-safe: when two processes create it at once, the loser sees ``RESOURCE_ALREADY_EXISTS``
     and reads the winner's id. New experiments are tagged as model training
-    (``mlflow.experimentKind``), so the MLflow UI opens them on the training-runs view rather
-    than the GenAI overview.
+    (``mlflow.experimentKind``). MLflow 3.17's UI does not read that tag yet: its sidebar switch
+    "GenAI | Model training" decides, defaulting to GenAI; open an experiment on its runs with
+    ``#/experiments/<id>?workflowType=machine_learning`` (mlflow/README.md).
 
     In a sqlite store a new experiment keeps its artifacts beside the database file, in
     ``<db folder>/mlartifacts/<name>/``: MLflow's default would be ``./mlruns`` of whichever

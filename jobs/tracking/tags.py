@@ -67,7 +67,7 @@ SLURM_ARRAY_TASK_ID_TAG = "rgflow.slurm_array_task_id"  # $SLURM_ARRAY_TASK_ID (
 SLURM_RESTART_COUNT_TAG = "rgflow.slurm_restart_count"  # $SLURM_RESTART_COUNT (requeued jobs)
 
 # ---- experiment tags --------------------------------------------------------------------------------
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow's own: "custom_model_development" opens the training-runs view
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow's own kind tag: "custom_model_development" (model training)
 
 #: Every tag name above (prefixes included), for checks such as tests/test_tracking_boundary.py.
 ALL_TAGS = frozenset(v for k, v in dict(globals()).items() if k.endswith(("_TAG", "_TAG_PREFIX")))
