@@ -32,7 +32,8 @@ the key, the value, the rule and where the value came from (``[in FILE]`` or
     prior.kind='lapalce': must be one of 'laplace', 'gaussian' (did you mean 'laplace'?) [in configs/x.yaml]
 
 The **trial id** (:func:`trial_id`) is the first 12 hex digits of the SHA-256 of the canonical
-JSON (sorted keys, no spaces) of the resolved config without the keys in :data:`ID_EXCLUDED`:
+JSON (sorted keys, no spaces) of the resolved config without the keys in :data:`ID_EXCLUDED` (and
+the keys of :data:`ID_UNLESS_DEFAULT` while at their default, so that adding such a key changes no id):
 those say where, on what and how fast a trial runs, or what is done with it afterwards, not what
 is trained — so moving a trial to another machine, folder, tracking server or GPU, or changing its
 evaluation settings, keeps its id (and therefore its run folder, checkpoints and MLflow run).
@@ -64,6 +65,7 @@ EVAL_CHECKPOINTS = ("best", "last")
 RECEPTIVE_FIELD_SPACES = lib.RECEPTIVE_FIELD_SPACES
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SWEEP_MARKERS = ("name", "axes", "base", "base_config")  # top-level keys only a sweep file has
+ARMS = (None, "control")  # run.arm
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,9 @@ class RunConfig:
     ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``. ``out_dir`` is the
     root of run folders ``<out_dir>/<sweep or single>/<trial id>/``. ``deterministic`` asks for
     deterministic kernels (bitwise resume on CPU). ``threads``: torch intra-op threads (``None``:
-    torch's default).
+    torch's default). ``arm``: ``control`` for a fixed arm of a study stage (``best_of.controls``,
+    :mod:`jobs.study`), which the report keeps apart from the tuned arm of the same setting; ``None``
+    otherwise (and then not part of the trial id, :data:`ID_UNLESS_DEFAULT`).
     """
 
     seed: int = 0
@@ -85,9 +89,12 @@ class RunConfig:
     out_dir: str = "runs"
     deterministic: bool = False
     threads: int | None = None
+    arm: str | None = None
 
     def __post_init__(self) -> None:
         lib._check_seed("run.seed", self.seed)
+        if self.arm not in ARMS:
+            raise lib.ConfigError("run.arm", self.arm, "must be null (an ordinary trial) or 'control' (a study's control arm)")
         if not DEVICE_PATTERN.match(self.device):
             raise lib.ConfigError("run.device", self.device, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if not self.out_dir:
@@ -220,12 +227,17 @@ ID_EXCLUDED: dict[str, str] = {
     "model.compile": "torch.compile speeds up the same computation",
 }
 
+#: Keys in the trial id only when they differ from this value (their default), so that the ids of
+#: trials from before the keys existed stay the same.
+ID_UNLESS_DEFAULT: dict[str, Any] = {"run.arm": None, "train.val_every_images": None, "train.lr_schedule": "constant",
+                                     "train.min_lr_ratio": 0.0}
+
 # Allowed values of choice keys, for did-you-mean on a misspelt value.
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.preset": tuple(lib.MODEL_PRESETS), "model.precision": lib.PRECISIONS,
     "prior.kind": lib.PRIOR_KINDS, "prior.laplace_scale": lib.LAPLACE_SCALES,
     "data.name": lib.DATASETS, "data.interpolation": lib.INTERPOLATIONS,
-    "train.lr_scaling": lib.LR_SCALINGS, "eval.checkpoint": EVAL_CHECKPOINTS,
+    "train.lr_scaling": lib.LR_SCALINGS, "train.lr_schedule": lib.LR_SCHEDULES, "eval.checkpoint": EVAL_CHECKPOINTS,
     "eval.receptive_field_space": RECEPTIVE_FIELD_SPACES,
 }
 
@@ -502,7 +514,8 @@ def flatten(cfg: TrialConfig) -> dict[str, str]:
 
 
 def identity_dict(cfg: TrialConfig, tree: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The resolved tree without :data:`ID_EXCLUDED` keys: what the trial id hashes.
+    """The resolved tree without :data:`ID_EXCLUDED` keys and :data:`ID_UNLESS_DEFAULT` keys at their default: what
+    the trial id hashes.
     ``tree``: ``resolved_dict(cfg)`` when the caller has it already (it is modified)."""
     tree = resolved_dict(cfg) if tree is None else tree
     for key in ID_EXCLUDED:
@@ -511,6 +524,10 @@ def identity_dict(cfg: TrialConfig, tree: dict[str, Any] | None = None) -> dict[
             del tree[section][field]
         else:
             del tree[section]
+    for key, default in ID_UNLESS_DEFAULT.items():
+        section, _, field = key.partition(".")
+        if tree[section][field] == default:
+            del tree[section][field]
     return tree
 
 
@@ -522,7 +539,8 @@ def trial_id(cfg: TrialConfig, tree: dict[str, Any] | None = None) -> str:
 
 
 __all__ = [
-    "ConfigError", "RunConfig", "TrackingConfig", "EvalConfig", "TrialConfig", "SECTIONS", "ID_EXCLUDED", "SWEEP_MARKERS",
+    "ConfigError", "RunConfig", "TrackingConfig", "EvalConfig", "TrialConfig", "SECTIONS", "ID_EXCLUDED", "ID_UNLESS_DEFAULT",
+    "ARMS", "SWEEP_MARKERS",
     "DEFAULT_PRESET", "config_keys", "field_types", "is_list_key", "takes_text", "is_list_type", "is_text_type",
     "coerce", "show", "compose", "build_trial_config",
     "override_layers", "load_trial_config", "resolved_dict", "to_yaml", "flatten", "format_value",

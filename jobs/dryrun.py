@@ -515,8 +515,11 @@ def format_trials_table(sweep: Sweep, results_dir: str | Path | None = None) -> 
     reuse = reuse_line(sweep)
     searched = search_line(sweep, results_dir)
     scheduler = sweep.tune.scheduler
-    pruning = (f"scheduler: {scheduler.kind} stops trials that fall behind (first rung after {scheduler.grace_epochs:g} "
-               "epochs): the hours above are an upper bound, every trial run to its full budget") if scheduler else None
+    pruning = (f"scheduler: {scheduler.kind} stops trials that fall behind (first rung after {scheduler.first_rung}): "
+               "the hours above are an upper bound, every trial run to its full budget") if scheduler else None
+    grid = sweep.axes.lr_grid
+    widening = (f"lr grid: {grid.steps + 1} points per setting ({len(grid.extra)} added so far); a study adds up to "
+                f"{grid.widen} more points per group if an edge wins, before its next stage") if grid and grid.widen else None
     return "\n".join([
         f"sweep {sweep.name} ({sweep.path}): {len(sweep.trials)} trials, sweep id {sweep.sweep_id}, backend {sweep.backend}",
         *lines,
@@ -526,6 +529,7 @@ def format_trials_table(sweep: Sweep, results_dir: str | Path | None = None) -> 
         *([reuse] if reuse else []),
         *([searched] if searched else []),
         *([pruning] if pruning else []),
+        *([widening] if widening else []),
         *power_lines(sweep),
     ])
 

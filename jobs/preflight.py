@@ -27,6 +27,9 @@ fix it. ``error`` problems are fatal (the sweep would fail or never run: exit 2,
   ``run.device=cuda`` with no GPU given to the trial (every backend hides the GPUs then);
 * **dashboard** — ``ray.dashboard=true`` with Ray started here: the packages Ray's dashboard imports
   (``ray[default]``, :data:`DASHBOARD_MODULES`) are installed — found, not imported, Ray not started;
+* **scheduler** — ``tune.scheduler``'s first rung (``grace_images``, or ``grace_epochs`` × the
+  trial's training split) is no shorter than each trial's warm-up in images (``train.warmup_steps ×
+  train.batch_size``): an error per batch size and warm-up, else warm-up arms are pruned by construction;
 * **time** — each trial's estimated time (``jobs.dryrun``) against its limit (``slurm.time_min`` on
   Slurm, else ``resources.time_limit_min``): a warning (trials resume from their checkpoints);
 * **disk** — the checkpoints of all trials (parameters × 4 bytes × 3 — weights and AdamW's two
@@ -50,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from jobs.dryrun import Estimate, estimates, flow_parameters, trial_gpus
+from jobs.dryrun import Estimate, estimates, flow_parameters, split_sizes, trial_gpus
 from jobs.sweep_spec import Sweep
 
 LEVELS = ("error", "warning")
@@ -70,7 +73,7 @@ DASHBOARD_MODULES = ("aiohttp", "aiohttp_cors", "grpc", "opencensus", "opentelem
 @dataclass(frozen=True)
 class Problem:
     """``level`` ``error`` (fatal) or ``warning``; ``key`` the check (``data``, ``fid``, ``tracking``,
-    ``resources``, ``dashboard``, ``time``, ``disk``); ``message`` one line: what is wrong and how to fix it."""
+    ``resources``, ``dashboard``, ``scheduler``, ``time``, ``disk``); ``message`` one line: what is wrong and how to fix it."""
 
     level: str
     key: str
@@ -569,6 +572,31 @@ def check_dashboard(sweep: Sweep) -> list[Problem]:
 
 
 # ----------------------------------------------------------------------------------------------
+# scheduler
+# ----------------------------------------------------------------------------------------------
+
+def check_scheduler(sweep: Sweep) -> list[Problem]:
+    """An error per batch size and warm-up whose warm-up, in images, is longer than the scheduler's
+    first rung: those trials would be compared (and pruned) before their LR has warmed up."""
+    scheduler = sweep.tune.scheduler
+    if scheduler is None:
+        return []
+    short: dict[tuple, list[int]] = {}
+    for trial in sweep.trials:
+        train = trial.config.train
+        grace = scheduler.grace_images or scheduler.grace_epochs * split_sizes(trial.config)[0]
+        if train.warmup_steps * train.batch_size > grace:
+            short.setdefault((train.batch_size, train.warmup_steps, grace), []).append(trial.index)
+    key = "tune.scheduler.grace_images" if scheduler.grace_images else "tune.scheduler.grace_epochs"
+    return [_error("scheduler", f"sweep {sweep.name}, trials {_ranges(indexes)}: train.warmup_steps={warmup} × "
+                                f"train.batch_size={batch} = {warmup * batch:,} images of warm-up, but {scheduler.kind}'s "
+                                f"first rung is at {grace:,.0f} images ({key}={getattr(scheduler, key.rsplit('.', 1)[1]):g}): "
+                                f"it would prune them while warming up; set tune.scheduler.grace_images: "
+                                f"{warmup * batch} or more (or shorten the warm-up)")
+            for (batch, warmup, grace), indexes in short.items()]
+
+
+# ----------------------------------------------------------------------------------------------
 # time
 # ----------------------------------------------------------------------------------------------
 
@@ -639,7 +667,7 @@ def preflight(sweep: Sweep, found: list[Estimate] | None = None) -> list[Problem
     the trials' estimates (default: ``jobs.dryrun.estimates(sweep)``)."""
     found = estimates(sweep) if found is None else found
     problems = [*check_data(sweep), *check_fid(sweep), *check_tracking(sweep), *check_resources(sweep),
-                *check_dashboard(sweep), *check_time(sweep, found), *check_disk(sweep)]
+                *check_dashboard(sweep), *check_scheduler(sweep), *check_time(sweep, found), *check_disk(sweep)]
     return [p for p in problems if p.fatal] + [p for p in problems if not p.fatal]
 
 
@@ -659,5 +687,5 @@ def format_problems(problems: list[Problem], launching: bool) -> str:
 
 
 __all__ = ["Problem", "Partition", "preflight", "format_problems", "check_data", "check_fid", "check_tracking",
-           "check_resources", "check_dashboard", "check_time", "check_disk", "checkpoint_bytes", "parse_sinfo", "slurm_minutes",
+           "check_resources", "check_dashboard", "check_scheduler", "check_time", "check_disk", "checkpoint_bytes", "parse_sinfo", "slurm_minutes",
            "multi_node"]

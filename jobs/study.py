@@ -9,7 +9,14 @@ MLflow experiment and run folder). ``best_of: {stage: tune, by: [train.batch_siz
 pruned or given up), then take, for each value of the ``by`` keys, the ``take`` values of the
 trial with the lowest best validation BPD (bits/dim) among those that ran to the end (pruned
 trials never win); the ``by`` keys must be grid or zip axes of the stage, and each of their
-settings runs with its chosen values (a setting with no winner is left out, and said so). Command-line overrides
+settings runs with its chosen values (a setting with no winner is left out, and said so).
+``best_of.controls: [{train.batch_size: 512, train.lr: 1.0e-3, train.warmup_steps: 0}]`` adds fixed
+arms that bypass the choice: each control gives every ``take`` key and may fix ``by`` keys (and the
+other keys of their zip groups); it runs for every setting of the ``by`` axes it matches, over the
+stage's other axes, with ``run.arm: control`` (so the report keeps it apart from the tuned arm).
+When the earlier stage has ``axes.lr_grid`` with ``widen: N`` and a group's best ``train.lr`` is at an
+edge of the points its trials tried, the next point beyond that edge is recorded for the group
+(:func:`widen`, at most N per group) and the earlier stage runs again before this one. Command-line overrides
 apply to every stage; ``stages.<stage>.KEY=VALUE`` to one. See sweeps/README.md.
 """
 from __future__ import annotations
@@ -25,7 +32,7 @@ from jobs.overrides import load_yaml_file
 from jobs.sweep_spec import Sweep, load_sweep
 
 STAGE_KEYS = ("description", "base", "axes", "tune", "evaluation", "resources", "max_failures", "best_of")
-BEST_OF_KEYS = ("stage", "by", "take")
+BEST_OF_KEYS = ("stage", "by", "take", "controls")
 
 
 def is_study_file(raw: Any) -> bool:
@@ -35,11 +42,13 @@ def is_study_file(raw: Any) -> bool:
 
 @dataclass(frozen=True)
 class BestOf:
-    """A stage's dependency: ``take`` keys from the best trial of ``stage`` per value of ``by``."""
+    """A stage's dependency: ``take`` keys from the best trial of ``stage`` per value of ``by``;
+    ``controls``: fixed arms (key → value) that take nothing from ``stage``."""
 
     stage: str
     by: tuple[str, ...]
     take: tuple[str, ...]
+    controls: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,9 +75,14 @@ class Study:
         """Stage ``stage`` as a sweep; a ``best_of`` stage takes ``choice`` (None: its shape only, with
         the shared values where the choice goes: what ``--dry-run`` prices as "up to")."""
         raw = copy.deepcopy(self.stages[stage])
-        if stage in self.best_of and choice is not None:
-            raw["axes"] = _with_choice(raw.get("axes") or {}, self.best_of[stage], choice, self.path, stage)
-        return load_sweep(self.path, self.overrides_of(stage), raw=raw, where=f"in {self.path} stages.{stage}")
+        where, dep = f"in {self.path} stages.{stage}", self.best_of.get(stage)
+        if dep is not None and (choice is not None or dep.controls):
+            shared = None
+            if choice is None:  # the shape with its control arms: the shared values where the choice goes
+                template = load_sweep(self.path, self.overrides_of(stage), raw=raw, where=where).first_config
+                shared = {k: _value(template, k) for k in dep.take}
+            raw["axes"] = _with_choice(raw.get("axes") or {}, dep, choice, shared, self.path, stage)
+        return load_sweep(self.path, self.overrides_of(stage), raw=raw, where=where)
 
     def overrides_of(self, stage: str) -> list[str]:
         """The command-line overrides that apply to ``stage``: every plain one, and those written
@@ -151,7 +165,14 @@ def stage_sweep(study, stage: str) -> tuple[Any, str | None]:
     left = len(todo) + searched_left(earlier, todo)
     if not earlier.trials or left:
         return study.sweep(stage), f"{left or 'all'} trial(s) of stage {dep.stage} not done yet"
-    return study.sweep(stage, choose(earlier, runs, dep, best_in_history(uri))), None
+    choice = choose(earlier, runs, dep, best_in_history(uri))
+    added = widen(earlier, dep, choice)
+    if added:
+        more = len(study.sweep(dep.stage).trials) - len(earlier.trials)
+        groups = "; ".join(e["why"] for e in added)
+        return study.sweep(stage), (f"stage {dep.stage} widens its LR grid first ({groups}): {more} more trial(s), "
+                                    f"recorded in {earlier.axes.lr_grid.record}")
+    return study.sweep(stage, choice), None
 
 
 def load_stage(path: str | Path, overrides: list[str] = ()) -> Sweep:
@@ -186,7 +207,20 @@ def _best_of(raw: Any, stage: str, earlier: list[str], origin: str) -> BestOf:
             raise ConfigError(f"stages.{stage}.best_of: {key!r} is not a trial config key [{origin}]", "best_of")
     if not take:
         raise ConfigError(f"stages.{stage}.best_of.take: name at least one key to take [{origin}]", "best_of")
-    return BestOf(str(raw["stage"]), by, take)
+    controls = raw.get("controls") or []
+    if not isinstance(controls, list) or not all(isinstance(c, dict) and c for c in controls):
+        raise ConfigError(f"stages.{stage}.best_of.controls={show(controls)}: expected a list of mappings of trial keys to "
+                          f"values, e.g. [{{train.batch_size: 512, train.lr: 1.0e-3}}] [{origin}]", "best_of.controls")
+    for i, control in enumerate(controls):
+        where = f"stages.{stage}.best_of.controls[{i}]"
+        for key in control:
+            if key not in config_keys() or key == "run.arm":
+                raise ConfigError(f"{where}: {key!r} is not a trial config key a control can fix [{origin}]",
+                                  "best_of.controls")
+        if set(take) - set(control):
+            raise ConfigError(f"{where}: give {', '.join(k for k in take if k not in control)} too (a control arm takes "
+                              f"nothing from stage {raw['stage']}: every take key is fixed) [{origin}]", "best_of.controls")
+    return BestOf(str(raw["stage"]), by, take, tuple(controls))
 
 
 def _deep_merge(base: dict, top: dict) -> dict:
@@ -196,9 +230,12 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _with_choice(axes: dict, best_of: BestOf, choice: Choice, path: Path, stage: str) -> dict:
+def _with_choice(axes: dict, best_of: BestOf, choice: Choice | None, shared: dict | None, path: Path,
+                 stage: str) -> dict:
     """``axes`` with the axes of the ``by`` keys (grid keys, or the zip groups holding them) replaced
-    by one zip group: their settings that have a winner, each with its ``take`` values."""
+    by one zip group: their settings that have a winner, each with its ``take`` values (``choice``
+    None: every setting, with the ``shared`` values), then the ``controls``' settings, each with its
+    fixed values and ``run.arm: control`` (the tuned ones ``run.arm: null``)."""
     grid, zips = dict(axes.get("grid") or {}), list(axes.get("zip") or [])
     factors, used = [], set()
     for key in best_of.by:
@@ -210,14 +247,61 @@ def _with_choice(axes: dict, best_of: BestOf, choice: Choice, path: Path, stage:
             used.add(i)
             group = zips[i]
             factors.append([{k: v[j] for k, v in group.items()} for j in range(len(next(iter(group.values()))))])
-    rows = [{k: v for part in parts for k, v in part.items()} for parts in itertools.product(*factors)]
-    rows = [r for r in rows if tuple(r[k] for k in best_of.by) in choice.values]
+    settings = [{k: v for part in parts for k, v in part.items()} for parts in itertools.product(*factors)]
+    if choice is None:
+        rows = [{**r, **shared} for r in settings]
+    else:
+        rows = [{**r, **{k: choice.values[tuple(r[b] for b in best_of.by)][k] for k in best_of.take}}
+                for r in settings if tuple(r[k] for k in best_of.by) in choice.values]
     if not rows:
         raise ConfigError(f"stage {stage} of {path}: no setting of stage {best_of.stage} has a trial that ran to the "
                           f"end, nothing to take {', '.join(best_of.take)} from", "best_of")
+    if best_of.controls:
+        rows = [{**r, "run.arm": None} for r in rows]
+    for i, control in enumerate(best_of.controls):
+        fixed = {k: v for k, v in control.items() if k not in best_of.take}
+        unknown = [k for k in fixed if k not in settings[0]]
+        if unknown:
+            raise ConfigError(f"stages.{stage}.best_of.controls[{i}]: {', '.join(unknown)} must be a take key, a by key "
+                              f"or a key zipped with one [in {path}]", "best_of.controls")
+        matched = [{**r, **control, "run.arm": "control"} for r in settings if all(r[k] == v for k, v in fixed.items())]
+        if not matched:
+            raise ConfigError(f"stages.{stage}.best_of.controls[{i}]={show(control)}: matches no setting of the stage's "
+                              f"by axes [in {path}]", "best_of.controls")
+        rows += matched
     chosen = {k: [r[k] for r in rows] for k in rows[0]}
-    chosen.update({k: [choice.values[tuple(r[b] for b in best_of.by)][k] for r in rows] for k in best_of.take})
     return {**axes, "grid": grid, "zip": [g for i, g in enumerate(zips) if i not in used] + [chosen]}
+
+
+def widen(earlier: Sweep, best_of: BestOf, choice: Choice) -> list[dict[str, Any]]:
+    """The points to add to ``earlier``'s ``axes.lr_grid`` (``widen: N``) now that it is done, written
+    to its record (:data:`jobs.sweep_spec.WIDEN_RECORD`) and returned: for each ``by`` group whose
+    winner's grid step is the highest (lowest) step its trials tried, and that has fewer than N added
+    points, the next step above (below). [] without a grid to widen or ``train.lr`` to take."""
+    grid = earlier.axes.lr_grid
+    if grid is None or not grid.widen or "train.lr" not in best_of.take:
+        return []
+    steps: dict[tuple, set[int]] = {}
+    by_id = {}
+    for trial in earlier.trials:
+        steps.setdefault(tuple(_value(trial, k) for k in best_of.by), set()).add(trial.grid_step)
+        by_id[trial.trial_id] = trial
+    added = []
+    for key, won in sorted(choice.values.items(), key=str):
+        group = dict(zip(best_of.by, key))
+        step, tried = by_id[won["trial_id"]].grid_step, steps[key]
+        if sum(e["group"] == group for e in grid.extra) >= grid.widen or min(tried) < step < max(tried):
+            continue
+        edge = "high" if step == max(tried) else "low"
+        where = ", ".join(f"{k}={v}" for k, v in group.items()) or "all trials"
+        added.append({"group": group, "step": step + 1 if edge == "high" else step - 1, "edge": edge,
+                      "why": f"{where}: best LR {won['train.lr']:.4g} (trial {won['trial_id']}) at the {edge} edge"})
+    if added:
+        from rgflow.atomic import write_json_atomic
+
+        grid.record.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(grid.record, [*grid.extra, *added])
+    return added
 
 
 def best_in_history(uri: str):
@@ -258,8 +342,9 @@ def choose(earlier: Sweep, runs: dict, best_of: BestOf, best=None) -> Choice:
 
 
 def _value(trial, key: str) -> Any:
+    """``key``'s value in a trial (or a trial config)."""
     section, _, name = key.partition(".")
-    return getattr(getattr(trial.config, section), name)
+    return getattr(getattr(getattr(trial, "config", trial), section), name)
 
 
-__all__ = ["BestOf", "Choice", "Study", "choose", "is_study_file", "load_stage", "load_study", "stage_sweep"]
+__all__ = ["BestOf", "Choice", "Study", "choose", "is_study_file", "load_stage", "load_study", "stage_sweep", "widen"]

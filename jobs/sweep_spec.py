@@ -95,7 +95,9 @@ from jobs.tracking.uri import take_credentials
 BACKENDS = ("ray", "slurm", "local")
 SWEEP_KEYS = ("name", "description", "base_config", "base", "axes", "resources", "backend", "max_failures", "ray",
               "slurm", "local", "evaluation", "report", "tune", "reuse")
-AXIS_KINDS = ("zip", "grid", "random", "seeds")
+AXIS_KINDS = ("zip", "grid", "lr_grid", "random", "seeds")
+LR_GRID_KEYS = ("low", "high", "center", "decades", "per_decade", "widen")
+LR_CENTERS = ("sqrt", "linear")
 RANDOM_KEYS = ("samples", "seed", "params")
 DISTRIBUTIONS = ("uniform", "loguniform", "choice")
 SEED_KEYS = ("seeds", "seed", "run.seed")
@@ -222,10 +224,11 @@ class EvaluationSettings:
 #: bits/dim: the default ``report.expected_seed_sd``, measured in the committed mini-study
 #: (docs/results/mini-study/trials.csv: 18 finished trials, test_bpd of seeds 0, 1, 2 in each of 6
 #: settings, train.batch_size 32/64/128 × prior.kind): the pooled within-setting s.d. over seeds,
-#: √(Σ squared deviations from the setting's mean / 12 df) = 0.02595, rounded. The s.d. of paired
-#: per-seed differences between two of those settings, pooled over the 15 pairs, is 0.031 — a
-#: little below √2 × 0.026 = 0.037, the value for independent seeds (a seed correlation of ≈ 0.3).
-DEFAULT_SEED_SD = 0.026
+#: √(Σ squared deviations from the setting's mean / 12 df) = 0.0384, rounded. The s.d. of paired
+#: per-seed differences between two of those settings, pooled over the 15 pairs, is 0.050 — a
+#: little below √2 × 0.038 = 0.054, the value for independent seeds. (The study's first run gave
+#: 0.026 and 0.031: with 12 df such an s.d. is itself uncertain by about ±20 %.)
+DEFAULT_SEED_SD = 0.038
 
 
 @dataclass(frozen=True)
@@ -263,13 +266,17 @@ SEARCHERS = ("optuna",)
 class SchedulerSettings:
     """``tune.scheduler`` (Ray backend): trials whose validation BPD falls behind are stopped early
     (pruned). ``kind``: ``asha`` (asynchronous successive halving) or ``hyperband`` (asynchronous
-    HyperBand: ``brackets`` ASHA brackets). Budget in epochs: a trial is first compared after
-    ``grace_epochs``, then after every ``reduction_factor``× more; ``max_epochs`` caps every trial
-    (``None``: the longest ``train.epochs``). ``group_by``: trial keys whose values are compared
-    separately (``[train.batch_size]``: learning rates compete only within a batch size)."""
+    HyperBand: ``brackets`` ASHA brackets). A trial is first compared after ``grace_epochs`` epochs
+    (default 1) — or after ``grace_images`` training images seen, the same data for every batch size
+    (time attribute ``samples_seen``; not with ``grace_epochs`` or ``max_epochs``) —, then after
+    every ``reduction_factor``× more; ``max_epochs`` caps every trial in epochs (``None``: the
+    longest ``train.epochs``; in images there is no cap: every trial ends at its own budget).
+    ``group_by``: trial keys whose values are compared separately (``[train.batch_size]``: learning
+    rates compete only within a batch size)."""
 
     kind: str = "asha"
-    grace_epochs: float = 1.0
+    grace_epochs: float | None = None
+    grace_images: int | None = None
     reduction_factor: float = 3.0
     max_epochs: float | None = None
     brackets: int = 3
@@ -279,7 +286,16 @@ class SchedulerSettings:
         object.__setattr__(self, "group_by", tuple(self.group_by))
         if self.kind not in SCHEDULERS:
             raise lib.ConfigError("tune.scheduler.kind", self.kind, f"must be one of {', '.join(SCHEDULERS)}")
-        lib._check_positive("tune.scheduler.grace_epochs", self.grace_epochs, integer=False)
+        if self.grace_images is not None:
+            lib._check_positive("tune.scheduler.grace_images", self.grace_images)
+            for key in ("grace_epochs", "max_epochs"):
+                if getattr(self, key) is not None:
+                    raise lib.ConfigError(f"tune.scheduler.{key}", getattr(self, key),
+                                          "must be null with grace_images (the rungs are in images seen, not epochs)")
+        elif self.grace_epochs is None:
+            object.__setattr__(self, "grace_epochs", 1.0)
+        if self.grace_epochs is not None:
+            lib._check_positive("tune.scheduler.grace_epochs", self.grace_epochs, integer=False)
         if self.reduction_factor <= 1:
             raise lib.ConfigError("tune.scheduler.reduction_factor", self.reduction_factor, "must be above 1")
         if self.max_epochs is not None and self.max_epochs < self.grace_epochs:
@@ -288,6 +304,11 @@ class SchedulerSettings:
         for key in self.group_by:
             if key not in config_keys():
                 raise lib.ConfigError("tune.scheduler.group_by", key, "must list trial config keys such as train.batch_size")
+
+    @property
+    def first_rung(self) -> str:
+        """The grace period in words: ``1 epochs`` or ``256,000 images``."""
+        return f"{self.grace_images:,} images" if self.grace_images else f"{self.grace_epochs:g} epochs"
 
 
 @dataclass(frozen=True)
@@ -382,6 +403,44 @@ class RandomAxis:
 
 
 @dataclass(frozen=True)
+class LrGrid:
+    """``axes.lr_grid``: ``train.lr`` on a log-spaced grid of ``per_decade`` points a decade, per
+    setting of the zip and grid axes. Either from ``low`` to ``high`` (a whole number of steps; the
+    same LRs for every setting), or ``decades`` wide (``decades × per_decade`` a whole number of
+    steps) centred on ``center``: ``sqrt`` (``train.lr × √(train.batch_size / train.reference_batch)``,
+    the setting's own values; the default), ``linear`` (``× batch / reference``) or a number. Step
+    ``k`` (0 … :attr:`steps`) is the k-th point from the lowest; points are rounded to 4 significant
+    digits, so trial ids do not depend on the last bit of a power. ``widen``: the points a study
+    may add beyond an edge per group (:func:`jobs.study.widen`); ``extra``: those added so far
+    (``{"group": {key: value}, "step": k}``, read from ``record``, the run folder's :data:`WIDEN_RECORD`)."""
+
+    per_decade: int
+    low: float | None = None
+    high: float | None = None
+    center: str | float = "sqrt"
+    decades: float | None = None
+    widen: int = 0
+    extra: tuple[dict[str, Any], ...] = ()
+    record: Path | None = None
+
+    @property
+    def steps(self) -> int:
+        """The highest step of the grid (it has ``steps + 1`` points)."""
+        width = math.log10(self.high / self.low) if self.low is not None else self.decades
+        return round(width * self.per_decade)
+
+    def value(self, train: lib.TrainConfig, step: int) -> float:
+        """The LR at ``step`` for a setting whose other values are ``train``."""
+        if self.low is not None:
+            lr = self.low * 10 ** (step / self.per_decade)
+        else:
+            ratio = train.batch_size / train.reference_batch
+            center = {"sqrt": train.lr * math.sqrt(ratio), "linear": train.lr * ratio}.get(self.center, self.center)
+            lr = center * 10 ** ((step - self.steps / 2) / self.per_decade)
+        return float(f"{lr:.4g}")
+
+
+@dataclass(frozen=True)
 class Axes:
     """The effective axes after overrides. ``origins`` labels where each axis key was set."""
 
@@ -390,16 +449,20 @@ class Axes:
     random: RandomAxis | None = None
     seeds: tuple | None = None
     origins: dict[str, str] = field(default_factory=dict)
+    lr_grid: LrGrid | None = None
 
     @property
     def keys(self) -> list[str]:
         """Varying keys in trial-order nesting (outermost first)."""
         keys = [k for group in self.zip for k in group] + list(self.grid)
+        keys += ["train.lr"] if self.lr_grid else []
         keys += list(self.random.params) if self.random else []
         return keys + (["run.seed"] if self.seeds is not None else [])
 
     def factors(self) -> list[list[dict[str, Any]]]:
-        """One list of partial assignments per nesting level; the trials are their product."""
+        """One list of partial assignments per nesting level; the trials are their product (with
+        ``lr_grid``, whose points depend on the setting, between the grid and the random factors:
+        :func:`_assignments`)."""
         out = [[{k: v[i] for k, v in group.items()} for i in range(len(next(iter(group.values()))))]
                for group in self.zip]
         out += [[{key: v} for v in values] for key, values in self.grid.items()]
@@ -456,6 +519,40 @@ def _parse_random(raw: Any, origin: str) -> RandomAxis:
     return RandomAxis(samples, seed, params)
 
 
+def _parse_lr_grid(raw: Any, origin: str) -> LrGrid:
+    where = f"{origin} axes.lr_grid"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"axes.lr_grid: expected a mapping such as {{center: sqrt, decades: 1.0, per_decade: 4}} or "
+                          f"{{low: 1.0e-4, high: 1.0e-2, per_decade: 4}}, got {show(raw)} [{origin}]", "axes.lr_grid")
+    for key in raw:
+        if key not in LR_GRID_KEYS:
+            raise unknown_key_error(f"axes.lr_grid.{key}", [f"axes.lr_grid.{k}" for k in LR_GRID_KEYS], origin)
+    values = {k: coerce(f"axes.lr_grid.{k}", raw[k], tp, where) for k, tp in
+              (("low", float), ("high", float), ("decades", float), ("per_decade", int), ("widen", int)) if k in raw}
+    if values.get("per_decade", 0) < 1:
+        raise ConfigError(f"axes.lr_grid.per_decade={show(raw.get('per_decade'))}: required, a positive integer (points "
+                          f"per decade) [{origin}]", "axes.lr_grid.per_decade")
+    if values.get("widen", 0) < 0:
+        raise ConfigError(f"axes.lr_grid.widen={values['widen']}: must be an integer ≥ 0 (points a study may add beyond "
+                          f"an edge per group) [{origin}]", "axes.lr_grid.widen")
+    bounds = "low" in raw or "high" in raw
+    if bounds and ("center" in raw or "decades" in raw):
+        raise ConfigError(f"axes.lr_grid: give low and high, or center and decades, not both [{origin}]", "axes.lr_grid")
+    center = raw.get("center", "sqrt")
+    if isinstance(center, bool) or not (center in LR_CENTERS or isinstance(center, (int, float)) and center > 0):
+        raise ConfigError(f"axes.lr_grid.center={show(center)}: must be sqrt, linear or a positive LR [{origin}]",
+                          "axes.lr_grid.center")
+    grid = LrGrid(center=center if isinstance(center, str) else float(center), **values)
+    if bounds and (grid.low is None or grid.high is None or not 0 < grid.low < grid.high):
+        raise ConfigError(f"axes.lr_grid: low and high are both required, with 0 < low < high [{origin}]", "axes.lr_grid")
+    key, width = ("high", math.log10(grid.high / grid.low)) if bounds else ("decades", grid.decades)
+    if width is None or width <= 0 or abs(width * grid.per_decade - round(width * grid.per_decade)) > 1e-6:
+        raise ConfigError(f"axes.lr_grid.{key}: the grid must span a positive whole number of steps of 1/per_decade "
+                          f"decades (here {show(width)} decades × {grid.per_decade} per decade) [{origin}]",
+                          f"axes.lr_grid.{key}")
+    return grid
+
+
 def _parse_axes(raw: Any, origin: str) -> Axes:
     if raw is None:
         return Axes()
@@ -499,6 +596,9 @@ def _parse_axes(raw: Any, origin: str) -> Axes:
         key = _trial_key(key, f"{origin} axes.grid")
         claim(key, "axes.grid")
         grid[key] = _axis_values(key, values, f"{origin} axes.grid")
+    lr_grid = _parse_lr_grid(raw["lr_grid"], origin) if raw.get("lr_grid") is not None else None
+    if lr_grid:
+        claim("train.lr", "axes.lr_grid")
     rand = _parse_random(raw["random"], f"{origin} axes.random") if raw.get("random") is not None else None
     for key in rand.params if rand else ():
         claim(key, "axes.random")
@@ -506,7 +606,7 @@ def _parse_axes(raw: Any, origin: str) -> Axes:
     if raw.get("seeds") is not None:
         claim("run.seed", "axes.seeds")
         seeds = _axis_values("seeds", raw["seeds"], f"{origin} axes.seeds")
-    return Axes(tuple(groups), grid, rand, seeds, origins)
+    return Axes(tuple(groups), grid, rand, seeds, origins, lr_grid)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -515,16 +615,20 @@ def _parse_axes(raw: Any, origin: str) -> Axes:
 
 @dataclass(frozen=True)
 class Trial:
-    """One expanded trial. ``varying``: its axis values (dotted key → resolved value), in axis order."""
+    """One expanded trial. ``varying``: its axis values (dotted key → resolved value), in axis order;
+    ``grid_step``: its step on ``axes.lr_grid`` (None without one)."""
 
     index: int
     trial_id: str
     config: TrialConfig
     varying: dict[str, Any]
+    grid_step: int | None = None
 
 
 #: The launcher's record of the trials a searcher sampled, in the sweep's run folder.
 SEARCH_RECORD = "search.json"
+#: A study's record of the points it added beyond the edges of a stage's ``axes.lr_grid``, in its run folder.
+WIDEN_RECORD = "lr_grid.json"
 
 
 @dataclass(frozen=True)
@@ -812,6 +916,8 @@ def load_sweep(path: str | Path, overrides: list[str] = (), raw: Any = None, whe
         time_min=resources.time_limit_min if slurm.time_min is None else slurm.time_min,
     )
     axes: Axes = state["axes"]
+    if axes.lr_grid is not None:
+        axes = dataclasses.replace(axes, lr_grid=_widened(axes, name, state["base"]))
     tune = _build_tune(state["tune"], backend, backend_origin, axes, where)
     search = None
     if tune.searcher is None:
@@ -827,6 +933,25 @@ def load_sweep(path: str | Path, overrides: list[str] = (), raw: Any = None, whe
     return Sweep(name, path, description, trials, axes, resources, backend, settings["ray"], slurm,
                  settings["local"], settings["evaluation"], sweep_id, tuple(map(without_credentials, overrides)),
                  settings["report"], max_failures, tune, reuse=reuse, search=search, template=template)
+
+
+def _widened(axes: Axes, name: str, base: list[tuple[Any, str]]) -> LrGrid:
+    """``axes.lr_grid`` with the points a study added beyond its edges (``<run folder>/lr_grid.json``,
+    :func:`jobs.study.widen`; none before)."""
+    if "train.lr" in axes.grid or any("train.lr" in group for group in axes.zip):
+        raise ConfigError(f"train.lr: an axis of its own and axes.lr_grid [{axes.origins.get('train.lr')}]; keep one",
+                          "train.lr")
+    record = Path(compose(base).run.out_dir).resolve() / name / WIDEN_RECORD
+    try:
+        extra = json.loads(record.read_text())
+        if not all(isinstance(e["group"], dict) and isinstance(e["step"], int) for e in extra):
+            raise ValueError("each entry needs a group mapping and an integer step")
+    except FileNotFoundError:
+        extra = []
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ConfigError(f"{record}: unreadable lr_grid record ({err}); move it away to search the grid without its "
+                          "added points") from None
+    return dataclasses.replace(axes.lr_grid, extra=tuple(extra), record=record)
 
 
 def _search_of(name: str, axes: Axes, base: list[tuple[Any, str]], settings: SearcherSettings) -> tuple[Search, TrialConfig]:
@@ -862,6 +987,9 @@ def _build_tune(layers: dict[str, list[tuple[Any, str]]], backend: str, backend_
     if (tune.scheduler or tune.searcher) and backend != "ray":
         raise ConfigError(f"tune: schedulers and searchers are Ray Tune's: set backend: ray, or remove the tune section "
                           f"(backend={backend} [{backend_origin}])", "tune")
+    if tune.searcher and axes.lr_grid is not None:
+        raise ConfigError("axes.lr_grid: not with tune.searcher, which searches axes.random.params; use one of them",
+                          "axes.lr_grid")
     if tune.searcher and axes.random is None:
         raise ConfigError("tune.searcher: needs axes.random.params, the distributions it searches (e.g. train.lr: "
                           "{loguniform: [1.0e-4, 3.0e-3]})", "tune.searcher")
@@ -886,20 +1014,56 @@ def without_credentials(text: str) -> str:
     return text if clean == value.strip() else f"{key}={clean}"
 
 
-def _make_trial(index: int, assignment: dict[str, Any], base: list[tuple[Any, str]], origins: dict[str, str]) -> Trial:
+def _compose(assignment: dict[str, Any], base: list[tuple[Any, str]], origins: dict[str, str]) -> TrialConfig:
+    return compose(base + [(nest(k, v), origins.get(k)) for k, v in assignment.items()])
+
+
+def _make_trial(index: int, assignment: dict[str, Any], base: list[tuple[Any, str]], origins: dict[str, str],
+                grid_step: int | None = None) -> Trial:
     """Trial ``index``: the ``base`` layers with the axis values of ``assignment`` on top."""
-    config = compose(base + [(nest(k, v), origins.get(k)) for k, v in assignment.items()])
+    config = _compose(assignment, base, origins)
     tree = resolved_dict(config)
     varying = {k: _resolved_value(tree, k) for k in assignment}
-    return Trial(index, trial_id(config, tree), config, varying)
+    return Trial(index, trial_id(config, tree), config, varying, grid_step)
+
+
+def _merged(parts) -> dict[str, Any]:
+    return {k: v for part in parts for k, v in part.items()}
+
+
+def _assignments(axes: Axes, base: list[tuple[Any, str]]) -> list[tuple[dict[str, Any], int | None]]:
+    """(axis values, lr_grid step) of every trial in trial order. With ``lr_grid``: per setting of
+    the zip and grid axes, its grid's points (each times the random draws and seeds); then the
+    points a study added beyond the edges (``lr_grid.extra``), each for the settings of its group."""
+    factors = axes.factors()
+    grid = axes.lr_grid
+    if grid is None:
+        return [(_merged(parts), None) for parts in itertools.product(*factors)]
+    outer, inner = factors[:len(axes.zip) + len(axes.grid)], factors[len(axes.zip) + len(axes.grid):]
+    settings = [(row, _compose(row, base, axes.origins)) for row in map(_merged, itertools.product(*outer))]
+    for row, config in settings:
+        if grid.center in LR_CENTERS and config.train.lr_scaling != "none":
+            raise ConfigError(f"train.lr_scaling={config.train.lr_scaling}: axes.lr_grid centred on the {grid.center} "
+                              "rule sets the scaled LR itself; set train.lr_scaling: none", "train.lr_scaling")
+    points = [(row, config, step) for row, config in settings for step in range(grid.steps + 1)]
+    for extra in grid.extra:
+        points += [(row, config, extra["step"]) for row, config in settings
+                   if all(_value(config, k) == v for k, v in extra["group"].items())]
+    return [({**row, "train.lr": grid.value(config.train, step), **_merged(parts)}, step)
+            for row, config, step in points for parts in itertools.product(*inner)]
+
+
+def _value(config: TrialConfig, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return getattr(getattr(config, section), name)
 
 
 def _expand(axes: Axes, base: list[tuple[Any, str]]) -> list[Trial]:
     trials: list[Trial] = []
     seen: dict[str, int] = {}
     fix = "remove the duplicate value" + (" or change axes.random (seed, samples, params)" if axes.random else "")
-    for index, parts in enumerate(itertools.product(*axes.factors())):
-        trial = _make_trial(index, {k: v for part in parts for k, v in part.items()}, base, axes.origins)
+    for index, (assignment, step) in enumerate(_assignments(axes, base)):
+        trial = _make_trial(index, assignment, base, axes.origins, step)
         if trial.trial_id in seen:
             first = trials[seen[trial.trial_id]]
             raise ConfigError(f"trials {first.index} and {index} are the same trial (id {trial.trial_id}): axis values "

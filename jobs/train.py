@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.attempt import CODE_OF, DONE_STATES, ExitCode, StopRequest, TrialOutcome
-from jobs.config import TrialConfig, flatten, format_value, resolved_dict, to_yaml, trial_id
+from jobs.config import ID_UNLESS_DEFAULT, TrialConfig, flatten, format_value, resolved_dict, to_yaml, trial_id
 from jobs.run_folder import LOG_FILE, SINGLE, adopt_run_id, read_state, run_dir_for, write_state  # noqa: F401 - run_dir_for re-exported
 from jobs.run_lock import RunFolderLock, RunFolderLocked
 from jobs.tracking.record import UnreadableRecord, has_pending
@@ -371,12 +371,14 @@ def trial_run_names(sweep) -> list[str]:
     """The MLflow run name of each trial of ``sweep`` (any object with ``trials`` whose items have
     ``index`` and ``varying``: axis key → value), in trial order: the axis values joined with ``-``,
     well-known keys abbreviated (:data:`RUN_NAME_KEYS`: ``bs512-sqrt-laplace-s0``), other keys as
-    their last part and value (``epochs10``), characters other than letters, digits, ``.`` and ``_``
+    their last part and value (``epochs10``; a key of :data:`jobs.config.ID_UNLESS_DEFAULT` at its default is
+    left out: the tuned arms beside a control arm), characters other than letters, digits, ``.`` and ``_``
     as ``_``. Names shared by several trials get ``-t<index>`` appended; a trial without axis values
     is ``trial-<index>``. Unique within the sweep."""
     names = []
     for trial in sweep.trials:
-        parts = [p for p in (_name_part(k, v) for k, v in trial.varying.items()) if p]
+        parts = [p for p in (_name_part(k, v) for k, v in trial.varying.items()
+                             if not (k in ID_UNLESS_DEFAULT and v == ID_UNLESS_DEFAULT[k])) if p]
         names.append("-".join(parts)[:_RUN_NAME_MAX] or f"trial-{trial.index:04d}")
     counts: dict[str, int] = {}
     for name in names:

@@ -218,6 +218,7 @@ class DataConfig:
 # ----------------------------------------------------------------------------------------------
 
 LR_SCALINGS = ("none", "linear", "sqrt")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass(frozen=True)
@@ -225,10 +226,15 @@ class TrainConfig:
     """Optimisation and the training loop's cadence. Defaults are the reference recipe (spec §7).
 
     The effective learning rate is ``lr`` scaled by ``batch_size / reference_batch`` according to
-    ``lr_scaling`` (``none``, ``linear`` or ``sqrt``), reached after ``warmup_steps`` linear
-    warm-up. Training stops after ``epochs`` epochs or ``steps`` optimizer steps, whichever comes
-    first (``steps: null`` means no step cap). ``noise_scale_ema_steps`` is the time constant, in
-    optimizer steps, of the moving average of the logged gradient noise scale
+    ``lr_scaling`` (``none``, ``linear`` or ``sqrt``): the peak LR, reached after ``warmup_steps``
+    optimizer steps of linear warm-up; then ``lr_schedule`` holds it (``constant``) or decays it
+    (``cosine``, ``linear``) over the remaining steps to ``min_lr_ratio`` × peak at the last step
+    (:func:`rgflow.train.lr_at`). Training stops after ``epochs`` epochs or ``steps`` optimizer
+    steps, whichever comes first (``steps: null`` means no step cap): that last step ends the decay.
+    Validation runs every ``val_every_epochs`` epochs or, when ``val_every_images`` (images) is
+    set, on a sample clock instead, at the first step whose images seen (step × ``batch_size``)
+    reach each multiple of it (:func:`rgflow.train.validation_due`). ``noise_scale_ema_steps`` is
+    the time constant, in optimizer steps, of the moving average of the logged gradient noise scale
     (:mod:`rgflow.noise_scale`); it does not affect training.
     """
 
@@ -243,8 +249,11 @@ class TrainConfig:
     lr_scaling: str = "none"
     reference_batch: int = 64
     warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.0
     log_every: int = 50
     val_every_epochs: int = 1
+    val_every_images: int | None = None
     val_draws: int = 4
     sample_every_epochs: int = 5
     sample_temperatures: tuple[float, ...] = (0.5, 0.75, 1.0)
@@ -259,9 +268,15 @@ class TrainConfig:
         for key in ("batch_size", "epochs", "reference_batch", "log_every", "val_every_epochs",
                     "val_draws", "sample_every_epochs", "sample_count", "keep_last", "noise_scale_ema_steps"):
             _check_positive(f"train.{key}", getattr(self, key))
-        if self.steps is not None:
-            _check_positive("train.steps", self.steps)
+        for key in ("steps", "val_every_images"):
+            if getattr(self, key) is not None:
+                _check_positive(f"train.{key}", getattr(self, key))
         _check_positive("train.warmup_steps", self.warmup_steps, allow_zero=True)
+        _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        ratio = self.min_lr_ratio
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 <= ratio <= 1:
+            raise ConfigError("train.min_lr_ratio", ratio, "must be a number in [0, 1] (the final LR as a fraction "
+                                                           "of the peak LR)")
         for key in ("lr", "eps", "clip_grad_norm", "checkpoint_minutes"):
             _check_positive(f"train.{key}", getattr(self, key), integer=False)
         _check_positive("train.weight_decay", self.weight_decay, allow_zero=True, integer=False)

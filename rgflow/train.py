@@ -20,7 +20,7 @@ every ``train.log_every`` steps
     ``noise_scale_adam`` (images; not at the first step, before the optimizer has state). A ratio
     is omitted while undefined (its |G|² estimate not positive); the B_simple of a run is
     Σ ``noise_trace`` / Σ ``noise_grad_sq`` over a late window;
-every ``train.val_every_epochs`` epochs and once at the end
+every ``train.val_every_epochs`` epochs (or ``train.val_every_images`` images: :func:`validation_due`), and at the end
     ``val_bpd`` (bits/dim on the N held-out images, mean over images and ``train.val_draws``
     dequantisation draws), ``val_bpd_se`` (its standard error over images: sample s.d. over the
     images of the per-image BPD averaged over the draws, / √N — the precision of ``val_bpd`` given
@@ -40,8 +40,9 @@ at every epoch end, on a stop request and at the end (``loop.finished``), each a
 ``hooks.before_checkpoint``; ``best.ckpt`` whenever ``val_bpd`` improves. A checkpoint holds everything the loop's future depends on, so resuming
 reproduces the uninterrupted run bitwise under deterministic settings (fixed threads,
 ``torch.use_deterministic_algorithms``): the batch order and dequantisation noise come from
-``(seed, epoch, index)`` (:class:`rgflow.data.batching.EpochBatcher`), the learning rate is a
-function of the step (state: the step), and the partial sums of the current log window are saved.
+``(seed, epoch, index)`` (:class:`rgflow.data.batching.EpochBatcher`), the learning rate and the
+sample-clock validations are functions of the step (state: the step; a validation a stop request
+cut short is run on resume), and the partial sums of the current log window are saved.
 Only the timing metrics (``wall_s``, ``images_per_s``) differ between a resumed and an
 uninterrupted run.
 """
@@ -148,18 +149,40 @@ class LoopState:
     finished: bool = False
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimizer step ``step + 1``: ``cfg.effective_lr`` after a linear warm-up
-    over the first ``cfg.warmup_steps`` steps."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.effective_lr * (step + 1) / cfg.warmup_steps
-    return cfg.effective_lr
+def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: ``cfg.epochs`` × ``batches_per_epoch``, at most ``cfg.steps``."""
+    steps = cfg.epochs * batches_per_epoch
+    return steps if cfg.steps is None else min(steps, cfg.steps)
+
+
+def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
+    """Learning rate of optimizer step n = ``step + 1`` ≤ ``total`` (the run's steps), a pure function
+    of the step. With W = ``cfg.warmup_steps`` and peak = ``cfg.effective_lr``: peak · n / W for
+    n ≤ W (linear warm-up); then ``constant``: peak; ``cosine`` / ``linear``: low + (peak − low) · f
+    with low = ``cfg.min_lr_ratio`` · peak, p = (n − W) / (total − W) and f = (1 + cos πp) / 2 or
+    1 − p, so that the last step (n = total) trains at low."""
+    peak, n = cfg.effective_lr, step + 1
+    if n <= cfg.warmup_steps:
+        return peak * n / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return peak
+    p = (n - cfg.warmup_steps) / (total - cfg.warmup_steps)
+    low = cfg.min_lr_ratio * peak
+    return low + (peak - low) * ((1 + math.cos(math.pi * p)) / 2 if cfg.lr_schedule == "cosine" else 1 - p)
+
+
+def validation_due(step: int, cfg: TrainConfig) -> bool:
+    """Whether the sample clock validates after optimizer step ``step``: K = ``cfg.val_every_images``
+    is set and the images seen, step × B (B = ``cfg.batch_size``), reached a multiple of K at this
+    step. At batch B the validation steps are ⌈n·K/B⌉, n = 1, 2, … (once where a step passes several)."""
+    k, b = cfg.val_every_images, cfg.batch_size
+    return k is not None and step > 0 and step * b // k > (step - 1) * b // k
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over all parameters, weight decay on all of them (as the reference does), as one
-    fused kernel over all parameters (CPU and CUDA)."""
-    return torch.optim.AdamW(model.parameters(), lr=lr_at(0, cfg), betas=cfg.betas, eps=cfg.eps,
+    fused kernel over all parameters (CPU and CUDA). Its LR is set before every step (:func:`lr_at`)."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.effective_lr, betas=cfg.betas, eps=cfg.eps,
                              weight_decay=cfg.weight_decay, fused=True)
 
 
@@ -223,6 +246,7 @@ class _Trainer:
         self.device = next(model.parameters()).device
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(model, cfg)
+        self.total_steps = total_steps(cfg, batcher.batches_per_epoch)
         self.noise = NoiseScaleEstimator(cfg.noise_scale_ema_steps)
         self.noise_adam = NoiseScaleEstimator(cfg.noise_scale_ema_steps)
         self.state = LoopState()
@@ -246,7 +270,9 @@ class _Trainer:
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "lr_schedule": {"effective_lr": self.cfg.effective_lr, "warmup_steps": self.cfg.warmup_steps},
+            "lr_schedule": {"effective_lr": self.cfg.effective_lr, "warmup_steps": self.cfg.warmup_steps,
+                            "schedule": self.cfg.lr_schedule, "min_lr_ratio": self.cfg.min_lr_ratio,
+                            "total_steps": self.total_steps},
             "rng": capture_rng_state(),
             "noise_scale": self.noise.state_dict(),
             "noise_scale_adam": self.noise_adam.state_dict(),
@@ -301,7 +327,7 @@ class _Trainer:
         attempt = st.step + 1
         t0 = time.perf_counter()
         x = dequantize(batch.x, batch.generator)
-        lr = lr_at(st.step, cfg)
+        lr = lr_at(st.step, cfg, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -356,7 +382,7 @@ class _Trainer:
         self.window_time, self.window_images = 0.0, 0
         self.hooks.on_metrics(st.step, metrics)
 
-    # -- epoch-end work -------------------------------------------------------------------------
+    # -- validation and samples ---------------------------------------------------------------------
 
     def validate(self) -> bool:
         """Validation BPD at the current step; ``False`` if a stop request cut it short."""
@@ -407,17 +433,22 @@ class _Trainer:
         per_epoch = self.batcher.batches_per_epoch
         self.model.train()
         while not st.finished and not self.done():
+            if validation_due(st.step, cfg):  # on resume: the one a stop request cut short (else done already)
+                self.end_of_period(True, False)
             if st.index < per_epoch:
                 for batch in self.batcher.batches(st.epoch, start=st.index):
                     self.stop_if_asked()
                     self.train_step(batch)
+                    if validation_due(st.step, cfg):
+                        self.end_of_period(True, False)
                     if time.monotonic() - self.last_save_time >= cfg.checkpoint_minutes * 60:
                         self.save()
                     if self.done():
                         break
             if st.index == per_epoch:
                 epochs_done = st.epoch + 1
-                self.end_of_period(epochs_done % cfg.val_every_epochs == 0, epochs_done % cfg.sample_every_epochs == 0)
+                by_epoch = cfg.val_every_images is None and epochs_done % cfg.val_every_epochs == 0
+                self.end_of_period(by_epoch, epochs_done % cfg.sample_every_epochs == 0)
                 st.epoch, st.index = epochs_done, 0
                 self.save()
         if not st.finished:
@@ -462,5 +493,5 @@ def train(model: RGFlowModel, batcher: EpochBatcher, valid: EpochBatcher, cfg: T
 
 __all__ = [
     "CHECKPOINT_FORMAT", "HeldOutBpd", "Interrupted", "LoopState", "NonFiniteError", "TrainHooks", "TrainResult",
-    "lr_at", "make_optimizer", "train", "validation_bpd",
+    "lr_at", "make_optimizer", "total_steps", "train", "validation_bpd", "validation_due",
 ]

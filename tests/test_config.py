@@ -119,6 +119,14 @@ def test_empty_sections_take_defaults(tmp_path):
     (["train.betas=[0.9,.nan]"], "train.betas=[0.9, NaN]: must be a finite number [override 'train.betas=[0.9,.nan]']"),
     (["train.lr=-1"], "train.lr=-1.0: must be a positive number [override 'train.lr=-1']"),
     (["train.batch_size=0"], "train.batch_size=0: must be a positive integer [override 'train.batch_size=0']"),
+    (["train.val_every_images=0"],
+     "train.val_every_images=0: must be a positive integer [override 'train.val_every_images=0']"),
+    (["train.lr_schedule=cosin"], "train.lr_schedule='cosin': must be one of 'constant', 'cosine', 'linear' "
+                                  "(did you mean 'cosine'?) [override 'train.lr_schedule=cosin']"),
+    (["train.min_lr_ratio=1.5"], "train.min_lr_ratio=1.5: must be a number in [0, 1] (the final LR as a fraction of "
+                                 "the peak LR) [override 'train.min_lr_ratio=1.5']"),
+    (["train.min_lr_ratio=-0.1"], "train.min_lr_ratio=-0.1: must be a number in [0, 1] (the final LR as a fraction "
+                                  "of the peak LR) [override 'train.min_lr_ratio=-0.1']"),
     (["train.epochs"], "override 'train.epochs': expected key=value, e.g. train.epochs=5"),
     (["+train.foo=1"], "override '+train.foo=1': '+'/'~' prefixes are not supported; write train.foo=VALUE"),
     (["train..lr=1"], "override 'train..lr=1': 'train..lr' is not a dotted key such as train.batch_size"),
@@ -325,7 +333,7 @@ def test_trial_id_ignores_where_and_how_it_runs(override):
     "train.batch_size=512", "train.lr=0.002", "train.weight_decay=5e-5", "train.epochs=60",
     "train.lr_scaling=sqrt", "prior.kind=gaussian", "prior.temperature=0.5", "run.seed=1",
     "data.name=msds2", "data.train_size=100", "model.preset=celeba32", "model.precision=bf16",
-    "run.deterministic=true",
+    "run.deterministic=true", "train.lr_schedule=cosine", "train.min_lr_ratio=0.1", "train.val_every_images=1000",
 ])
 def test_trial_id_changes_with_what_is_trained(override):
     assert trial_id(load_trial_config(None, [override])) != trial_id(load_trial_config(None, []))

@@ -433,3 +433,21 @@ def test_smoke_dry_run_on_this_machine_has_no_fatal_problem(sweep_env):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "preflight error" not in proc.stdout
     assert not (sweep_env.root / "mlflow.db").exists() and not sweep_env.runs_dir.exists()
+
+
+def test_a_first_rung_shorter_than_the_warm_up_is_an_error_per_batch_size(tmp_path):
+    path = tmp_path / "warm.yaml"
+    path.write_text(f"""name: warm
+base_config: {REPO}/configs/tiny.yaml
+base: {{data: {{train_size: 1000}}, train: {{warmup_steps: 20}}, run: {{out_dir: {tmp_path}}}}}
+axes: {{grid: {{train.batch_size: [32, 128]}}, seeds: [0, 1]}}
+backend: ray
+tune: {{scheduler: {{grace_epochs: 1, group_by: [train.batch_size]}}}}
+""")
+    problems = pf.check_scheduler(load_sweep(path))
+    assert [str(p) for p in problems] == [
+        "preflight error [scheduler]: sweep warm, trials 2-3: train.warmup_steps=20 × train.batch_size=128 = 2,560 "
+        "images of warm-up, but asha's first rung is at 1,000 images (tune.scheduler.grace_epochs=1): it would prune "
+        "them while warming up; set tune.scheduler.grace_images: 2560 or more (or shorten the warm-up)"]
+    fixed = load_sweep(path, ["tune.scheduler.grace_epochs=null", "tune.scheduler.grace_images=2560"])
+    assert pf.check_scheduler(fixed) == [] and fixed.tune.scheduler.first_rung == "2,560 images"

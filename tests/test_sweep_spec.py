@@ -109,7 +109,10 @@ def test_batchsize_keeps_the_seed_reproductions_recipe_and_budgets():
     from jobs.study import load_study
 
     confirm = load_study(REPO / "sweeps/batchsize.yaml").sweep("confirm")
-    assert len(confirm.trials) == 2 * 4 * 2 * 3
+    assert len(confirm.trials) == 2 * 4 * 2 * 3 + 2 * 2 * 3  # tuned arms, and the 2025 recipe's control arm
+    controls = [t for t in confirm.trials if t.config.run.arm == "control"]
+    assert {(t.config.train.batch_size, t.config.train.lr, t.config.train.warmup_steps) for t in controls} == {(512, 1e-3, 0)}
+    assert {(t.config.data.name, t.config.train.epochs) for t in controls} == {("msds1", 60), ("celeba", 100)}
     pairs = {(t.config.data.name, t.config.model.preset, t.config.train.epochs) for t in confirm.trials}
     assert pairs == {("msds1", "msds", 60), ("celeba", "celeba32", 100)}
     assert {t.config.train.batch_size for t in confirm.trials} == {64, 128, 256, 512}
@@ -578,10 +581,10 @@ def test_dry_run_of_the_study_totals():
 
     sweep = load_study(REPO / "sweeps/batchsize.yaml").sweep("confirm")
     table = format_trials_table(sweep)
-    assert len(table.splitlines()) == 48 + 4 + 2  # and the power line and its warning
+    assert len(table.splitlines()) == 60 + 4 + 2  # and the power line and its warning
     msds = [t for t in sweep.trials if t.config.data.name == "msds1"]
     celeba = [t for t in sweep.trials if t.config.data.name == "celeba"]
-    assert len(msds) == len(celeba) == 24
+    assert len(msds) == len(celeba) == 30  # 24 tuned, 6 control
     # CelebA: 162,770 images × 100 epochs at ≈ 200 img/s is ≈ 22.6 h of training per trial.
     assert gpu_hours(celeba[0].config, sweep.evaluation) == pytest.approx(162_770 * 100 / 200 / 3600, rel=0.15)
     assert gpu_hours(msds[0].config, sweep.evaluation) == pytest.approx(85_000 * 60 / 370 / 3600, rel=0.15)

@@ -13,7 +13,8 @@ from rgflow.data import EpochBatcher
 from rgflow.data.msds import generate
 from rgflow.device import configure_runtime, seed_everything
 from rgflow.model import RGFlowModel
-from rgflow.train import Interrupted, NonFiniteError, TrainHooks, train, validation_bpd
+from rgflow.train import (Interrupted, NonFiniteError, TrainHooks, lr_at, total_steps, train, validation_bpd,
+                          validation_due)
 
 TRAIN_KEYS = {"train_bpd", "grad_norm", "lr", "images_per_s", "samples_seen", "wall_s", "epoch",
               "noise_grad_sq", "noise_trace", "noise_scale_raw", "noise_scale",
@@ -147,9 +148,30 @@ def test_before_checkpoint_precedes_every_step_checkpoint(reference):
 
 
 def test_warmup_is_linear():
-    from rgflow.train import lr_at
+    assert [lr_at(s, CFG, 16) for s in range(5)] == pytest.approx([2e-3 / 3, 4e-3 / 3, 2e-3, 2e-3, 2e-3])
 
-    assert [lr_at(s, CFG) for s in range(5)] == pytest.approx([2e-3 / 3, 4e-3 / 3, 2e-3, 2e-3, 2e-3])
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_decay_runs_from_the_peak_after_warm_up_to_min_lr_ratio_at_the_last_step(schedule):
+    cfg = TrainConfig(**{**CFG.__dict__, "lr_schedule": schedule, "min_lr_ratio": 0.1, "steps": 13})
+    total = total_steps(cfg, PER_EPOCH)
+    assert total == 13 and total_steps(CFG, PER_EPOCH) == 2 * PER_EPOCH  # the step cap, else epochs × batches
+    lrs = [lr_at(s, cfg, total) for s in range(total)]
+    assert lrs[:3] == pytest.approx([2e-3 / 3, 4e-3 / 3, 2e-3])  # warm-up to the peak at step 3
+    assert lrs[-1] == pytest.approx(2e-4, rel=1e-12)  # the last step trains at 0.1 × peak
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))  # strictly decreasing after warm-up
+    middle = lrs[2 + 5]  # half-way through the 10 decay steps
+    assert middle == pytest.approx(2e-4 + 1.8e-3 / 2)  # both shapes pass the mid-point
+
+
+def test_sample_clock_validates_where_images_seen_cross_each_multiple():
+    """At batch B, every K images: steps ⌈n·K/B⌉, the same images seen whatever the batch size."""
+    for batch, expected in ((5, [8, 16]), (16, [3, 5, 8, 10, 13, 15]), (32, [2, 3, 4, 5, 7, 8, 9, 10, 12, 13, 14, 15]),
+                            (64, list(range(1, 17)))):
+        cfg = TrainConfig(**{**CFG.__dict__, "batch_size": batch, "val_every_images": 40})
+        due = [s for s in range(17) if validation_due(s, cfg)]
+        assert due == expected == sorted({math.ceil(n * 40 / batch) for n in range(1, 100)} & set(range(1, 17)))
+    assert not any(validation_due(s, CFG) for s in range(17))  # default: epoch validation only
 
 
 @pytest.mark.parametrize("stop_step", [5, PER_EPOCH])
@@ -176,6 +198,59 @@ def test_stop_request_checkpoints_and_resume_is_bitwise(images, reference, tmp_p
         assert torch.equal(model.state_dict()[key], value), key
     combined = first.series() + second.series()
     assert combined == ref_hooks.series()
+
+
+CLOCK = TrainConfig(**{**CFG.__dict__, "lr_schedule": "cosine", "min_lr_ratio": 0.1, "val_every_images": 40})
+CLOCK_VAL_STEPS = [3, 5, 8, 10, 13, 15, 16]  # ⌈40n/16⌉, then the final validation
+
+
+@pytest.fixture(scope="module")
+def clock_reference(images, tmp_path_factory):
+    """An uninterrupted run with a cosine schedule and validation every 40 images."""
+    run_dir = tmp_path_factory.mktemp("clock")
+    hooks = Recorder()
+    model, result = _run(images, run_dir, hooks, cfg=CLOCK)
+    return run_dir, hooks, model, result
+
+
+def test_sample_clock_validation_and_cosine_lr_in_the_loop(clock_reference):
+    run_dir, hooks, _, result = clock_reference
+    vals = [(s, m) for s, m in hooks.metrics if "val_bpd" in m]
+    assert [s for s, _ in vals] == CLOCK_VAL_STEPS and result.step == 16
+    assert [m["val_epoch"] for _, m in vals] == pytest.approx([s / PER_EPOCH for s in CLOCK_VAL_STEPS])
+    lrs = {s: m["lr"] for s, m in hooks.metrics if "lr" in m}
+    assert lrs == {s: lr_at(s - 1, CLOCK, 16) for s in (4, 8, 12, 16)} and lrs[16] == pytest.approx(2e-4, rel=1e-12)
+    best = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")["loop"]
+    assert best["val_bpd"] == result.best_val_bpd == min(m["val_bpd"] for _, m in vals)
+    assert best["last_val_step"] in CLOCK_VAL_STEPS
+
+
+@pytest.mark.parametrize("stop_poll, stop_step", [
+    (25, 6),   # before step 7, between validations (polls: 1 per step, 9 per validation)
+    (16, 5),   # inside the sample-clock validation of step 5, mid-epoch
+    (28, 8),   # inside the one of step 8, the last step of the epoch
+])
+def test_resume_mid_schedule_with_sample_clock_is_bitwise(images, clock_reference, tmp_path, stop_poll, stop_step):
+    """Interrupted at step k (checkpoint), resumed in a fresh model object: the same weights,
+    optimizer state, validations (steps, values, best checkpoint) and LRs as the uninterrupted run."""
+    _, ref_hooks, ref_model, ref_result = clock_reference
+    first = Recorder(stop_at_poll=stop_poll)
+    with pytest.raises(Interrupted) as info:
+        _run(images, tmp_path, first, cfg=CLOCK)
+    assert info.value.step == stop_step
+    resume = load_latest(tmp_path / "checkpoints")
+    assert resume[1]["lr_schedule"]["total_steps"] == 16
+    second = Recorder()
+    model, result = _run(images, tmp_path, second, cfg=CLOCK, resume=resume, model_seed=123)
+    assert (result.step, result.val_bpd, result.best_val_bpd) == (16, ref_result.val_bpd, ref_result.best_val_bpd)
+    for key, value in ref_model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    ref_opt, opt = (load_checkpoint(r.checkpoint)["optimizer"] for r in (ref_result, result))
+    assert opt["param_groups"] == ref_opt["param_groups"]
+    for index, slots in ref_opt["state"].items():
+        for name, value in slots.items():
+            assert torch.equal(opt["state"][index][name], value), (index, name)
+    assert first.series() + second.series() == ref_hooks.series()
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(images, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@
 * :func:`list_searcher` — proposes a sweep's planned trials to Tune one by one, each with its own
   config (``index``, ``trial_id`` and its axis values), so Tune's own tools see the hyperparameters.
 * :class:`BoardScheduler` — wraps Tune's ASHA / asynchronous HyperBand (one per ``group_by``
-  value) and turns their STOP decisions into prune requests on the board: the trial then checkpoints
+  value; rungs in epochs, or in images seen with ``tune.scheduler.grace_images``) and turns their STOP decisions into prune requests on the board: the trial then checkpoints
   and ends FINISHED with ``rgflow.state=pruned`` instead of being torn down mid-step by Tune.
   Decisions at a trial's last validation are ignored (it ends anyway, as finished).
 """
@@ -25,6 +25,9 @@ from jobs.attempt import StopRequest
 
 #: Seconds a trial's watch thread waits on the board per call (it stops within this after its trial).
 WATCH_POLL_S = 5.0
+#: images: ASHA's ``max_t`` with rungs in images seen — no cap (every trial ends at its own budget; rungs past
+#: the longest trial are never reached).
+NO_IMAGE_CAP = 10 ** 15
 
 
 def start_stop_board():
@@ -129,14 +132,17 @@ def make_scheduler(settings, board, identify, max_epochs: float):
     """The Tune scheduler of a sweep's ``tune.scheduler`` (:class:`jobs.sweep_spec.SchedulerSettings`):
     a :class:`BoardScheduler` over one ASHA/HyperBand per group. ``identify(tune_config)`` → the
     trial's id and its ``group_by`` values; ``max_epochs``: the budget cap when the settings leave it
-    ``None``."""
+    ``None``. With ``grace_images`` the rungs are in images seen (``samples_seen``), with no cap."""
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-    cap = settings.max_epochs or max_epochs
+    if settings.grace_images:
+        time_attr, grace, cap = "samples_seen", settings.grace_images, NO_IMAGE_CAP
+    else:
+        time_attr, grace, cap = "val_epoch", settings.grace_epochs, settings.max_epochs or max_epochs
 
     def one() -> AsyncHyperBandScheduler:
         return AsyncHyperBandScheduler(
-            time_attr="val_epoch", metric="val_bpd", mode="min", max_t=cap, grace_period=settings.grace_epochs,
+            time_attr=time_attr, metric="val_bpd", mode="min", max_t=cap, grace_period=grace,
             reduction_factor=settings.reduction_factor, brackets=1 if settings.kind == "asha" else settings.brackets)
 
     class BoardScheduler(FIFOScheduler):
@@ -166,7 +172,8 @@ def make_scheduler(settings, board, identify, max_epochs: float):
             if (decision == TrialScheduler.STOP and epoch is not None and total is not None
                     and epoch < total - 1e-9 and tid not in self.pruned):
                 self.pruned.add(tid)
-                board.prune.remote(tid, f"pruned by {settings.kind} at epoch {epoch:g} of {total:g} "
+                seen = f", {result['samples_seen']:,} images" if settings.grace_images else ""
+                board.prune.remote(tid, f"pruned by {settings.kind} at epoch {epoch:g} of {total:g}{seen} "
                                         f"(val_bpd {result['val_bpd']:.4f} behind its rung)")
             return TrialScheduler.CONTINUE
 

@@ -2,7 +2,7 @@
 
 Every item is one string per trial (dataset, split sizes in images, model preset and parameter
 count, epochs, batch size, learning rate before and after the batch-size rule, weight decay,
-warm-up steps, seeds, the git commit of the code that trained it, and the evaluation protocol
+warm-up steps, LR schedule, seeds, the git commit of the code that trained it, and the evaluation protocol
 of the ``rgflow.eval.*`` tags that ``jobs.evaluate`` writes). An item with one value over the
 whole sweep is a line; an item whose value differs between settings is a column of a small table
 with one row per setting. :func:`made_by` says how the report itself was made.
@@ -80,6 +80,15 @@ def number(value: str | None) -> str:
     return f"{parsed:g}" if isinstance(parsed, (int, float)) and not isinstance(parsed, bool) else str(parsed)
 
 
+def schedule_words(params: dict[str, str]) -> str:
+    """``"`cosine` decay to 0.1 × peak LR at the last step"`` or ``"`constant`"`` (also for runs
+    from before ``train.lr_schedule`` existed)."""
+    kind = params.get("train.lr_schedule", "constant")
+    if kind == "constant":
+        return "`constant`"
+    return f"`{kind}` decay to {number(params.get('train.min_lr_ratio'))} × peak LR at the last step"
+
+
 def eval_items(tags: dict[str, str]) -> dict[str, str]:
     """The evaluation protocol of one trial (its ``rgflow.eval.*`` tags)."""
     ev = {k[len(TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(TAG_PREFIX)}
@@ -140,6 +149,7 @@ def trial_items(run, table_row) -> dict[str, str]:
         "effective LR": f"{table_row['effective_lr']:.3g}" if math.isfinite(table_row["effective_lr"]) else "unknown",
         "weight decay": number(p.get("train.weight_decay")),
         "warm-up (optimizer steps)": number(p.get("train.warmup_steps")),
+        "LR schedule": schedule_words(p),
         "seeds": str(table_row["seed"]),
         "trained by code at git": git_words(run.tags),
     }

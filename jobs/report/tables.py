@@ -32,6 +32,8 @@ FACTOR_DEFAULTS = {"batch_size": 64, "lr_scaling": "none", "prior": "laplace", "
 NOT_CONTEXT_PREFIXES = tuple(ID_EXCLUDED)  # where/how a trial ran, not what was trained
 #: What makes a *setting*: the seeds of one setting are its replicates.
 SETTING_KEYS = ["context", "batch_size", "lr_scaling", "prior"]
+#: The param of a study's control arm (``run.arm: control``, ``jobs.study``): its own context, ``arm=control``.
+ARM_PARAM = "run.arm"
 #: The columns of the ``noise`` frame besides ``noise_scale`` (units: :data:`jobs.report.query.NOISE_KEYS`).
 NOISE_EXTRAS = tuple(k for k in NOISE_KEYS if k != "noise_scale")
 
@@ -160,9 +162,10 @@ def context_labels(table: pd.DataFrame, varying: list[str], chosen: Collection[s
     design), settings that co-vary with the batch size within the label (e.g. an LR tuned per data
     set and batch size), and settings determined by ones already in the label (e.g. ``model.preset``
     zipped with ``data.name``). Keys with fewer values are considered first, so a data set is kept
-    and the LR tuned within it is not.
+    and the LR tuned within it is not. A control arm (:data:`ARM_PARAM` ``control``) adds
+    ``arm=control`` to its label: it is never merged with the tuned arm of its batch size.
     """
-    candidates = sorted((k for k in varying if k not in FACTOR_PARAMS and k not in chosen
+    candidates = sorted((k for k in varying if k not in FACTOR_PARAMS and k not in chosen and k != ARM_PARAM
                          and not k.startswith(NOT_CONTEXT_PREFIXES)),
                         key=lambda k: (table[k].nunique(dropna=False), k))
     several_batches = table["batch_size"].nunique() > 1
@@ -173,9 +176,12 @@ def context_labels(table: pd.DataFrame, varying: list[str], chosen: Collection[s
         if several_batches and _determined(table, [*kept, "batch_size"], key):
             continue
         kept.append(key)
-    if not kept:
-        return pd.Series("", index=table.index)
-    return table[kept].apply(lambda row: ", ".join(f"{k}={row[k]}" for k in kept), axis=1)
+    labels = (table[kept].apply(lambda row: ", ".join(f"{k}={row[k]}" for k in kept), axis=1) if kept
+              else pd.Series("", index=table.index))
+    if ARM_PARAM in varying:
+        control = table[ARM_PARAM].map(parse_param) == "control"
+        labels[control] = [f"{label}, arm=control" if label else "arm=control" for label in labels[control]]
+    return labels
 
 
 def _determined(table: pd.DataFrame, keys: list[str], key: str) -> bool:
