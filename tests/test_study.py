@@ -143,7 +143,7 @@ def test_one_command_runs_both_stages_then_reports_the_lr_search(sweep_env, tmp_
     assert report.returncode == 0, report.stderr
     md = (tmp_path / "report" / "report.md").read_text()
     assert md.startswith("# Study report: st (comparisons: stage st-confirm)")
-    assert "## Stage tune: the learning rate chosen per batch size" in md
+    assert "## Stage tune: the learning rate chosen per train.batch_size" in md
     assert (tmp_path / "report" / "lr_search.png").stat().st_size > 0
-    fit = json.loads((tmp_path / "report" / "noise_scale_fit_tune.json").read_text())
-    assert fit["state"] == "not_tested" and fit["n"] == 2  # two batch sizes: said, not fitted
+    [fit] = json.loads((tmp_path / "report" / "noise_scale_fit_tune.json").read_text())  # one group: no other by-key
+    assert fit["group"] == "" and fit["state"] == "not_tested" and fit["n"] == 2  # two batch sizes: said, not fitted
