@@ -271,3 +271,16 @@ def test_plain_tick_labels_and_legend_words():
 def test_html_inline_code_and_bold_after_escaping():
     assert inline("run `smoke` <b> & **big** `a<b`") == (
         "run <code>smoke</code> &lt;b&gt; &amp; <strong>big</strong> <code>a&lt;b</code>")
+
+
+def test_a_run_from_before_a_defaulted_key_existed_is_the_same_setting():
+    from types import SimpleNamespace
+
+    from jobs.report.tables import param_of, varying_params
+
+    old = SimpleNamespace(params={"train.batch_size": "64"})  # logged before train.lr_schedule existed
+    new = SimpleNamespace(params={"train.batch_size": "64", "train.lr_schedule": "constant", "run.arm": "null"})
+    cosine = SimpleNamespace(params={"train.batch_size": "64", "train.lr_schedule": "cosine"})
+    assert varying_params([old, new]) == []
+    assert varying_params([old, cosine]) == ["train.lr_schedule"]
+    assert param_of(old, "train.lr_schedule") == "constant" and param_of(old, "train.lr") is None

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jobs.config import DEFAULT_PRESET, ID_EXCLUDED
+from jobs.config import DEFAULT_PRESET, ID_EXCLUDED, ID_UNLESS_DEFAULT, format_value
 from jobs.report import stats
 from jobs.report.query import NOISE_KEYS, SweepRuns
 from jobs.report.reference_values import BATCH_2025, EPOCHS_2025, LR_2025, PRESET_2025, REPRODUCTION_2025_TABLE_1
@@ -40,8 +40,9 @@ NOISE_EXTRAS = tuple(k for k in NOISE_KEYS if k != "noise_scale")
 
 def parse_param(text: str | None) -> Any:
     """An MLflow param string back to a value: JSON (``64``, ``1e-3``, ``[0.9, 0.999]``, ``null``),
-    Python's ``True``/``False``/``None``, else the string itself."""
-    if text is None:
+    Python's ``True``/``False``/``None``, else the string itself; a missing param (None, or the NaN
+    pandas puts in a column where a run lacks it) is None."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
         return None
     if text in ("True", "False", "None"):
         return {"True": True, "False": False, "None": None}[text]
@@ -58,7 +59,18 @@ def varying_params(runs) -> list[str]:
     from jobs.train import DERIVED_PARAMS
 
     keys = sorted({k for r in runs for k in r.params} - set(DERIVED_PARAMS))
-    return [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
+    return [k for k in keys if len({param_of(r, k) for r in runs}) > 1]
+
+
+#: A run logged before a key of :data:`jobs.config.ID_UNLESS_DEFAULT` existed trained at its default.
+DEFAULT_PARAMS = {key: format_value(value) for key, value in ID_UNLESS_DEFAULT.items()}
+
+
+def param_of(run, key: str) -> str | None:
+    """The run's param ``key`` as logged; for a key added later at an unchanged default
+    (:data:`DEFAULT_PARAMS`), that default when the run predates it (so old and new runs of one
+    setting stay one setting)."""
+    return run.params.get(key, DEFAULT_PARAMS.get(key))
 
 
 def temperature_of(metric: str) -> float:
@@ -132,7 +144,7 @@ def trial_table(data: SweepRuns, resources: dict[str, float] | None = None, chos
         row = {"run_id": run.run_id, "trial_id": run.trial_id, "trial_index": run.tags.get(TRIAL_INDEX_TAG, ""),
                "state": run.state or run.status.lower(), "status": run.status,
                "failure_reason": run.tags.get(REASON_TAG, "")}
-        row.update({k: run.params.get(k) for k in varying})
+        row.update({k: param_of(run, k) for k in varying})
         for key, column in FACTOR_PARAMS.items():
             value = parse_param(run.params.get(key))
             row[column] = FACTOR_DEFAULTS[column] if value is None else value
