@@ -44,7 +44,10 @@ def test_sweep_runs_on_a_ray_head_started_in_the_allocation(slurm_cluster, trial
         "data.valid_size=64", "data.test_size=64", f"data.root={trial_data_root}", "evaluation.enabled=false",
         f"run.out_dir={tmp_path}/runs", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
         cwd=REPO, env={"RGFLOW_RAY_PORT": str(port)})
-    state = slurm_cluster.wait_job(job, {"COMPLETED"}, timeout=400)
+    try:
+        state = slurm_cluster.wait_job(job, {"COMPLETED"}, timeout=400)
+    except Exception as err:  # the job's own output says why (a flake under load is otherwise opaque)
+        raise AssertionError(f"{err}\n--- ray.out:\n{(tmp_path / 'ray.out').read_text(errors='replace')[-6000:]}") from err
     out = (tmp_path / "ray.out").read_text()
     assert state == "COMPLETED", out
     assert "Ray head is up" in out and "jobs.sweep exited with 0" in out, out
