@@ -107,6 +107,21 @@ def test_diverged_seed_stays_in_its_arm():
     assert f.to_json()["arms"][0]["lost"] == [f"seed 2 diverged at lr 2.83e-03 ({reason})"]
 
 
+def test_a_decaying_schedule_run_to_its_end_is_converged_by_design():
+    groups = [base(offset=0.0, tail_slope=-0.004), base(prior="gaussian", offset=0.05, tail_slope=-0.004)]
+    trials, val = synthetic(groups)
+    constant = V.verdict(trials, val, NO_NOISE)
+    assert only(constant, "still improving", prior="laplace").conclusion == "improving"
+    assert only(constant, "priors").conclusion == "not_tested"  # deferred: not converged
+    trials["lr_schedule"] = "cosine"
+    decayed = V.verdict(trials, val, NO_NOISE)
+    f = only(decayed, "still improving", prior="laplace")
+    assert f.conclusion == "converged" and f.numbers["end_of_decay"] and f.numbers["lr_schedule"] == "cosine"
+    assert "ran its cosine learning-rate decay to the end" in f.text
+    priors = only(decayed, "priors")
+    assert priors.conclusion == "different" and priors.test.estimate == pytest.approx(-0.05, abs=0.03)  # laplace − gaussian
+
+
 def test_divergence_is_an_outcome_with_an_exact_test_and_a_caveat():
     reason = "non-finite values at step 812: training loss is nan (nats/dim)"
     failed = {s: reason for s in range(6)}

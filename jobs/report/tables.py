@@ -150,6 +150,7 @@ def trial_table(data: SweepRuns, resources: dict[str, float] | None = None, chos
             row[column] = FACTOR_DEFAULTS[column] if value is None else value
         row.update(dataset=parse_param(run.params.get("data.name")) or DataConfig.name,
                    preset=parse_param(run.params.get("model.preset")) or DEFAULT_PRESET,
+                   lr_schedule=parse_param(param_of(run, "train.lr_schedule")),
                    effective_lr=effective_lr(run.params), final_lr=last_and_best(hist.get("lr"))[0])
         row.update(final_val_bpd=final, best_val_bpd=best,
                    **{k: run.metrics.get(k, math.nan) for k in ("test_bpd", "test_bpd_se", "test_bpd_se_draws")})

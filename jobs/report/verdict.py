@@ -39,6 +39,7 @@ DEFAULT_MARGIN = 0.01  # bits/dim: equivalence margin of BPD comparisons (sweep 
 LATE_FRACTION = 0.1  # slope window: the last 10 % of training (in epochs)
 NOISE_WINDOW = 0.2  # B_simple window: the last 20 % of the steps up to the matched validation BPD
 MIN_NOISE_POINTS = 3
+DECAYING = ("cosine", "linear")  # train.lr_schedule values that decay to the end of training
 MIN_GAIN = 1e-3  # bits/dim: the convergence gate per further 10 % of training (sweep file: report.min_gain)
 
 
@@ -293,6 +294,12 @@ class Trend:
     state: str = "not_tested"
     p_holm: float = math.nan
     p_converged_holm: float = math.nan
+    schedule: str = "constant"  # the group's train.lr_schedule ("mixed" when its trials differ)
+
+    @property
+    def end_of_decay(self) -> bool:
+        """Every trial ran a decaying LR schedule to its end: the comparison point by design."""
+        return self.schedule in DECAYING
 
 
 def slope_tests(trials: pd.DataFrame, val: pd.DataFrame, min_gain: float = MIN_GAIN) -> dict[tuple, Trend]:
@@ -305,11 +312,16 @@ def slope_tests(trials: pd.DataFrame, val: pd.DataFrame, min_gain: float = MIN_G
         fits = [f for f in fits if np.isfinite(f[0])]
         end = max((f[2] for f in fits), default=math.nan)
         horizon = LATE_FRACTION * end if fits else 1.0
-        out[key] = Trend(S.slope_test([f[0] for f in fits], horizon, min_gain), tuple(f[1:] for f in fits), horizon)
+        schedules = set(group["lr_schedule"]) if "lr_schedule" in group else {"constant"}
+        out[key] = Trend(S.slope_test([f[0] for f in fits], horizon, min_gain), tuple(f[1:] for f in fits), horizon,
+                         schedule=schedules.pop() if len(schedules) == 1 else "mixed")
     keys = [k for k, v in out.items() if v.test.slope.known]
     p_slope, p_conv = S.family_adjust([out[k].test.p for k in keys], [out[k].test.p_converged for k in keys])
     for k, ps, pc in zip(keys, p_slope, p_conv):
         out[k] = replace(out[k], state=S.slope_state(out[k].test, ps, pc, min_gain), p_holm=ps, p_converged_holm=pc)
+    for k, trend in out.items():  # a finished run of a decaying schedule is at its comparison point
+        if trend.end_of_decay and trend.state != "worsening":
+            out[k] = replace(trend, state="converged")
     return out
 
 
@@ -351,6 +363,9 @@ def still_improving_findings(trials: pd.DataFrame, val: pd.DataFrame, tests: dic
                 f"(t, p {fmt_p(test.p)})" if ci.known else f"{ci.mean:+.2e} bits/dim per epoch (1 seed)")
         state = SLOPE_WORDS[trend.state].format(gain=test.gain, min_gain=min_gain, upper=test.gain_upper,
                                                 p=trend.p_converged_holm)
+        if trend.end_of_decay and trend.state == "converged":
+            state = (f"converged by design: every seed ran its {trend.schedule} learning-rate decay to the end, the "
+                     "comparison point of a decaying schedule (docs/STATISTICS.md)")
         text = (f"[{where}] Batch {size}: validation BPD slope over the last 10 % of training, "
                 f"{window_words(trend.windows)}, is {rate}: {state}.")
         findings.append(Finding("still improving", where, "still improving at the end", text, trend.state, {
@@ -359,7 +374,8 @@ def still_improving_findings(trials: pd.DataFrame, val: pd.DataFrame, tests: dic
             "df": ci.n - 1 if ci.known else None, "p": test.p, "p_holm": trend.p_holm,
             "p_converged": test.p_converged, "p_converged_holm": trend.p_converged_holm,
             "projected_gain": test.gain, "gain_upper": test.gain_upper, "min_gain": min_gain,
-            "horizon_epochs": trend.horizon, "units": "bits/dim per epoch",
+            "horizon_epochs": trend.horizon, "lr_schedule": trend.schedule, "end_of_decay": trend.end_of_decay,
+            "units": "bits/dim per epoch",
             "windows": [{"first_epoch": a, "last_epoch": b, "validations": k} for a, b, k in trend.windows]},
             family="still improving", family_size=sum(t.test.slope.known for t in tests.values())))
     return findings
