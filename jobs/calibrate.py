@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.overrides import ConfigError
+from rgflow.atomic import write_json_atomic
 
 DEFAULT_BATCHES = (32, 128, 512)
 RESULTS_FILE = "model-calibrate.json"
@@ -228,9 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                "loadavg_end": os.getloadavg(), "notes": notes,
                "rows": kept + measured, "skipped": [r for r in rows if "skipped" in r]}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(out)
+    write_json_atomic(out, payload)
     print(f"calibrate: {len(measured)} of {len(rows)} configurations measured in {payload['elapsed_s']:.0f} s; wrote "
           f"{out}" + (f" (keeping {len(kept)} earlier measurement(s) of other configurations)" if kept else ""))
     return 0

@@ -302,13 +302,18 @@ def receptive_field_figure(panels: list[tuple[str, dict[int, np.ndarray]]], titl
     return _save(fig, path)
 
 
-def _critical_panels(findings: list) -> dict[str, list]:
-    """``{context: its critical batch findings with points, one per target, easiest first}``."""
+def _critical_panels(findings: list, title: str, size: tuple[float, float]):
+    """``(figure, [(axes, context, its critical batch findings with points, one per target, easiest
+    first)])`` with one panel of ``size`` inches per context; ``None`` without such findings."""
     panels: dict[str, list] = {}
     for f in findings:
         if f.topic == "critical batch" and f.numbers.get("points"):
             panels.setdefault(f.context, []).append(f)
-    return panels
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(size[0] * len(panels), size[1]), squeeze=False)
+    fig.suptitle(title, fontsize=9)
+    return fig, [(ax, context, found) for ax, (context, found) in zip(axes[0], panels.items())]
 
 
 def _b_crit_words(f) -> str:
@@ -360,12 +365,11 @@ def steps_to_target_figure(findings: list, title: str, path: Path) -> Path | Non
     :func:`jobs.report.scaling.critical_batch_findings`): per-seed points (hollow triangles:
     censored, at the last validation), per-batch means with 95 % t CIs over seeds, the fit
     S = S_min·(1 + B_crit/B), and perfect scaling S ∝ 1/B (dashed) through the smallest batch's mean."""
-    panels = _critical_panels(findings)
-    if not panels:
+    made = _critical_panels(findings, title, (5.4, 4.4))
+    if made is None:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.4), squeeze=False)
-    fig.suptitle(title, fontsize=9)
-    for ax, (context, found) in zip(axes[0], panels.items()):
+    fig, panels = made
+    for ax, context, found in panels:
         sizes = sorted({p["batch_size"] for f in found for p in f.numbers["points"]})
         grid = np.geomspace(sizes[0], sizes[-1], GRID_POINTS)
         for k, f in enumerate(found):
@@ -395,12 +399,11 @@ def steps_vs_examples_figure(findings: list, title: str, path: Path) -> Path | N
     per-batch means with 95 % t CIs over seeds, labelled by batch size; censored batch sizes hollow
     at their bound (mean with censored seeds at their last validation) with an arrow: the truth
     lies beyond; the fitted hyperbola (S/S_min − 1)(E/E_min − 1) = 1 and its asymptotes (dotted)."""
-    panels = _critical_panels(findings)
-    if not panels:
+    made = _critical_panels(findings, title, (5.6, 4.6))
+    if made is None:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.6), squeeze=False)
-    fig.suptitle(title, fontsize=9)
-    for ax, (context, found) in zip(axes[0], panels.items()):
+    fig, panels = made
+    for ax, context, found in panels:
         for k, f in enumerate(found):
             color, target = f"C{k}", f.numbers["target_bpd"]
             rows = pd.DataFrame(f.numbers["per_batch"]).dropna(subset=["steps_mean"])
